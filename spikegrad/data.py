@@ -338,7 +338,7 @@ def load_split(name: str = "mnist", root: str | os.PathLike | None = None, split
 
     images, labels = _read_pair(root, files)
     if size is not None and images.shape[1:] != (size, size):
-        images = area_resize(images, size)
+        images = area_resize(images, size).clamp_(0.0, 1.0)  # float64 rounding can overshoot 1 by 1 ulp
         if cache:
             _save_atomic({"images": images, "labels": labels, "source": source}, cache_file)
     return images, labels

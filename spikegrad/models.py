@@ -1,0 +1,176 @@
+"""Spiking networks built from the neurons of :mod:`spikegrad.neurons`.
+
+Every model maps a time-first input ``[T, B, ...]`` to a :class:`SpikingOutput`: the readout trace
+``[T, B, C]`` plus the spikes and membranes of every hidden layer (for losses, regularizers and
+plots). Stateless layers (``Linear``, ``Conv2d``) run on all steps at once by folding ``T`` into
+the batch axis (:class:`SeqWise`); only the neurons loop over time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .neurons import LI, LIF
+
+__all__ = ["SpikingOutput", "SeqWise", "SpikingMLP", "SpikingConvNet", "spikes_per_input"]
+
+NeuronFactory = Callable[..., nn.Module]
+
+
+class SpikingOutput(NamedTuple):
+    """What a spiking model returns.
+
+    readout: output trace ``[T, B, C]`` (membrane of an ``LI`` readout, or spikes of a ``LIF`` one).
+    spikes: per hidden layer, spikes ``[T, B, ...]``.
+    v: per hidden layer, membrane potentials ``[T, B, ...]`` (threshold units, after reset).
+    """
+
+    readout: Tensor
+    spikes: tuple[Tensor, ...]
+    v: tuple[Tensor, ...]
+
+
+def spikes_per_input(out: SpikingOutput) -> Tensor:
+    """Mean number of hidden-layer spikes per sample (all hidden layers, all steps), a 0-dim tensor."""
+    if not out.spikes:
+        return out.readout.new_zeros(())
+    batch = out.spikes[0].shape[1]
+    return sum(s.detach().sum() for s in out.spikes) / batch
+
+
+class SeqWise(nn.Module):
+    """Apply a stateless module to every step at once: ``[T, B, ...] -> [T, B, ...']``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        T, B = x_seq.shape[:2]
+        y = self.module(x_seq.reshape(T * B, *x_seq.shape[2:]))  # [T*B, ...]
+        return y.reshape(T, B, *y.shape[1:])
+
+
+def _run_neuron(neuron: nn.Module, x_seq: Tensor) -> tuple[Tensor, Tensor]:
+    out, states = neuron(x_seq, record=True)
+    return out, states.v
+
+
+def _init_linear(layer: nn.Linear, gain: float) -> None:
+    """Gaussian weights with std ``gain / sqrt(fan_in)``; zero bias."""
+    nn.init.normal_(layer.weight, 0.0, gain / math.sqrt(layer.in_features))
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+class SpikingMLP(nn.Module):
+    """Feed-forward spiking MLP: ``Linear -> neuron`` per hidden layer, ``Linear -> readout``.
+
+    The BrainScaleS-2 MNIST network is ``SpikingMLP(sizes=[256, 246, 10])`` with LIF hidden neurons
+    and a leaky-integrator readout.
+
+    Args:
+        sizes: layer widths ``[n_in, n_hidden..., n_out]``; input ``[T, B, ...]`` is flattened to
+            ``[T, B, n_in]``.
+        neuron: factory of hidden neurons, called once per hidden layer (e.g. ``functools.partial(LIF,
+            tau_mem=8.0)`` or a Hydra ``_partial_`` config).
+        readout: factory of the output neurons (default ``LI``: the output is a membrane trace).
+        bias: use biases in the linear layers.
+        weight_gain: std of the initial hidden-layer weights times ``sqrt(fan_in)``.
+        readout_gain: the same for the output layer.
+    """
+
+    def __init__(self, sizes: Sequence[int], neuron: NeuronFactory = LIF, readout: NeuronFactory = LI,
+                 bias: bool = False, weight_gain: float = 2.0, readout_gain: float = 0.2):
+        super().__init__()
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or min(sizes) <= 0:
+            raise ValueError(f"SpikingMLP: sizes must list at least input and output widths (> 0), got {sizes}")
+        if not (weight_gain > 0 and readout_gain > 0):
+            raise ValueError(f"SpikingMLP: weight_gain and readout_gain must be > 0, got {weight_gain}, {readout_gain}")
+        self.sizes = sizes
+        self.layers = nn.ModuleList()
+        self.neurons = nn.ModuleList()
+        for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            lin = nn.Linear(n_in, n_out, bias=bias)
+            _init_linear(lin, weight_gain if k < len(sizes) - 2 else readout_gain)
+            self.layers.append(SeqWise(lin))
+            self.neurons.append(neuron() if k < len(sizes) - 2 else readout())
+
+    def forward(self, x_seq: Tensor) -> SpikingOutput:
+        """``x_seq [T, B, ...]`` (trailing dims multiply to ``sizes[0]``) -> :class:`SpikingOutput`."""
+        if x_seq.dim() < 3:
+            raise ValueError(f"SpikingMLP: input must be [T, B, features...], got shape {tuple(x_seq.shape)}")
+        h = x_seq.flatten(2)  # [T, B, n_in]
+        if h.shape[-1] != self.sizes[0]:
+            side = math.isqrt(h.shape[-1])
+            hint = f" ({side}x{side} images)" if side * side == h.shape[-1] else ""
+            raise ValueError(f"SpikingMLP: the model expects {self.sizes[0]} input features but got "
+                             f"{h.shape[-1]}{hint}; match the data's image size (data.size) to model.sizes[0]")
+        spikes, vs = [], []
+        for k, (layer, neuron) in enumerate(zip(self.layers, self.neurons)):
+            h = layer(h)
+            if k < len(self.layers) - 1:
+                h, v = _run_neuron(neuron, h)
+                spikes.append(h)
+                vs.append(v)
+            else:
+                h, _ = neuron(h)
+        return SpikingOutput(h, tuple(spikes), tuple(vs))
+
+
+class SpikingConvNet(nn.Module):
+    """Small spiking CNN: ``[Conv3x3 -> neuron -> MaxPool2]`` per channel entry, then an MLP head.
+
+    Args:
+        in_shape: ``(C, H, W)`` of one input frame.
+        channels: output channels of each conv block, e.g. ``[16, 32]``.
+        hidden: widths of the spiking fully connected layers after flattening, e.g. ``[128]``.
+        n_classes: output width.
+        neuron, readout: neuron factories as in :class:`SpikingMLP`.
+        kernel_size: conv kernel size (odd; "same" padding).
+        weight_gain, readout_gain: std of the initial hidden / output weights times ``sqrt(fan_in)``.
+    Shapes: ``[T, B, C, H, W] -> SpikingOutput(readout [T, B, n_classes], ...)``.
+    """
+
+    def __init__(self, in_shape: Sequence[int] = (1, 16, 16), channels: Sequence[int] = (16, 32),
+                 hidden: Sequence[int] = (128,), n_classes: int = 10, neuron: NeuronFactory = LIF,
+                 readout: NeuronFactory = LI, kernel_size: int = 3, weight_gain: float = 2.0,
+                 readout_gain: float = 0.2):
+        super().__init__()
+        c, h, w = (int(s) for s in in_shape)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"SpikingConvNet: kernel_size must be odd, got {kernel_size}")
+        self.in_shape = (c, h, w)
+        self.blocks = nn.ModuleList()
+        self.neurons = nn.ModuleList()
+        for ch in channels:
+            conv = nn.Conv2d(c, ch, kernel_size, padding=kernel_size // 2, bias=False)
+            nn.init.normal_(conv.weight, 0.0, weight_gain / math.sqrt(c * kernel_size**2))
+            self.blocks.append(SeqWise(conv))
+            self.neurons.append(neuron())
+            c, h, w = ch, h // 2, w // 2
+            if h == 0 or w == 0:
+                raise ValueError(f"SpikingConvNet: {len(channels)} pooling stages are too many for input {in_shape}")
+        self.pool = SeqWise(nn.MaxPool2d(2))
+        self.head = SpikingMLP([c * h * w, *hidden, n_classes], neuron=neuron, readout=readout,
+                               weight_gain=weight_gain, readout_gain=readout_gain)
+
+    def forward(self, x_seq: Tensor) -> SpikingOutput:
+        """``x_seq [T, B, C, H, W]`` -> :class:`SpikingOutput`."""
+        if x_seq.dim() != 5 or tuple(x_seq.shape[2:]) != self.in_shape:
+            raise ValueError(f"SpikingConvNet: input must be [T, B, {', '.join(map(str, self.in_shape))}], got "
+                             f"{tuple(x_seq.shape)}; match data.size / the encoder output to model.in_shape")
+        spikes, vs = [], []
+        h = x_seq
+        for conv, neuron in zip(self.blocks, self.neurons):
+            h, v = _run_neuron(neuron, conv(h))  # [T, B, C, H, W]
+            spikes.append(h)
+            vs.append(v)
+            h = self.pool(h)
+        out = self.head(h)
+        return SpikingOutput(out.readout, tuple(spikes) + out.spikes, tuple(vs) + out.v)

@@ -1,0 +1,82 @@
+"""End-to-end runs of train.py (subprocesses, a few hundred real MNIST samples)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data.subset=200", "data.val_size=100", "data.batch_size=50", "data.eval_batch_size=2000", "T=8",
+        "trainer.epochs=1", "trainer.progress=false", "trainer.log_samples=1", "model.sizes=[256,32,10]",
+        "data.download=false", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, request):
+    from conftest import SHARED_DATA
+
+    src = SHARED_DATA / "mnist"
+    if not (src / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST files not found in {src}")
+    root = tmp_path_factory.mktemp("data") / "mnist"
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("*.md", "cache_*"))
+    return root
+
+
+def train(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_single_run_writes_metrics_checkpoints_and_tensorboard(data_root, tmp_path):
+    out = tmp_path / "run"
+    r = train("experiment=mnist16", f"data.root={data_root}", f"hydra.run.dir={out}", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "val_accuracy", "test_loss", "spikes_per_input", "epochs", "train_seconds",
+                "train_samples_per_second"):
+        assert key in m, key
+    assert 0.1 < m["test_accuracy"] <= 1 and m["epochs"] == 1 and m["spikes_per_input"] > 0
+    assert (out / "last.pt").exists() and (out / "best.pt").exists()
+    events = list((out / "tb").rglob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"images": 0, "histograms": 0}).Reload()
+    tags = acc.Tags()
+    assert {"loss/train", "accuracy/val", "spikes_per_input/val", "firing_rate/layer0"} <= set(tags["scalars"])
+    assert any(t.startswith("raster/") for t in tags["images"]) and any(t.startswith("membrane/") for t in tags["images"])
+    assert any(t.startswith("weights/") for t in tags["histograms"]) and any(t.startswith("grads/") for t in tags["histograms"])
+    # resume from the checkpoint for one more epoch
+    r = train("experiment=mnist16", f"data.root={data_root}", f"hydra.run.dir={out}", *TINY[:-6],
+              "trainer.epochs=2", "trainer.progress=false", "model.sizes=[256,32,10]", "data.download=false",
+              f"resume={out / 'last.pt'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_multirun_joblib_two_workers_writes_summary(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = train("-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "experiment=mnist16",
+              "surrogate=fast_sigmoid,atan", f"data.root={data_root}", f"hydra.sweep.dir={sweep}", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = (sweep / "summary.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and "surrogate=fast_sigmoid" in rows[1] + rows[2] and "surrogate=atan" in rows[1] + rows[2]
+    assert "test_accuracy" in rows[0]
+    assert (sweep / "summary.md").read_text().count("\n") == 4
+
+
+def test_bad_inputs_fail_clearly(data_root, tmp_path):
+    r = train("experiment=mnist16", f"data.root={data_root}", "data.size=28", f"hydra.run.dir={tmp_path / 'a'}",
+              *TINY, cwd=tmp_path)
+    assert r.returncode != 0 and "expects 256 input features but got 784" in r.stderr
+    r = train("experiment=mnist16", f"data.root={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'b'}", *TINY,
+              cwd=tmp_path)
+    assert r.returncode != 0 and "data.root" in r.stderr and "train-images-idx3-ubyte.gz" in r.stderr
+    r = train("experiment=mnist16", "surrogate=nope", cwd=tmp_path)
+    assert r.returncode != 0 and "fast_sigmoid" in r.stderr

@@ -1,0 +1,58 @@
+"""Train a spiking network: ``python train.py experiment=mnist16`` (configs in ``conf/``)."""
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from spikegrad.training import fit, resolve_device
+
+
+def hparams(cfg: DictConfig) -> dict:
+    flat = {}
+    for group in ("data", "encoding", "surrogate", "neuron", "model", "loss", "optim", "trainer"):
+        for key, value in OmegaConf.to_container(cfg.get(group) or {}, resolve=True).items():
+            if isinstance(value, (int, float, str, bool)) and key != "_partial_":
+                flat[f"{group}.{key}"] = value
+    return {**flat, "T": cfg.T, "seed": cfg.seed}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    out = Path(HydraConfig.get().runtime.output_dir)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    train_loader, val_loader, test_loader = instantiate(cfg.data).loaders(cfg.seed)
+    model = instantiate(cfg.model)
+    if cfg.get("ann_checkpoint"):
+        model.load_state_dict(torch.load(cfg.ann_checkpoint, map_location="cpu", weights_only=False)["model"])
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler else None
+    sharpener = instantiate(cfg.sharpen)(model) if cfg.sharpen else None
+    regularizers = [instantiate(r) for r in (cfg.regularizer or {}).values()]
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    writer = SummaryWriter(str(out / "tb"))
+    metrics = fit(model, train_loader, val_loader, test_loader, optimizer, instantiate(cfg.loss),
+                  encoder=instantiate(cfg.encoding), scheduler=scheduler, regularizers=regularizers,
+                  sharpener=sharpener, device=device, out_dir=out, resume=cfg.resume, writer=writer,
+                  generator=generator, **cfg.trainer)
+    if cfg.analysis:
+        metrics.update(instantiate(cfg.analysis)(model=model, train_loader=train_loader, val_loader=val_loader,
+                                                 test_loader=test_loader, device=device, writer=writer, out_dir=out))
+    metrics["overrides"] = list(HydraConfig.get().overrides.task)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    scalars = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    writer.add_hparams(hparams(cfg), scalars, run_name=".")
+    writer.close()
+    print(f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}, spikes/input "
+          f"{metrics.get('spikes_per_input', float('nan')):.1f}; results in {out}")
+    return metrics.get(cfg.objective, float("nan"))
+
+
+if __name__ == "__main__":
+    main()
