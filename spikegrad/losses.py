@@ -48,29 +48,28 @@ class CrossEntropy:
         return self.logits(output).argmax(-1)
 
 
-class MaxOverTime(CrossEntropy):
+class _ScaledReadout(CrossEntropy):
+    """Cross-entropy on ``scale`` times a statistic of the readout ``[T, B, C]`` over time."""
+
+    def __init__(self, scale: float = 1.0):
+        if not scale > 0:
+            raise ValueError(f"{type(self).__name__}: scale must be > 0, got {scale}")
+        self.scale = float(scale)
+
+
+class MaxOverTime(_ScaledReadout):
     """Cross-entropy on the maximum over time of the readout membrane (as on BrainScaleS-2).
 
     ``logits[b, c] = scale * max_t readout[t, b, c]``; ``scale`` (inverse temperature) multiplies
     membranes in threshold units.
     """
 
-    def __init__(self, scale: float = 1.0):
-        if not scale > 0:
-            raise ValueError(f"MaxOverTime: scale must be > 0, got {scale}")
-        self.scale = float(scale)
-
     def logits(self, output) -> Tensor:
         return self.scale * _readout(output).amax(0)
 
 
-class SpikeCount(CrossEntropy):
+class SpikeCount(_ScaledReadout):
     """Cross-entropy on output spike counts (needs a spiking readout): ``logits = scale * sum_t s``."""
-
-    def __init__(self, scale: float = 1.0):
-        if not scale > 0:
-            raise ValueError(f"SpikeCount: scale must be > 0, got {scale}")
-        self.scale = float(scale)
 
     def logits(self, output) -> Tensor:
         return self.scale * _readout(output).sum(0)
@@ -87,17 +86,12 @@ def first_spike_steps(spikes: Tensor) -> Tensor:
     return torch.cumprod(1 - spikes, dim=0).sum(0)
 
 
-class FirstSpike(CrossEntropy):
+class FirstSpike(_ScaledReadout):
     """Time-to-first-spike loss (needs a spiking readout): the correct class should fire first.
 
     ``logits = -scale * first_spike_steps(readout)``: cross-entropy over negative first-spike steps,
     so gradients move the correct output's first spike earlier and the others' later.
     """
-
-    def __init__(self, scale: float = 1.0):
-        if not scale > 0:
-            raise ValueError(f"FirstSpike: scale must be > 0, got {scale}")
-        self.scale = float(scale)
 
     def logits(self, output) -> Tensor:
         return -self.scale * first_spike_steps(_readout(output))
