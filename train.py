@@ -16,7 +16,8 @@ from spikegrad.training import fit, resolve_device
 def hparams(cfg: DictConfig) -> dict:
     flat = {}
     for group in ("data", "encoding", "surrogate", "neuron", "model", "loss", "optim", "trainer"):
-        for key, value in OmegaConf.to_container(cfg.get(group) or {}, resolve=True).items():
+        node = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else {}
+        for key, value in node.items():
             if isinstance(value, (int, float, str, bool)) and key != "_partial_":
                 flat[f"{group}.{key}"] = value
     return {**flat, "T": cfg.T, "seed": cfg.seed}
@@ -38,7 +39,7 @@ def main(cfg: DictConfig) -> float:
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     writer = SummaryWriter(str(out / "tb"))
     metrics = fit(model, train_loader, val_loader, test_loader, optimizer, instantiate(cfg.loss),
-                  encoder=instantiate(cfg.encoding), scheduler=scheduler, regularizers=regularizers,
+                  encoder=instantiate(cfg.encoding) if cfg.encoding else None, scheduler=scheduler, regularizers=regularizers,
                   sharpener=sharpener, device=device, out_dir=out, resume=cfg.resume, writer=writer,
                   generator=generator, **cfg.trainer)
     if cfg.analysis:
