@@ -1,0 +1,510 @@
+import copy
+import gzip
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikegrad.conversion import (ConversionError, LeNet, SpikingNetwork, ann_to_snn, calibrate, conversion_analysis,
+                                  convert, evaluate_ann, fold_batchnorm, forward_ann, gated_max_pool2d, if_step,
+                                  normalize, percentile, run_ann, simulate, spike_max_pool2d, trace)
+from spikegrad.neurons import IF
+
+# random test networks have dead channels; test_dead_layer_warns checks the warning itself
+pytestmark = pytest.mark.filterwarnings("ignore:normalize.*never had a positive activation")
+
+
+# ------------------------------------------------------------------------------ helpers
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one thread avoids oversubscribing a busy 2-core machine (7x faster there)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch-norm non-trivial running statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    return model
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(6 * 2 * 2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3),
+        nn.Linear(16, 5))
+
+
+class Functional(nn.Module):
+    """The same kind of network written with functional calls and x.view(x.size(0), -1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 3, 3), nn.Conv2d(3, 4, 3), nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = torch.relu(self.c2(x))
+        x = x.view(x.size(0), -1)
+        return F.log_softmax(self.fc(x), dim=1)
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.c1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        r = F.relu(self.bn1(self.c1(h)))
+        h = F.relu(self.c2(r) + h)
+        return self.head(torch.flatten(h, 1))
+
+
+def relu_after_pool() -> nn.Module:
+    """ReLU -> AvgPool -> ReLU: the second IF layer needs an input gain (the pool cannot absorb scales)."""
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(3 * 4 * 4, 4))
+
+
+def mlp(sizes=(12, 32, 24, 4), seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+# ------------------------------------------------------------------------------ tracing
+@pytest.mark.parametrize("make,shape", [(small_cnn, (7, 1, 10, 10)), (Functional, (7, 1, 10, 10)),
+                                        (Residual, (7, 1, 8, 8)), (LeNet, (7, 28, 28))])
+def test_fold_batchnorm_and_program_match_the_ann(make, shape):
+    model = randomize_bn(make()).eval()
+    x = torch.rand(shape)
+    with torch.no_grad():
+        ref = model(x)
+        folded = fold_batchnorm(model)
+        assert (folded(x) - ref).abs().max() < 1e-5
+        bns = [m for m in folded.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in bns)  # conv + bn2d always folds here
+        program = trace(model)
+        program.infer(x)
+        out = run_ann(program, x)[program.out]
+    if make is Functional:  # the trailing log-softmax is dropped (argmax-invariant)
+        ref = model.fc(F.relu(model.c2(F.max_pool2d(F.relu(model.c1(x)), 2))).flatten(1)).detach()
+    assert (out - ref).abs().max() < 1e-5
+
+
+def test_the_ann_is_left_unchanged():
+    model = randomize_bn(small_cnn()).train()
+    before = copy.deepcopy(model.state_dict())
+    snn = ann_to_snn(model, torch.rand(16, 1, 10, 10), percentile=99.0)
+    assert isinstance(snn, SpikingNetwork)
+    assert all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("model,needle,hint", [
+    (nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(), nn.Linear(4, 2)), "'1' (LeakyReLU)", "nn.ReLU"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)),
+     "'1' (AdaptiveAvgPool2d)", "nn.AvgPool2d"),
+    (nn.Sequential(nn.Linear(4, 4), nn.Softmax(1), nn.Linear(4, 2)), "'1' (Softmax)", "final"),
+])
+def test_unsupported_layers_are_named(model, needle, hint):
+    with pytest.raises(ConversionError) as e:
+        calibrate(model, torch.rand(3, 1, 6, 6) if isinstance(model[0], nn.Conv2d) else torch.rand(3, 4))
+    msg = str(e.value)
+    assert needle in msg and hint in msg and "position 2 of" in msg
+
+
+def test_unsupported_functions_are_named():
+    class Sig(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.sigmoid(x))
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x * 2.0)
+
+    with pytest.raises(ConversionError, match=r"function sigmoid.*position 1 of.*nn\.ReLU"):
+        trace(Sig())
+    with pytest.raises(ConversionError, match=r"function mul.*position 1 of"):
+        calibrate(Scaled(), torch.rand(3, 4))
+
+
+def test_empty_calibration_data_is_an_error():
+    with pytest.raises(ValueError, match="no inputs"):
+        calibrate(mlp(), torch.empty(0, 12))
+    with pytest.raises(ValueError, match="no inputs"):
+        calibrate(mlp(), [])
+
+
+# ------------------------------------------------------------------------------ normalisation
+def test_percentile_matches_numpy():
+    g = torch.Generator().manual_seed(1)
+    v = torch.relu(torch.randn(3, 1001, generator=g, dtype=torch.float64))
+    for p in (50.0, 99.0, 99.9, 100.0):
+        ours = percentile(v, p, ignore_zeros=True)
+        ref = [np.percentile(row[row != 0].numpy(), p) for row in v]
+        np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-12)
+        np.testing.assert_allclose(percentile(v, p, ignore_zeros=False).numpy(),
+                                   np.percentile(v.numpy(), p, axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("p", [99.9, 100.0])
+@pytest.mark.parametrize("channelwise", [False, True])
+def test_normalised_percentile_activation_is_one(p, channelwise):
+    model = randomize_bn(small_cnn()).eval()
+    x = torch.rand(64, 1, 10, 10)
+    calib = calibrate(model, x)
+    prog = normalize(calib, p, channelwise=channelwise)
+    with torch.no_grad():
+        vals = run_ann(prog, x)
+        for i in prog.neurons:
+            a = vals[i].transpose(0, 1).reshape(vals[i].shape[1], -1).numpy()  # [C, B * ...]
+            rows = a if channelwise else a.reshape(1, -1)
+            for row in rows:
+                if (row != 0).any():
+                    assert np.percentile(row[row != 0], p) == pytest.approx(1.0, rel=1e-5)
+        # the output layer is scaled by one scalar: argmax unchanged
+        lam = prog.lambdas[prog.out]
+        assert lam.numel() == 1
+        assert (forward_ann(prog, x) * lam - model(x)).abs().max() < 1e-4
+
+
+def test_dead_layer_warns_and_gets_scale_one():
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)
+    calib = calibrate(model, torch.rand(8, 3))
+    with pytest.warns(UserWarning, match="2 channel.*never had a positive activation"):
+        prog = normalize(calib, channelwise=True)
+    assert torch.equal(prog.lambdas[prog.neurons[0]], torch.ones(2))
+
+
+@pytest.mark.parametrize("make,shape", [(Residual, (32, 1, 8, 8)), (relu_after_pool, (32, 1, 10, 10)),
+                                        (Functional, (32, 1, 10, 10))])
+@pytest.mark.parametrize("channelwise", [False, True])
+def test_normalised_program_is_the_ann_up_to_the_output_scale(make, shape, channelwise):
+    model = randomize_bn(make()).eval()
+    x = torch.rand(shape)
+    prog = normalize(calibrate(model, x), 99.0, channelwise=channelwise)
+    with torch.no_grad():
+        ref = run_ann(trace(model), x)
+        out = forward_ann(prog, x) * prog.lambdas[prog.out]
+        assert (out - ref[prog.out]).abs().max() < 1e-4
+        for i in prog.neurons:  # every IF layer's target rate is its activation / lambda
+            lam = prog.lambdas[i].reshape(-1, *[1] * (len(prog.shapes[i]) - 1))
+            assert torch.allclose(run_ann(prog, x)[i] * lam, ref[i], atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ neurons and pooling
+def test_if_step_matches_the_IF_neuron():
+    x = torch.rand(30, 5, 7) * 1.5 - 0.2
+    ref, _ = IF()(x)
+    v = torch.zeros(5, 7)
+    out = []
+    for x_t in x:
+        s, v = if_step(x_t, v)
+        out.append(s)
+    assert torch.equal(torch.stack(out), ref)
+
+
+def slow_spike_max_pool(spikes_seq, k):
+    """Reference: per window, the inputs with the largest count before the step; pass a spike if any spikes."""
+    T, B, C, H, W = spikes_seq.shape
+    before = torch.zeros(B, C, H, W)
+    out = torch.zeros(T, B, C, H // k, W // k)
+    for t in range(T):
+        for b in range(B):
+            for c in range(C):
+                for i in range(H // k):
+                    for j in range(W // k):
+                        cnt = before[b, c, i * k:(i + 1) * k, j * k:(j + 1) * k].flatten()
+                        spk = spikes_seq[t, b, c, i * k:(i + 1) * k, j * k:(j + 1) * k].flatten()
+                        out[t, b, c, i, j] = float(spk[cnt == cnt.max()].max())
+        before += spikes_seq[t]
+    return out
+
+
+def test_spike_max_pool_passes_the_most_active_input_by_hand():
+    # one 2x2 window: A (top left) fires 5 of 6 steps, B only at t = 1 and t = 5, C at t = 0
+    A = [1, 1, 1, 1, 1, 0]
+    B = [0, 1, 0, 0, 0, 1]
+    C = [1, 0, 0, 0, 0, 0]
+    s = torch.tensor([[[[a, b], [c, 0]]] for a, b, c in zip(A, B, C)], dtype=torch.float32)[:, None]  # [T,1,1,2,2]
+    count, out = torch.zeros_like(s[0]), []
+    for s_t in s:
+        count += s_t
+        out.append(spike_max_pool2d(s_t, count, 2).flatten().item())
+    assert out == [1, 1, 1, 1, 1, 0]  # B's spike at t = 5 is blocked: A is the most active
+
+
+def test_spike_max_pool_matches_reference_and_keeps_the_max_count():
+    g = torch.Generator().manual_seed(0)
+    rates = torch.rand(2, 3, 4, 4, generator=g)
+    spikes = (torch.rand(40, 2, 3, 4, 4, generator=g) < rates).float()
+    count, out = torch.zeros_like(spikes[0]), []
+    for s_t in spikes:
+        count += s_t
+        out.append(spike_max_pool2d(s_t, count, 2))
+    out = torch.stack(out)
+    assert torch.equal(out, slow_spike_max_pool(spikes, 2))
+    # pooled count == largest input count in every window, at every step
+    assert torch.equal(out.cumsum(0), F.max_pool2d(spikes.cumsum(0).flatten(0, 1), 2).view_as(out))
+
+
+def test_gated_max_pool_passes_the_input_with_the_largest_rate():
+    rate = torch.tensor([[[[1.0, 5.0], [3.0, 5.0]]]])
+    x = torch.tensor([[[[10.0, 20.0], [30.0, 40.0]]]])
+    assert gated_max_pool2d(x, rate, 2).item() == 20.0  # ties: first in row-major order
+
+
+# ------------------------------------------------------------------------------ simulation
+def test_rates_converge_to_ann_activations_like_one_over_T():
+    model = mlp().eval()
+    x = torch.rand(64, 12)
+    prog = normalize(calibrate(model, x), 100.0)  # max-norm: no saturation, every rate in [0, 1]
+    snn = convert(prog)
+    with torch.no_grad():
+        target = [run_ann(prog, x)[i] for i in prog.neurons]
+    err = []
+    for T in (50, 200):
+        counts = snn.run(x, T).spike_counts
+        err.append(np.mean([float((c / T - a).abs().mean()) for c, a in zip(counts, target)]))
+    assert err[1] < 0.01
+    assert 2.5 < err[0] / err[1] < 6.5  # error ~ 1/T: 4x the steps, ~1/4 the error
+
+
+def test_forward_equals_the_fast_path_and_state_is_not_mutated():
+    model = randomize_bn(small_cnn()).eval()
+    x = torch.rand(8, 1, 10, 10)
+    snn = ann_to_snn(model, x)
+    fast = snn.run(x, 20)
+    seq, state = snn(x.expand(20, *x.shape))
+    assert torch.allclose(seq, fast.readout, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(state.count, fast.spike_counts))
+    saved = [c.clone() for c in state.count]
+    out_t, _ = snn.step(x, state)
+    assert all(torch.equal(a, b) for a, b in zip(state.count, saved))
+    assert out_t.shape == (8, 5)
+
+
+def test_snn_predictions_match_the_ann_at_large_T():
+    for make, shape in ((small_cnn, (64, 1, 10, 10)), (Residual, (64, 1, 8, 8)),
+                        (relu_after_pool, (64, 1, 10, 10))):
+        model = randomize_bn(make()).eval()
+        x = torch.rand(shape)
+        snn = ann_to_snn(model, x, percentile=100.0, channelwise=True)
+        if make is not small_cnn:  # the residual add and the second ReLU need gains
+            assert any("gain" in name for name, _ in snn.named_buffers()), make.__name__
+        readout = snn.run(x, 300).readout
+        agree = (readout[-1].argmax(-1) == model(x).argmax(-1)).float().mean()
+        assert agree >= 0.9, make.__name__
+
+
+def tiny_conv_net():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+
+
+def hand_fanout_conv(H=4, W=4, k=3, pad=1, cout=2):
+    f = np.zeros((H, W))
+    for i in range(H):  # output position (i, j) reads inputs i-1..i+1, j-1..j+1 (inside the image)
+        for j in range(W):
+            for di in range(-pad, k - pad):
+                for dj in range(-pad, k - pad):
+                    if 0 <= i + di < H and 0 <= j + dj < W:
+                        f[i + di, j + dj] += cout
+    return f
+
+
+def test_operation_counts_match_a_hand_count():
+    model = tiny_conv_net()
+    x = torch.ones(1, 1, 4, 4)
+    x[0, 0, 0, 0] = 0.0  # a zero pixel costs nothing
+    snn = ann_to_snn(model, x, percentile=100.0)
+    assert snn.macs == {"0": 2 * 16 * 9, "3": 32 * 3}  # ANN: out_numel * fan_in
+    T = 12
+    res = snn.run(x, T)
+    f = hand_fanout_conv()
+    assert f.sum() == 200  # 4 corners x 8 + 8 edges x 12 + 4 inner x 18
+    expected_conv = np.zeros(T)
+    expected_conv[0] = f.sum() - f[0, 0]  # constant analog input: computed (and counted) once
+    np.testing.assert_allclose(res.synops[:, 0].numpy(), expected_conv)
+    # the Linear layer: 3 operations per hidden spike, step by step (from the IF layer's counts)
+    state, per_step = None, []
+    for t in range(T):
+        before = 0.0 if state is None else float(state.count[0].sum())
+        _, state = snn.step(x, state)
+        per_step.append(float(state.count[0].sum()) - before)
+    np.testing.assert_allclose(res.synops[:, 1].numpy(), 3 * np.array(per_step))
+    assert sum(per_step) > 0
+    result = simulate(snn, [(x, torch.zeros(1, dtype=torch.long))], T)
+    assert result.synops_per_input == pytest.approx(float(res.synops.sum()))
+    assert result.ann_macs == 288 + 96
+
+
+def test_poisson_input_reset_zero_and_spiking_softmax_run_reproducibly():
+    model = randomize_bn(small_cnn()).eval()
+    x = torch.rand(16, 1, 10, 10)
+    prog = normalize(calibrate(model, x))
+    for kw in ({"input_mode": "poisson"}, {"reset": "zero"}, {"readout": "spiking_softmax"}):
+        snn = convert(prog, **kw)
+        a = snn.run(x, 30, generator=torch.Generator().manual_seed(5))
+        b = snn.run(x, 30, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(a.readout, b.readout), kw
+        assert a.readout.shape == (30, 16, 5)
+    poisson = convert(prog, input_mode="poisson").run(x, 30, generator=torch.Generator().manual_seed(5))
+    assert poisson.synops[1:, 0].sum() > 0  # input spikes drive the first layer at every step
+    with pytest.raises(ValueError, match="input_mode"):
+        convert(prog, input_mode="rate")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        convert(prog, input_mode="poisson").run(x * 2, 5)
+
+
+def test_simulate_reports_accuracy_by_step_and_steps_within():
+    model = randomize_bn(small_cnn()).eval()
+    x = torch.rand(40, 1, 10, 10)
+    y = model(x).argmax(-1)  # labels = ANN predictions: ANN accuracy is 1
+    snn = ann_to_snn(model, x, percentile=100.0)
+    data = [(x[:25], y[:25]), (x[25:], y[25:])]
+    r = simulate(snn, data, 200, ann=model)
+    assert r.ann_accuracy == 1.0 and r.n_inputs == 40
+    assert r.accuracy_by_step.shape == (200,) and r.synops_by_step.shape == (200,)
+    assert r.accuracy >= 0.9
+    manual = (snn.run(x, 200).readout.argmax(-1) == y).float().mean(1)
+    assert torch.allclose(r.accuracy_by_step, manual.double())
+    t = r.steps_within(0.1)
+    assert t is not None and r.accuracy_by_step[t - 1] >= 0.9 - 1e-9
+    assert t == 1 or r.accuracy_by_step[t - 2] < 0.9
+    assert set(r.firing_rates) == set(snn.layer_names) and all(0 <= v <= 1 for v in r.firing_rates.values())
+    assert evaluate_ann(model, data) == 1.0
+
+
+def test_conversion_analysis_reports_metrics_and_logs_to_tensorboard(tmp_path):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    model = randomize_bn(small_cnn()).train()
+    x = torch.rand(60, 1, 10, 10)
+    y = model.eval()(x).argmax(-1)
+    model.train()
+    loader = [(x[:30], y[:30]), (x[30:], y[30:])]
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    m = conversion_analysis(model, loader, None, loader, "cpu", writer, tmp_path, T=40, calib_inputs=45,
+                            progress=False)
+    writer.close()
+    json.dumps(m)  # goes into metrics.json
+    assert m["ann_accuracy"] == 1.0 and len(m["snn_accuracy_by_step"]) == 40 and m["calibration_inputs"] == 45
+    assert m["snn_accuracy"] == m["snn_accuracy_by_step"][-1] and m["synops_per_input"] > 0
+    assert m["ann_macs_per_input"] == 4 * 8 * 8 * 9 + 6 * 4 * 4 * 36 + 6 * 2 * 2 * 4 + 24 * 16 + 16 * 5
+    assert len(m["maxnorm_snn_accuracy_by_step"]) == 40
+    for key in ("steps_to_ann_within_0p5", "steps_to_ann_within_1p0"):
+        t = m[key]
+        assert t is None or m["snn_accuracy_by_step"][t - 1] >= m["ann_accuracy"] - 0.01
+    assert model.training  # flags restored
+    tags = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "histograms": 0}).Reload().Tags()
+    assert {"conversion/accuracy_by_step", "conversion_maxnorm/accuracy_by_step"} <= set(tags["scalars"])
+    assert {"conversion/accuracy_vs_steps_and_ops", "conversion/activations", "conversion/firing_rates"} \
+        <= set(tags["images"])
+    assert any(t.startswith("conversion/activations/") for t in tags["histograms"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_simulation_on_gpu_matches_cpu():
+    model = randomize_bn(small_cnn()).eval()
+    x = torch.rand(16, 1, 10, 10)
+    snn = ann_to_snn(model, x)
+    cpu = snn.run(x, 20)
+    gpu = snn.to("cuda").run(x.cuda(), 20)
+    assert torch.allclose(gpu.readout.cpu(), cpu.readout, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ real data
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def test_lenet_on_mnist_converts_with_small_loss(mnist_root):
+    torch.manual_seed(0)
+    x = torch.from_numpy(read_idx(mnist_root / "train-images-idx3-ubyte.gz")[:6000].copy()).float() / 255
+    y = torch.from_numpy(read_idx(mnist_root / "train-labels-idx1-ubyte.gz")[:6000].astype(np.int64))
+    model = LeNet(channels=(6, 12), hidden=64)
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    for i in range(0, 5000, 50):
+        loss = F.cross_entropy(model(x[i:i + 50]), y[i:i + 50])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test = [(x[5000:5500], y[5000:5500]), (x[5500:], y[5500:])]
+    ann = evaluate_ann(model, test)
+    assert ann > 0.9
+    robust = simulate(ann_to_snn(model, x[:1000]), test, 60, ann=model)
+    maxnorm = simulate(ann_to_snn(model, x[:1000], percentile=100.0), test, 60)
+    assert robust.ann_accuracy == ann
+    assert robust.accuracy >= ann - 0.01
+    assert robust.accuracy_by_step[9] >= maxnorm.accuracy_by_step[9]  # robust rule is faster
+
+
+def test_train_py_convert_mnist_trains_then_reloads_the_ann(mnist_root, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    tiny = [f"data.root={mnist_root}", "data.download=false", "data.subset=400", "data.val_size=100",
+            "trainer.progress=false", "T=15", "analysis.calib_inputs=200", "analysis.max_test=200",
+            "model.channels=[4,8]", "model.hidden=16", "device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+
+    def train(out, *args):
+        r = subprocess.run([sys.executable, str(repo / "train.py"), "experiment=convert_mnist", *tiny, *args,
+                            f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads((out / "metrics.json").read_text())
+
+    first = train(tmp_path / "a", "trainer.epochs=1")
+    for key in ("ann_accuracy", "snn_accuracy", "snn_accuracy_by_step", "synops_per_input", "ann_macs_per_input",
+                "steps_to_ann_within_0p5", "steps_to_ann_within_1p0", "maxnorm_snn_accuracy_by_step"):
+        assert key in first, key
+    assert len(first["snn_accuracy_by_step"]) == 15
+    again = train(tmp_path / "b", "trainer.epochs=0", f"ann_checkpoint={tmp_path / 'a' / 'best.pt'}",
+                  "analysis.compare_max_norm=false")
+    assert again["ann_accuracy"] == first["ann_accuracy"] and again["snn_accuracy"] == first["snn_accuracy"]
+    assert "maxnorm_snn_accuracy" not in again
