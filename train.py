@@ -50,8 +50,9 @@ def main(cfg: DictConfig) -> float:
     scalars = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     writer.add_hparams(hparams(cfg), scalars, run_name=".")
     writer.close()
-    print(f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}, spikes/input "
-          f"{metrics.get('spikes_per_input', float('nan')):.1f}; results in {out}")
+    spikes = metrics.get("spikes_per_input")
+    print(f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}"
+          + (f", spikes/input {spikes:.1f}" if spikes is not None else "") + f"; results in {out}")
     return metrics.get(cfg.objective, float("nan"))
 
 

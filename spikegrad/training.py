@@ -107,6 +107,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     model.train()
     device = torch.device(device)
     n = loss_sum = correct = spike_sum = 0.0
+    spiking = False
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
     for k, (x, y) in enumerate(bar):
         if k < start_batch:
@@ -131,15 +132,16 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         n += b
         loss_sum += float(loss.detach()) * b
         correct += batch_correct
+        spiking = isinstance(out, SpikingOutput)
         spike_sum += _batch_spikes(out) * b
         if sharpener is not None:
             sharpener.on_batch_end(epoch, k, float(loss.detach()))
-        bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}", spikes=f"{spike_sum / n:.1f}",
-                        refresh=False)
+        bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}",
+                        **({"spikes": f"{spike_sum / n:.1f}"} if spiking else {}), refresh=False)
     bar.close()
     n = max(n, 1)
-    return {"train_loss": loss_sum / n, "train_accuracy": correct / n, "train_spikes_per_input": spike_sum / n,
-            "train_samples": int(n)}
+    return {"train_loss": loss_sum / n, "train_accuracy": correct / n,
+            "train_spikes_per_input": spike_sum / n if spiking else None, "train_samples": int(n)}
 
 
 @torch.no_grad()
@@ -148,6 +150,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
     """Mean loss, accuracy (fraction in [0, 1]) and hidden spikes per input over ``loader``.
 
     Also returns ``rates``: per hidden layer, the mean firing rate (spikes per neuron per step).
+    ``spikes_per_input`` is None for models that do not return a :class:`SpikingOutput`.
     """
     was_training = model.training
     model.eval()
@@ -170,7 +173,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
         model.train(was_training)
     if n == 0:
         raise ValueError(f"{desc}: the data loader yielded no samples; check the data split sizes")
-    return {"loss": loss_sum / n, "accuracy": correct / n, "spikes_per_input": spike_sum / n,
+    return {"loss": loss_sum / n, "accuracy": correct / n, "spikes_per_input": spike_sum / n if rates else None,
             "rates": [r / n for r in rates], "samples": int(n)}
 
 
@@ -197,11 +200,13 @@ def _log_epoch(writer, model: nn.Module, metrics: dict, val: dict, epoch: int, o
     step = epoch + 1
     writer.add_scalar("loss/train", metrics["train_loss"], step)
     writer.add_scalar("accuracy/train", metrics["train_accuracy"], step)
-    writer.add_scalar("spikes_per_input/train", metrics["train_spikes_per_input"], step)
+    if metrics["train_spikes_per_input"] is not None:
+        writer.add_scalar("spikes_per_input/train", metrics["train_spikes_per_input"], step)
     if val:
         writer.add_scalar("loss/val", val["loss"], step)
         writer.add_scalar("accuracy/val", val["accuracy"], step)
-        writer.add_scalar("spikes_per_input/val", val["spikes_per_input"], step)
+        if val["spikes_per_input"] is not None:
+            writer.add_scalar("spikes_per_input/val", val["spikes_per_input"], step)
         for k, r in enumerate(val["rates"]):
             writer.add_scalar(f"firing_rate/layer{k}", r, step)
     writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
@@ -347,8 +352,9 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
                 _log_samples(writer, model, encoder, samples, device, epoch + 1)
             writer.flush()
         print(f"epoch {epoch + 1}/{epochs}: train loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f}"
-              + (f" | val loss {val['loss']:.4f} acc {val['accuracy']:.4f} spikes/input {val['spikes_per_input']:.1f}"
-                 if val else ""), flush=True)
+              + (f" | val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if val else "")
+              + (f" spikes/input {val['spikes_per_input']:.1f}" if val and val["spikes_per_input"] is not None else ""),
+              flush=True)
 
     result: dict[str, Any] = {"epochs": state["epoch"], "train_seconds": state["train_seconds"],
                               "train_samples_per_second": state["train_samples"] / max(state["train_seconds"], 1e-9),
@@ -362,5 +368,6 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
                       test_rates=test["rates"])
         if writer is not None:
             writer.add_scalar("accuracy/test", test["accuracy"], state["epoch"])
-            writer.add_scalar("spikes_per_input/test", test["spikes_per_input"], state["epoch"])
+            if test["spikes_per_input"] is not None:
+                writer.add_scalar("spikes_per_input/test", test["spikes_per_input"], state["epoch"])
     return result

@@ -166,3 +166,15 @@ def test_smoke_real_mnist_learns(mnist_root, tmp_path):
     first = res["history"][0]
     assert res["test_accuracy"] > 0.45, res["test_accuracy"]  # chance is 0.1
     assert res["test_loss"] < 2.3 * 0.8 and first["train_loss"] > res["test_loss"]
+
+
+def test_conventional_net_reports_no_spike_count():
+    from spikegrad.losses import CrossEntropy
+
+    x, y = synthetic()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 3))
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    res = fit(model, loader, None, loader, torch.optim.SGD(model.parameters(), lr=0.1), CrossEntropy(), epochs=1,
+              progress=False)
+    assert res["spikes_per_input"] is None and res["history"][0]["train_spikes_per_input"] is None
+    assert res["test_accuracy"] > 0.5
