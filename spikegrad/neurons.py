@@ -234,6 +234,10 @@ class LIF(nn.Module):
             per-neuron values; None = one scalar for the population.
         recurrent: number of neurons N to add all-to-all recurrent weights ``W_rec [N, N]`` acting on
             the previous step's spikes over the last axis; None = feed-forward.
+        backend: how ``forward`` runs the time loop, one of :data:`spikegrad.kernels.BACKENDS`:
+            "auto" (fused Triton kernels on CUDA, fused PyTorch loop elsewhere), "torch" (``scan``),
+            "fused", "fused_lowmem", "triton", "triton_lowmem"; falls back to ``scan`` where a fast
+            path does not apply (recurrent, learnable constants); see :mod:`spikegrad.kernels`.
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (spikes [T, B, ...], state)``.
     """
 
@@ -241,9 +245,13 @@ class LIF(nn.Module):
                  v_reset: float = 0.0, reset: str = "subtract", detach_reset: bool = True,
                  surrogate: str | Surrogate = "fast_sigmoid", refractory: int = 0,
                  learn_tau: bool = False, learn_threshold: bool = False,
-                 shape: tuple[int, ...] | None = None, recurrent: int | None = None):
+                 shape: tuple[int, ...] | None = None, recurrent: int | None = None, backend: str = "auto"):
         super().__init__()
         cls = type(self).__name__
+        from .kernels import check_backend
+
+        check_backend(cls, backend)
+        self.backend = backend
         _check_tau(cls, "tau_mem", tau_mem, allow_zero=False)
         _check_tau(cls, "tau_syn", tau_syn, allow_zero=True)
         if not isinstance(v_th, (int, float)) or not v_th > 0:
@@ -289,12 +297,16 @@ class LIF(nn.Module):
         """Run ``T`` steps. With ``record=True`` the returned state holds every step, ``[T, B, ...]``."""
         _check_seq(type(self).__name__, x_seq)
         _check_state(type(self).__name__, state, x_seq[0])
+        if self.w_rec is None and self.backend != "torch":
+            from .kernels import lif_sequence
+
+            return lif_sequence(x_seq, state, self.params(x_seq.dtype), self.surrogate, self.backend, record)
         return scan(self._step, x_seq, state, self.params(x_seq.dtype), record=record)
 
     def extra_repr(self) -> str:
         return (f"tau_mem={self.tau_mem.detach().mean().item():g}, tau_syn={self.tau_syn.detach().mean().item():g}, "
                 f"v_th={self.v_th.detach().mean().item():g}, reset={self.reset!r}, refractory={self.refractory}, "
-                f"recurrent={None if self.w_rec is None else self.w_rec.shape[0]}")
+                f"recurrent={None if self.w_rec is None else self.w_rec.shape[0]}, backend={self.backend!r}")
 
 
 class IF(LIF):
@@ -306,10 +318,11 @@ class IF(LIF):
 
     def __init__(self, v_th: float = 1.0, reset: str = "subtract", detach_reset: bool = True,
                  surrogate: str | Surrogate = "fast_sigmoid", v_reset: float = 0.0,
-                 refractory: int = 0, learn_threshold: bool = False, shape: tuple[int, ...] | None = None):
+                 refractory: int = 0, learn_threshold: bool = False, shape: tuple[int, ...] | None = None,
+                 backend: str = "auto"):
         super().__init__(tau_mem=math.inf, tau_syn=0.0, v_th=v_th, v_reset=v_reset, reset=reset,
                          detach_reset=detach_reset, surrogate=surrogate, refractory=refractory,
-                         learn_threshold=learn_threshold, shape=shape)
+                         learn_threshold=learn_threshold, shape=shape, backend=backend)
 
 
 class LI(nn.Module):

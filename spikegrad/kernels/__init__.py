@@ -1,0 +1,159 @@
+"""Fast paths for whole LIF sequences: one autograd node (or one kernel launch) per direction.
+
+:class:`~spikegrad.neurons.LIF` (and :class:`~spikegrad.neurons.IF`) call :func:`lif_sequence`
+through their ``backend`` argument; it can also be called directly. Backends:
+
+* ``"torch"``: the reference :func:`~spikegrad.neurons.scan` of :func:`~spikegrad.neurons.lif_step`
+  (autograd records every step).
+* ``"fused"``: :mod:`spikegrad.kernels.cpu`, a hand-written ``torch.autograd.Function`` in PyTorch
+  ops (any device and float dtype, any registered surrogate). Same spikes and states as
+  ``"torch"`` bit for bit; float32 gradients equal to rounding (< 1e-6 relative in the tests).
+  Keeps only the pre-reset membrane, in the input dtype, for backward (4 bytes per neuron-step
+  in float32; the reference keeps 8).
+* ``"triton"``: :mod:`spikegrad.kernels.triton_lif`, one forward and one backward kernel for the
+  whole time loop (CUDA tensors, float32/bfloat16/float16; built-in surrogates, others fall back to
+  ``"fused"``). Same spikes and states as ``"torch"`` bit for bit; keeps ``v - v_th`` (input
+  dtype) for backward.
+* ``"fused_lowmem"`` / ``"triton_lowmem"``: as above, but ``v - v_th`` is kept in bfloat16 for
+  backward (2 bytes per neuron-step for float32 inputs). The forward pass is unchanged (exact);
+  input gradients are off by < 1e-3 relative (measured in ``bench/RESULTS.md``).
+* ``"auto"`` (default): ``"triton"`` for CUDA tensors when Triton is installed, else ``"fused"``.
+
+:func:`sparse_linear` / :class:`SparseInputLinear` compute a ``Linear`` on the non-zeros of a sparse
+spike input (latency codes), for the first layer of a network.
+
+Every fast path falls back to ``"torch"`` where it does not apply: recurrent weights, constants that
+require gradients (``learn_tau`` / ``learn_threshold``), a surrogate with ``spiking=False`` or its
+own ``forward``, or while ``torch.compile`` traces the model (the compiler fuses ``scan`` itself).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..neurons import LIFParams, LIFState, scan
+from ..surrogates import Surrogate
+from ._common import FusedConfig
+from .sparse import SparseInputLinear, sparse_linear
+
+__all__ = ["BACKENDS", "check_backend", "lif_sequence", "resolve_backend", "triton_available",
+           "sparse_linear", "SparseInputLinear"]
+
+BACKENDS = ("auto", "torch", "fused", "fused_lowmem", "triton", "triton_lowmem")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_backend(owner: str, backend: str) -> None:
+    """Raise a ValueError naming ``owner`` unless ``backend`` is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{owner}: backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def triton_available() -> bool:
+    """True if the ``triton`` package imports (the GPU kernels need it; ``pip install spikegrad[triton]``)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _params_need_grad(p: LIFParams) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(t, Tensor) and t.requires_grad for t in (p.decay_mem, p.decay_syn, p.v_th, p.v_reset))
+
+
+def _fusable_surrogate(spike_fn: Any) -> bool:
+    return (isinstance(spike_fn, Surrogate) and spike_fn.spiking
+            and type(spike_fn).forward is Surrogate.forward)
+
+
+def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any,
+                    state: LIFState | None = None) -> str:
+    """The backend that :func:`lif_sequence` will run: one of ``BACKENDS`` other than ``"auto"``.
+
+    Args:
+        backend: requested backend (see the module docstring).
+        x_seq: input ``[T, B, ...]``. p: :class:`~spikegrad.neurons.LIFParams`.
+        spike_fn: the spike function (a :class:`~spikegrad.surrogates.Surrogate` for the fast paths).
+        state: initial state or None.
+    Raises:
+        ValueError: unknown ``backend``; ``"triton"`` asked for without Triton installed or for a
+            tensor that is not on a CUDA device (unless ``TRITON_INTERPRET=1``).
+    """
+    check_backend("lif_sequence", backend)
+    if backend == "torch":
+        return "torch"
+    if (torch.compiler.is_compiling() or not _fusable_surrogate(spike_fn) or _params_need_grad(p)
+            or (state is not None and getattr(state, "z", None) is not None)):
+        return "torch"
+    lowmem = backend.endswith("_lowmem")
+    if backend.startswith("triton"):
+        if not triton_available():
+            raise ValueError(f"backend={backend!r} needs the triton package: pip install 'spikegrad[triton]', "
+                             "or use backend='auto'")
+        if not (x_seq.is_cuda or _interpreting()):
+            raise ValueError(f"backend={backend!r} needs CUDA tensors (got device {x_seq.device}); use "
+                             "backend='auto' or 'fused' on this device, or set TRITON_INTERPRET=1 to debug")
+        from .triton_lif import supports_surrogate
+
+        if x_seq.dtype not in _TRITON_DTYPES or not supports_surrogate(spike_fn):
+            return "fused_lowmem" if lowmem else "fused"
+        return backend
+    if backend == "auto":
+        if x_seq.is_cuda and x_seq.dtype in _TRITON_DTYPES and triton_available():
+            from .triton_lif import supports_surrogate
+
+            if supports_surrogate(spike_fn):
+                return "triton"
+        return "fused"
+    return backend
+
+
+def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: Any,
+                 backend: str = "auto", record: bool = False) -> tuple[Tensor, LIFState]:
+    """Run :func:`~spikegrad.neurons.lif_step` over ``T`` steps with the chosen backend.
+
+    Same contract as ``scan(lambda x, s: lif_step(x, s, p, spike_fn), x_seq, state, record=record)``.
+
+    Args:
+        x_seq: input current ``[T, B, ...]`` (threshold units per step), float dtype.
+        state: :class:`~spikegrad.neurons.LIFState` with ``[B, ...]`` tensors, or None (rest).
+        p: :class:`~spikegrad.neurons.LIFParams` (tensors broadcast against ``[B, ...]``).
+        spike_fn: a :class:`~spikegrad.surrogates.Surrogate` (others run on ``"torch"``).
+        backend: one of :data:`BACKENDS`.
+        record: return the per-step states stacked to ``[T, B, ...]`` instead of the final state.
+    Returns:
+        ``(spikes [T, B, ...] in {0, 1} with the dtype of x_seq, final or recorded LIFState)``.
+    """
+    chosen = resolve_backend(backend, x_seq, p, spike_fn, state)
+    if chosen == "torch":
+        from ..neurons import lif_step
+
+        return scan(lif_step, x_seq, state, p, spike_fn, record=record)
+    lowmem = chosen.endswith("_lowmem")
+    save_dtype = torch.bfloat16 if lowmem and x_seq.dtype in (torch.float32, torch.float64) else x_seq.dtype
+    cfg = FusedConfig(p.reset, bool(p.detach_reset), int(p.refractory), bool(record), save_dtype,
+                      type(spike_fn).grad)
+    v0 = i0 = r0 = None
+    if state is not None:
+        v0, i0 = state.v, state.i
+        r0 = state.r if p.refractory > 0 else None
+    if chosen.startswith("triton"):
+        from .triton_lif import lif_fused_triton as run
+    else:
+        from .cpu import lif_fused_cpu as run
+    spikes, v, i, r, v_seq, i_seq, r_seq = run(x_seq, v0, i0, r0, p.decay_mem, p.decay_syn, p.v_th,
+                                               p.v_reset, spike_fn.slope, cfg)
+    if record:
+        return spikes, LIFState(v_seq, i_seq, r_seq)
+    return spikes, LIFState(v, i, r)
+

@@ -1,0 +1,52 @@
+"""Shared preparation for the fused LIF paths: flattening, parameter layout, configuration."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+RESET_CODES = {"subtract": 0, "zero": 1, "none": 2}
+
+
+class FusedConfig(NamedTuple):
+    """Static (non-tensor) settings of one fused LIF call.
+
+    reset: "subtract" | "zero" | "none". detach_reset: stop the gradient through the reset.
+    refractory: refractory period (steps). record: also return the per-step states.
+    save_dtype: dtype of the membrane distance ``v - v_th`` kept for backward.
+    grad_fn: the surrogate derivative ``grad(x, slope)`` (a Surrogate's static method).
+    """
+
+    reset: str
+    detach_reset: bool
+    refractory: int
+    record: bool
+    save_dtype: torch.dtype
+    grad_fn: object
+
+
+def flat_param(value: Tensor | float, x_seq: Tensor) -> Tensor:
+    """A neuron constant laid out against one step ``x_seq[0]`` viewed as ``[B, F]``.
+
+    Args:
+        value: float or tensor broadcastable to ``x_seq.shape[1:]`` (``[B, ...]``).
+        x_seq: input ``[T, B, ...]``; the result has its dtype and device.
+    Returns:
+        a contiguous tensor of shape ``[1, 1]`` (one value), ``[1, F]`` (per feature, shared over
+        the batch) or ``[B, F]`` (anything else), ``F = prod(x_seq.shape[2:])``.
+    """
+    if isinstance(value, Tensor):
+        t = value.to(device=x_seq.device, dtype=x_seq.dtype)
+    else:  # a Python number: as lif_step multiplies by it (exact for float32 / float64 inputs)
+        t = torch.tensor(float(value), device=x_seq.device, dtype=x_seq.dtype)
+    B = x_seq.shape[1]
+    F = x_seq[0, 0].numel()
+    if t.numel() == 1:
+        return t.reshape(1, 1)
+    step_shape = x_seq.shape[1:]
+    if t.dim() < len(step_shape) or t.shape[0] == 1:  # shared over the batch
+        feat = t.reshape(t.shape[1:]) if t.dim() == len(step_shape) else t
+        return torch.broadcast_to(feat, step_shape[1:]).reshape(1, F).contiguous()
+    return torch.broadcast_to(t, step_shape).reshape(B, F).contiguous()
