@@ -8,15 +8,16 @@ the batch axis (:class:`SeqWise`); only the neurons loop over time.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .neurons import LI, LIF
 
-__all__ = ["SpikingOutput", "SeqWise", "SpikingMLP", "SpikingConvNet", "spikes_per_input"]
+__all__ = ["SpikingOutput", "SeqWise", "SpikingMLP", "SpikingConvNet", "spikes_per_input", "eval_mode"]
 
 NeuronFactory = Callable[..., nn.Module]
 
@@ -40,6 +41,20 @@ def spikes_per_input(out: SpikingOutput) -> Tensor:
         return out.readout.new_zeros(())
     batch = out.spikes[0].shape[1]
     return sum(s.detach().sum() for s in out.spikes) / batch
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module | None) -> Iterator[None]:
+    """Put ``models`` (None entries are skipped) in eval mode; restore every submodule's flag after."""
+    flags = {m: m.training for model in models if model is not None for m in model.modules()}
+    for model in models:
+        if model is not None:
+            model.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags.items():
+            m.training = training
 
 
 class SeqWise(nn.Module):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader eagerly
 
-from .models import SpikingOutput, spikes_per_input
+from .models import SpikingOutput, eval_mode, spikes_per_input
 
 __all__ = ["NonFiniteLossError", "resolve_device", "train_epoch", "evaluate", "fit", "save_checkpoint",
            "load_checkpoint"]
@@ -152,12 +152,10 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
     Also returns ``rates``: per hidden layer, the mean firing rate (spikes per neuron per step).
     ``spikes_per_input`` is None for models that do not return a :class:`SpikingOutput`.
     """
-    was_training = model.training
-    model.eval()
     device = torch.device(device)
     n = loss_sum = correct = spike_sum = 0.0
     rates: list[float] = []
-    try:
+    with eval_mode(model):
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
             x, y = x.to(device), y.to(device)
             out = model(_encode(encoder, x, generator))
@@ -169,8 +167,6 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
             if isinstance(out, SpikingOutput):
                 layer_rates = [float(s.float().mean()) * b for s in out.spikes]
                 rates = [a + r for a, r in zip(rates, layer_rates)] if rates else layer_rates
-    finally:
-        model.train(was_training)
     if n == 0:
         raise ValueError(f"{desc}: the data loader yielded no samples; check the data split sizes")
     return {"loss": loss_sum / n, "accuracy": correct / n, "spikes_per_input": spike_sum / n if rates else None,
@@ -223,12 +219,8 @@ def _log_samples(writer, model: nn.Module, encoder, samples: Tensor, device, ste
     """Spike raster and membrane traces of fixed test samples, as figures."""
     from .plots import raster_figure, traces_figure
 
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(_encode(encoder, samples.to(device), None) if encoder is not None else samples.to(device))
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        out = model(_encode(encoder, samples.to(device), None))
     if not isinstance(out, SpikingOutput):
         return
     for b in range(samples.shape[0]):

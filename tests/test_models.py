@@ -56,3 +56,14 @@ def test_convnet_shapes_and_gradients():
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError, match="input must be"):
         model(torch.zeros(6, 3, 1, 16, 16))
+
+
+def test_eval_mode_restores_each_submodule_flag():
+    from spikegrad.models import eval_mode
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.5))
+    net.train()
+    net[1].eval()  # a frozen batch-norm inside a training model
+    with eval_mode(net, None):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net] == [True, False, True] and net.training

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models import eval_mode
 from .graph import SYNAPTIC, Node, Program, apply_stateless, eval_call, gained
 
 __all__ = [
@@ -527,17 +528,11 @@ def evaluate_ann(model: nn.Module, data, device: torch.device | str | None = Non
                  max_inputs: int | None = None) -> float:
     """Accuracy (fraction) of ``model`` on ``(x, y)`` batches, in eval mode (flags restored after)."""
     device = device or next(model.parameters()).device
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
     correct = n = 0
-    try:
-        with torch.no_grad():
-            for x, y in _labelled(data, max_inputs):
-                correct += int((model(x.to(device)).argmax(-1) == y.to(device)).sum())
-                n += len(y)
-    finally:
-        for m, f in flags.items():
-            m.training = f
+    with eval_mode(model), torch.no_grad():
+        for x, y in _labelled(data, max_inputs):
+            correct += int((model(x.to(device)).argmax(-1) == y.to(device)).sum())
+            n += len(y)
     if n == 0:
         raise ValueError("evaluate_ann: data yielded no samples")
     return correct / n
@@ -575,24 +570,17 @@ def simulate(snn: SpikingNetwork, data, T: int, *, ann: nn.Module | None = None,
     if progress:
         from tqdm import tqdm
         batches = tqdm(batches, desc=f"SNN T={T}", leave=False)
-    flags = {m: m.training for m in ann.modules()} if ann is not None else {}
-    try:
-        if ann is not None:
-            ann.eval()
-        with torch.no_grad():
-            for x, y in batches:
-                x, y = x.to(device, snn._dtype()), y.to(device)
-                res = snn.run(x, T, generator=generator)
-                correct += (res.readout.argmax(-1) == y).sum(1)
-                synops += res.synops
-                spikes += torch.stack([c.sum(dtype=torch.float64) for c in res.spike_counts]) if res.spike_counts \
-                    else 0
-                if ann is not None:
-                    ann_correct += int((ann(x).argmax(-1) == y).sum())
-                n += len(y)
-    finally:
-        for m, f in flags.items():
-            m.training = f
+    with eval_mode(ann), torch.no_grad():
+        for x, y in batches:
+            x, y = x.to(device, snn._dtype()), y.to(device)
+            res = snn.run(x, T, generator=generator)
+            correct += (res.readout.argmax(-1) == y).sum(1)
+            synops += res.synops
+            spikes += torch.stack([c.sum(dtype=torch.float64) for c in res.spike_counts]) if res.spike_counts \
+                else 0
+            if ann is not None:
+                ann_correct += int((ann(x).argmax(-1) == y).sum())
+            n += len(y)
     if n == 0:
         raise ValueError("simulate: data yielded no samples")
     neurons = torch.tensor([_numel(snn.shapes[i]) for i in snn.neurons], dtype=torch.float64, device=device)
