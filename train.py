@@ -1,5 +1,9 @@
 """Train a spiking network: ``python train.py experiment=mnist16`` (configs in ``conf/``)."""
 
+from spikegrad.malloc import retain_freed_memory
+
+retain_freed_memory()  # before torch allocates: reuse freed tensor memory instead of faulting it in again
+
 import json
 from pathlib import Path
 

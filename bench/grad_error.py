@@ -15,14 +15,14 @@ def main() -> None:
     for reset in ("subtract", "zero"):
         for sur in ("fast_sigmoid", "atan", "triangle"):
             g = {}
-            for backend in ("torch", "fused", "fused_lowmem"):
+            for backend in ("torch", "native", "fused", "fused_lowmem"):
                 x = x0.clone().requires_grad_()
                 s, _ = LIF(tau_mem=20.0, tau_syn=5.0, reset=reset, surrogate=sur, backend=backend)(x)
                 s.sum().backward()
                 g[backend] = x.grad
             ref = g["torch"]
             cols = []
-            for backend in ("fused", "fused_lowmem"):
+            for backend in ("native", "fused", "fused_lowmem"):
                 d = g[backend] - ref
                 cols.append(f"{backend}: rel L2 {(d.norm() / ref.norm()).item():.1e}, "
                             f"max/|g|max {(d.abs().max() / ref.abs().max()).item():.1e}")

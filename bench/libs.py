@@ -153,7 +153,10 @@ class NorseLIF(nn.Module):
 NEURONS = {
     # variant -> (library, factory(tau_mem, tau_syn, readout) -> module, note)
     "spikegrad/torch": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "torch"), "reference scan"),
-    "spikegrad/fused": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "fused"), "CPU default"),
+    "spikegrad/native": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "native"), "C kernels, CPU default"),
+    "spikegrad/native nodetach": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "native", detach_reset=False),
+                                  "reset passes grad (as norse)"),
+    "spikegrad/fused": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "fused"), "PyTorch ops, any device"),
     "spikegrad/fused_lowmem": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "fused_lowmem"), "bf16 state"),
     "spikegrad/fused nodetach": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "fused", detach_reset=False),
                                  "reset passes grad (as norse)"),
@@ -196,47 +199,27 @@ class PeerMLP(nn.Module):
 
 
 class SpikegradMLP(nn.Module):
-    """spikegrad's model: :class:`spikegrad.models.SpikingMLP` when present, else built here."""
+    """spikegrad's model: :class:`spikegrad.models.SpikingMLP` (as ``conf/model/mlp.yaml``)."""
 
     def __init__(self, tau_mem, tau_syn, backend, sparse_input=False, w1=None, w2=None):
         super().__init__()
+        from spikegrad.models import SpikingMLP
         from spikegrad.neurons import LI, LIF
 
         neuron = functools.partial(LIF, tau_mem=tau_mem, tau_syn=tau_syn, reset="zero", backend=backend)
-        readout = functools.partial(LI, tau_mem=tau_mem, tau_syn=tau_syn)
-        try:
-            from spikegrad.models import SpikingMLP
-        except ImportError:
-            SpikingMLP = None
-        if SpikingMLP is not None:
-            self.net = SpikingMLP([256, 246, 10], neuron=neuron, readout=readout, bias=False)
-            lin1, lin2 = self.net.layers[0].module, self.net.layers[1].module
-            self.uses_models = True
-        else:  # pragma: no cover - until spikegrad.models exists
-            self.fc1, self.fc2 = nn.Linear(256, 246, bias=False), nn.Linear(246, 10, bias=False)
-            self.lif, self.li = neuron(), readout()
-            lin1, lin2 = self.fc1, self.fc2
-            self.uses_models = False
+        li_backend = "torch" if backend in ("torch", "fused", "triton") else backend
+        readout = functools.partial(LI, tau_mem=tau_mem, tau_syn=tau_syn, backend=li_backend)
+        # record_v=False: the peers' models return no membrane traces either
+        self.net = SpikingMLP([256, 246, 10], neuron=neuron, readout=readout, bias=False, record_v=False,
+                              sparse_input=sparse_input)
         with torch.no_grad():
             if w1 is not None:
-                lin1.weight.copy_(w1)
-                lin2.weight.copy_(w2)
-        if sparse_input:
-            from spikegrad.kernels import SparseInputLinear
-
-            sparse = SparseInputLinear.from_linear(lin1)
-            if self.uses_models:
-                self.net.layers[0].module = sparse
-            else:
-                self.fc1 = sparse
+                self.net.layers[0].module.weight.copy_(w1)
+                self.net.layers[1].module.weight.copy_(w2)
 
     def forward(self, x):
-        if self.uses_models:
-            out = self.net(x)
-            return out.readout, out.spikes[0]
-        s, _ = self.lif(self.fc1(x), record=True)
-        v, _ = self.li(self.fc2(s))
-        return v, s
+        out = self.net(x)
+        return out.readout, out.spikes[0]
 
 
 MNIST_VARIANTS = {
@@ -244,6 +227,8 @@ MNIST_VARIANTS = {
     "spikegrad/torch": ("spikegrad", "reference scan"),
     "spikegrad/fused": ("spikegrad", "fused LIF"),
     "spikegrad/fused+sparse": ("spikegrad", "fused LIF + sparse-input Linear"),
+    "spikegrad/native": ("spikegrad", "C LIF + LI"),
+    "spikegrad/native+sparse": ("spikegrad", "C LIF + LI + sparse-input Linear, CPU default"),
     "spikegrad/triton": ("spikegrad", "Triton LIF"),
     "snntorch/unbind": ("snntorch", "Synaptic, reset_delay=False"),
     "spikingjelly/CUBALIFNode": ("spikingjelly", "step loop"),

@@ -22,6 +22,12 @@ that every library did comparable work), bytes saved for backward per neuron-ste
 saved tensors, counted once per storage, through ``torch.autograd.graph.saved_tensors_hooks``) and,
 on GPU, the peak of ``torch.cuda.max_memory_allocated`` above the memory held before the step.
 A library that is not installed is reported as such.
+
+``--malloc retain`` (the default) starts every row's process with glibc's ``MALLOC_MMAP_THRESHOLD_``
+and ``MALLOC_TRIM_THRESHOLD_`` raised (what :func:`spikegrad.malloc.retain_freed_memory` sets, and
+what ``train.py`` uses), the same for every library: freed tensors are reused instead of
+returned to the system and faulted in again, which otherwise adds page faults that vary from run
+to run by several times. ``--malloc default`` keeps the C library's defaults.
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ def make_rows(device: str, only: str | None) -> list[dict]:
     shapes = [("lif", (100, 128, 512))] if not gpu else [("lif", (100, 128, 4096)), ("linear+lif", (500, 16, 16384))]
     for workload, shape in shapes:
         for v in lif_variants:
-            if gpu and v in ("spikegrad/fused_lowmem", "spikegrad/fused nodetach", "snntorch/x[t]"):
+            if gpu and v in ("spikegrad/fused_lowmem", "spikegrad/fused nodetach", "snntorch/x[t]",
+                             "spikegrad/native", "spikegrad/native nodetach"):
                 continue
             env_opts = [None]
             if gpu and v == "spikingjelly/LIFNode":
@@ -67,7 +74,7 @@ def make_rows(device: str, only: str | None) -> list[dict]:
         for v in libs.MNIST_VARIANTS:
             if not gpu and "triton" in v:
                 continue
-            if gpu and "+sparse" in v:
+            if gpu and ("+sparse" in v or "native" in v):
                 continue
             rows.append(dict(workload=f"mnist16 {mode}", shape=(100, 256, 246), variant=v, base_variant=v,
                              sj_impl=None, device=device))
@@ -216,8 +223,15 @@ def measure(row: dict, threads: int, quick: bool) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
-def run_row(row: dict, threads: int, quick: bool, timeout: float) -> dict:
+MALLOC_RETAIN = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def run_row(row: dict, threads: int, quick: bool, timeout: float, malloc: str = "retain") -> dict:
     env = dict(os.environ)
+    for key in MALLOC_RETAIN:
+        env.pop(key, None)
+    if malloc == "retain":
+        env.update(MALLOC_RETAIN)
     if row["sj_impl"]:
         env["SJ_LIF_CUDA_IMPLEMENTATION"] = row["sj_impl"]
     env["OMP_NUM_THREADS"] = str(threads)
@@ -286,6 +300,8 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="3 repeats per row")
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds per row")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results.json)")
+    ap.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                    help="glibc malloc settings of every row's process (see the module docstring)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -306,13 +322,13 @@ def main(argv=None) -> None:
     results = []
     for k, row in enumerate(rows):
         print(f"[{k + 1}/{len(rows)}] {row['workload']} {row['device']} {row['variant']} ...", end=" ", flush=True)
-        res = run_row(row, args.threads, args.quick, args.timeout)
+        res = run_row(row, args.threads, args.quick, args.timeout, args.malloc)
         results.append(res)
         print(f"{res['median_ms']:.1f} ms" if res.get("status") == "ok" else res.get("status"), flush=True)
     print_table(results)
     print(f"\nload average (1, 5, 15 min) at start {load0}, at end {os.getloadavg()} on {os.cpu_count()} CPUs")
     meta = dict(load_avg_end=os.getloadavg(), load_avg_start=load0, python=platform.python_version(), torch=torch.__version__, machine=platform.machine(),
-                processor=platform.processor(), cpu_count=os.cpu_count(), threads=args.threads,
+                processor=platform.processor(), cpu_count=os.cpu_count(), threads=args.threads, malloc=args.malloc,
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 argv=sys.argv[1:], wall_s=round(time.time() - t0, 1), versions=_versions())
     out = Path(args.out) if args.out else HERE / "results.json"

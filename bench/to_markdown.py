@@ -9,7 +9,7 @@ import sys
 def render(path: str) -> str:
     data = json.loads(open(path).read())
     meta, results = data["meta"], data["results"]
-    lines = [f"threads={meta['threads']}, torch {meta['torch']}, {meta['cpu_count']} CPUs, "
+    lines = [f"threads={meta['threads']}, malloc={meta.get('malloc', 'default')}, torch {meta['torch']}, {meta['cpu_count']} CPUs, "
              f"load average at start {tuple(round(x, 1) for x in meta['load_avg_start'])}, "
              f"at end {tuple(round(x, 1) for x in meta['load_avg_end'])}; run took {meta['wall_s']} s", ""]
     groups: dict[tuple, list] = {}

@@ -10,6 +10,7 @@ Layers, from the bottom up:
 - :func:`area_resize` downsamples images by exact area averaging (also used by the encoders).
 - :func:`download` fetches missing files into ``root`` (temp file, MD5 check, atomic rename).
 - :func:`load_split` returns ``(images, labels)`` tensors for one split, resized and cached.
+- :func:`shift_images` / :class:`RandomShift` translate images (training-set augmentation).
 - :func:`make_loaders` returns ``(train, val, test)`` DataLoaders; :class:`IDXData` holds the
   same arguments for Hydra (``_target_: spikegrad.data.IDXData``) and builds them with
   ``.loaders(seed)``.
@@ -41,8 +42,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 __all__ = [
-    "DATASETS", "SPLIT_FILES", "DatasetInfo", "IDXData", "area_matrix", "area_resize",
-    "default_root", "download", "load_split", "make_loaders", "read_idx",
+    "DATASETS", "SPLIT_FILES", "DatasetInfo", "IDXData", "RandomShift", "area_matrix", "area_resize",
+    "default_root", "download", "load_split", "make_loaders", "read_idx", "shift_images",
 ]
 
 SPLIT_FILES: dict[str, tuple[str, str]] = {  # split -> (images file, labels file)
@@ -373,12 +374,62 @@ def _save_atomic(obj: dict, path: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------------------- augmentation
+def shift_images(x: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
+    """Translate each image by whole pixels, filling the uncovered border with zeros.
+
+    Args:
+        x: images ``[B, C, H, W]``.
+        dy, dx: int64 ``[B]``, shift of each image in pixels (positive: down / right).
+    Returns:
+        ``[B, C, H, W]``, ``out[b, :, i, j] = x[b, :, i - dy[b], j - dx[b]]`` (0 outside the image).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}.")
+    b, _, h, w = x.shape
+    if dy.shape != (b,) or dx.shape != (b,):
+        raise ValueError(f"dy and dx must have shape ({b},), got {tuple(dy.shape)} and {tuple(dx.shape)}.")
+    pad = int(max(dy.abs().max(), dx.abs().max())) if b else 0
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = torch.arange(h, device=x.device) + pad - dy[:, None].to(x.device)  # [B, H]
+    cols = torch.arange(w, device=x.device) + pad - dx[:, None].to(x.device)  # [B, W]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return xp[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class RandomShift:
+    """Collate function that translates each training image by a random whole-pixel offset.
+
+    Every image of a batch gets its own shift ``(dy, dx)``, uniform in ``[-max_shift, max_shift]``
+    on each axis, drawn from ``generator``. :func:`make_loaders` passes the training loader's own
+    generator, so a resumed run replays the same shifts.
+
+    Args:
+        max_shift: largest translation in pixels (>= 1).
+        generator: random generator for the offsets (None: the global one).
+    """
+
+    def __init__(self, max_shift: int, generator: torch.Generator | None = None):
+        if not _is_int(max_shift) or max_shift < 1:
+            raise ValueError(f"max_shift must be an int >= 1 (pixels), got {max_shift!r}; "
+                             "use shift=0 for no augmentation.")
+        self.max_shift, self.generator = int(max_shift), generator
+
+    def __call__(self, batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        x = torch.stack([item[0] for item in batch])
+        y = torch.stack([item[1] for item in batch])
+        s = self.max_shift
+        d = torch.randint(-s, s + 1, (2, len(batch)), generator=self.generator)
+        return shift_images(x, d[0], d[1]), y
+
+
 # --------------------------------------------------------------------------------- loaders
 def make_loaders(name: str = "mnist", root: str | os.PathLike | None = None,
                  download: bool = True, size: int | None = None, val_size: int = 5000,
                  subset: int | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
                  seed: int = 0, mirrors: Sequence[str] | None = None, drop_last: bool = False,
-                 ) -> tuple[DataLoader, DataLoader | None, DataLoader]:
+                 shift: int = 0) -> tuple[DataLoader, DataLoader | None, DataLoader]:
     """Train / validation / test DataLoaders over in-memory tensors.
 
     A permutation of the training set drawn from ``seed`` holds out its first ``val_size``
@@ -395,10 +446,14 @@ def make_loaders(name: str = "mnist", root: str | os.PathLike | None = None,
         eval_batch_size: validation and test batch size.
         seed: seeds the split, the subset and the training order.
         drop_last: drop the last incomplete training batch (constant shapes for compiled models).
+        shift: augment the training set by random translations of up to ``shift`` pixels per
+            axis (:class:`RandomShift`); 0: none. Validation and test images are never shifted.
     Returns:
         (train_loader, val_loader or None when ``val_size == 0``, test_loader).
     """
     _check_loader_args(val_size, subset, batch_size, eval_batch_size, seed)
+    if not _is_int(shift) or shift < 0:
+        raise ValueError(f"shift must be an int >= 0 (pixels of random translation), got {shift!r}.")
     x, y = load_split(name, root, "train", size, download, mirrors)
     x_test, y_test = load_split(name, root, "test", size, download, mirrors)
     x, x_test = x.unsqueeze(1), x_test.unsqueeze(1)  # [N, 1, H, W]
@@ -410,9 +465,10 @@ def make_loaders(name: str = "mnist", root: str | os.PathLike | None = None,
                          f"after val_size={val_size}; lower subset or val_size (None: all).")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:val_size], perm[val_size:][:subset]
+    gen = torch.Generator().manual_seed(seed)
     train = DataLoader(TensorDataset(x[train_idx], y[train_idx]), batch_size=batch_size,
-                       shuffle=True, drop_last=drop_last,
-                       generator=torch.Generator().manual_seed(seed))
+                       shuffle=True, drop_last=drop_last, generator=gen,
+                       collate_fn=RandomShift(shift, gen) if shift else None)
     val = (DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_size=eval_batch_size)
            if val_size else None)
     test = DataLoader(TensorDataset(x_test, y_test), batch_size=eval_batch_size)
@@ -429,6 +485,7 @@ class IDXData:
         name: mnist
         root: null          # null: $SPIKEGRAD_DATA/mnist or ~/.cache/spikegrad/mnist
         size: null          # pixels; e.g. 16 for 16x16 area-resized images
+        shift: 0            # pixels of random translation of training images (augmentation)
         val_size: 5000      # samples
         batch_size: 128
     """
@@ -443,6 +500,7 @@ class IDXData:
     eval_batch_size: int = 1000
     mirrors: Sequence[str] | None = None
     drop_last: bool = False
+    shift: int = 0
 
     def __post_init__(self) -> None:
         _check_name(self.name)

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from .neurons import LI, LIF
 
-__all__ = ["SpikingOutput", "SeqWise", "SpikingMLP", "SpikingConvNet", "spikes_per_input", "eval_mode"]
+__all__ = ["SpikingOutput", "SeqWise", "SpikingMLP", "SpikingConvNet", "spikes_per_input", "eval_mode",
+           "recording_v"]
 
 NeuronFactory = Callable[..., nn.Module]
 
@@ -27,7 +28,8 @@ class SpikingOutput(NamedTuple):
 
     readout: output trace ``[T, B, C]`` (membrane of an ``LI`` readout, or spikes of a ``LIF`` one).
     spikes: per hidden layer, spikes ``[T, B, ...]``.
-    v: per hidden layer, membrane potentials ``[T, B, ...]`` (threshold units, after reset).
+    v: per hidden layer, membrane potentials ``[T, B, ...]`` (threshold units, after reset);
+        empty when the model was built with ``record_v=False``.
     """
 
     readout: Tensor
@@ -57,6 +59,19 @@ def eval_mode(*models: nn.Module | None) -> Iterator[None]:
             m.training = training
 
 
+@contextlib.contextmanager
+def recording_v(model: nn.Module) -> Iterator[None]:
+    """Make every submodule with a ``record_v`` flag record membrane potentials; restore after."""
+    flags = {m: m.record_v for m in model.modules() if hasattr(m, "record_v")}
+    for m in flags:
+        m.record_v = True
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.record_v = flag
+
+
 class SeqWise(nn.Module):
     """Apply a stateless module to every step at once: ``[T, B, ...] -> [T, B, ...']``."""
 
@@ -66,11 +81,17 @@ class SeqWise(nn.Module):
 
     def forward(self, x_seq: Tensor) -> Tensor:
         T, B = x_seq.shape[:2]
+        if type(self.module) is nn.Linear and x_seq.dim() == 3:  # narrow layers: faster input gradient
+            from .kernels.linear import seq_linear
+
+            return seq_linear(x_seq, self.module.weight, self.module.bias)
         y = self.module(x_seq.reshape(T * B, *x_seq.shape[2:]))  # [T*B, ...]
         return y.reshape(T, B, *y.shape[1:])
 
 
-def _run_neuron(neuron: nn.Module, x_seq: Tensor) -> tuple[Tensor, Tensor]:
+def _run_neuron(neuron: nn.Module, x_seq: Tensor, record_v: bool) -> tuple[Tensor, Tensor | None]:
+    if not record_v:
+        return neuron(x_seq)[0], None
     out, states = neuron(x_seq, record=True)
     return out, states.v
 
@@ -97,11 +118,18 @@ class SpikingMLP(nn.Module):
         bias: use biases in the linear layers.
         weight_gain: std of the initial hidden-layer weights times ``sqrt(fan_in)``.
         readout_gain: the same for the output layer.
+        record_v: return the hidden membrane potentials in :attr:`SpikingOutput.v` (needed by
+            voltage regularizers; costs memory traffic). Plots switch it on by :func:`recording_v`.
+        sparse_input: compute the first layer on the non-zeros of its input
+            (:class:`~spikegrad.kernels.SparseInputLinear`; same result up to rounding, much less
+            work for latency codes; dense inputs fall back to the dense product).
     """
 
     def __init__(self, sizes: Sequence[int], neuron: NeuronFactory = LIF, readout: NeuronFactory = LI,
-                 bias: bool = False, weight_gain: float = 2.0, readout_gain: float = 0.2):
+                 bias: bool = False, weight_gain: float = 2.0, readout_gain: float = 0.2,
+                 record_v: bool = True, sparse_input: bool = False):
         super().__init__()
+        self.record_v = bool(record_v)
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) <= 0:
             raise ValueError(f"SpikingMLP: sizes must list at least input and output widths (> 0), got {sizes}")
@@ -111,7 +139,12 @@ class SpikingMLP(nn.Module):
         self.layers = nn.ModuleList()
         self.neurons = nn.ModuleList()
         for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            lin = nn.Linear(n_in, n_out, bias=bias)
+            if k == 0 and sparse_input:  # an nn.Linear subclass: same parameters, same initialization
+                from .kernels.sparse import SparseInputLinear
+
+                lin = SparseInputLinear(n_in, n_out, bias=bias)
+            else:
+                lin = nn.Linear(n_in, n_out, bias=bias)
             _init_linear(lin, weight_gain if k < len(sizes) - 2 else readout_gain)
             self.layers.append(SeqWise(lin))
             self.neurons.append(neuron() if k < len(sizes) - 2 else readout())
@@ -130,9 +163,10 @@ class SpikingMLP(nn.Module):
         for k, (layer, neuron) in enumerate(zip(self.layers, self.neurons)):
             h = layer(h)
             if k < len(self.layers) - 1:
-                h, v = _run_neuron(neuron, h)
+                h, v = _run_neuron(neuron, h, self.record_v)
                 spikes.append(h)
-                vs.append(v)
+                if v is not None:
+                    vs.append(v)
             else:
                 h, _ = neuron(h)
         return SpikingOutput(h, tuple(spikes), tuple(vs))
@@ -149,14 +183,16 @@ class SpikingConvNet(nn.Module):
         neuron, readout: neuron factories as in :class:`SpikingMLP`.
         kernel_size: conv kernel size (odd; "same" padding).
         weight_gain, readout_gain: std of the initial hidden / output weights times ``sqrt(fan_in)``.
+        record_v: return the hidden membrane potentials (see :class:`SpikingMLP`).
     Shapes: ``[T, B, C, H, W] -> SpikingOutput(readout [T, B, n_classes], ...)``.
     """
 
     def __init__(self, in_shape: Sequence[int] = (1, 16, 16), channels: Sequence[int] = (16, 32),
                  hidden: Sequence[int] = (128,), n_classes: int = 10, neuron: NeuronFactory = LIF,
                  readout: NeuronFactory = LI, kernel_size: int = 3, weight_gain: float = 2.0,
-                 readout_gain: float = 0.2):
+                 readout_gain: float = 0.2, record_v: bool = True):
         super().__init__()
+        self.record_v = bool(record_v)
         c, h, w = (int(s) for s in in_shape)
         if kernel_size % 2 != 1:
             raise ValueError(f"SpikingConvNet: kernel_size must be odd, got {kernel_size}")
@@ -173,7 +209,7 @@ class SpikingConvNet(nn.Module):
                 raise ValueError(f"SpikingConvNet: {len(channels)} pooling stages are too many for input {in_shape}")
         self.pool = SeqWise(nn.MaxPool2d(2))
         self.head = SpikingMLP([c * h * w, *hidden, n_classes], neuron=neuron, readout=readout,
-                               weight_gain=weight_gain, readout_gain=readout_gain)
+                               weight_gain=weight_gain, readout_gain=readout_gain, record_v=record_v)
 
     def forward(self, x_seq: Tensor) -> SpikingOutput:
         """``x_seq [T, B, C, H, W]`` -> :class:`SpikingOutput`."""
@@ -183,9 +219,10 @@ class SpikingConvNet(nn.Module):
         spikes, vs = [], []
         h = x_seq
         for conv, neuron in zip(self.blocks, self.neurons):
-            h, v = _run_neuron(neuron, conv(h))  # [T, B, C, H, W]
+            h, v = _run_neuron(neuron, conv(h), self.record_v)  # [T, B, C, H, W]
             spikes.append(h)
-            vs.append(v)
+            if v is not None:
+                vs.append(v)
             h = self.pool(h)
         out = self.head(h)
         return SpikingOutput(out.readout, tuple(spikes) + out.spikes, tuple(vs) + out.v)

@@ -235,9 +235,10 @@ class LIF(nn.Module):
         recurrent: number of neurons N to add all-to-all recurrent weights ``W_rec [N, N]`` acting on
             the previous step's spikes over the last axis; None = feed-forward.
         backend: how ``forward`` runs the time loop, one of :data:`spikegrad.kernels.BACKENDS`:
-            "auto" (fused Triton kernels on CUDA, fused PyTorch loop elsewhere), "torch" (``scan``),
-            "fused", "fused_lowmem", "triton", "triton_lowmem"; falls back to ``scan`` where a fast
-            path does not apply (recurrent, learnable constants); see :mod:`spikegrad.kernels`.
+            "auto" (Triton kernels on CUDA, C kernels on CPU, else the fused PyTorch loop), "torch"
+            (``scan``), "native", "fused", "fused_lowmem", "triton", "triton_lowmem"; falls back to
+            ``scan`` where a fast path does not apply (recurrent, learnable constants); see
+            :mod:`spikegrad.kernels`.
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (spikes [T, B, ...], state)``.
     """
 
@@ -331,12 +332,19 @@ class LI(nn.Module):
     Args:
         tau_mem: membrane time constant (steps, > 0). tau_syn: synaptic time constant (steps, >= 0).
         learn_tau: learnable time constants. shape: shape of per-neuron constants or None.
+        backend: how ``forward`` runs the time loop, one of :data:`spikegrad.kernels.LI_BACKENDS`:
+            ``"auto"`` (C kernel for float32/float64 CPU tensors where built, else ``"torch"``),
+            ``"native"`` or ``"torch"`` (the reference :func:`scan` of :func:`li_step`).
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (v_seq [T, B, ...], state)``.
     """
 
     def __init__(self, tau_mem: float = 20.0, tau_syn: float = 5.0, learn_tau: bool = False,
-                 shape: tuple[int, ...] | None = None):
+                 shape: tuple[int, ...] | None = None, backend: str = "auto"):
         super().__init__()
+        from .kernels import LI_BACKENDS, check_backend
+
+        check_backend("LI", backend, LI_BACKENDS)
+        self.backend = backend
         _check_tau("LI", "tau_mem", tau_mem, allow_zero=False)
         _check_tau("LI", "tau_syn", tau_syn, allow_zero=True)
         _constant(self, "tau_mem", tau_mem, learn_tau, shape)
@@ -357,7 +365,11 @@ class LI(nn.Module):
         """Run ``T`` steps; the output is the membrane trace ``[T, B, ...]``."""
         _check_seq("LI", x_seq)
         _check_state("LI", state, x_seq[0])
-        return scan(li_step, x_seq, state, self.params(x_seq.dtype), record=record)
+        if self.backend == "torch":
+            return scan(li_step, x_seq, state, self.params(x_seq.dtype), record=record)
+        from .kernels import li_sequence
+
+        return li_sequence(x_seq, state, self.params(x_seq.dtype), self.backend, record)
 
     def extra_repr(self) -> str:
         return f"tau_mem={self.tau_mem.detach().mean().item():g}, tau_syn={self.tau_syn.detach().mean().item():g}"

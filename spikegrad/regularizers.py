@@ -196,7 +196,9 @@ class Regularizer:
             raise ValueError(f"{name} needs the recorded {self.needs}: call it as {name}(...)({self.needs}=...)")
         layers = [rec] if isinstance(rec, Tensor) else list(rec)
         if not layers:
-            raise ValueError(f"{name}: got an empty sequence for {self.needs}; pass at least one tensor")
+            hint = (" (a spikegrad model built with record_v=False records none: set model.record_v=true)"
+                    if self.needs == "v" else "")
+            raise ValueError(f"{name}: got an empty sequence for {self.needs}; pass at least one tensor{hint}")
         total = self.penalty(layers[0])
         for t in layers[1:]:
             total = total + self.penalty(t)

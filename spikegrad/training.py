@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader eagerly
 
-from .models import SpikingOutput, eval_mode, spikes_per_input
+from .models import SpikingOutput, eval_mode, recording_v, spikes_per_input
 
 __all__ = ["NonFiniteLossError", "resolve_device", "train_epoch", "evaluate", "fit", "save_checkpoint",
            "load_checkpoint"]
@@ -219,13 +219,14 @@ def _log_samples(writer, model: nn.Module, encoder, samples: Tensor, device, ste
     """Spike raster and membrane traces of fixed test samples, as figures."""
     from .plots import raster_figure, traces_figure
 
-    with eval_mode(model):
+    with eval_mode(model), recording_v(model):
         out = model(_encode(encoder, samples.to(device), None))
     if not isinstance(out, SpikingOutput):
         return
     for b in range(samples.shape[0]):
-        for k, (s, v) in enumerate(zip(out.spikes, out.v)):
+        for k, s in enumerate(out.spikes):
             writer.add_figure(f"raster/sample{b}/layer{k}", raster_figure(s[:, b], f"sample {b}, layer {k}"), step)
+        for k, v in enumerate(out.v):
             writer.add_figure(f"membrane/sample{b}/layer{k}", traces_figure(v[:, b], f"sample {b}, layer {k}"), step)
         writer.add_figure(f"readout/sample{b}", traces_figure(out.readout[:, b], f"sample {b}, readout", None), step)
 

@@ -19,7 +19,7 @@ import torch
 
 from spikegrad import data
 from spikegrad.data import (ALL_FILES, IDXData, area_matrix, area_resize, default_root,
-                            download, load_split, make_loaders, read_idx)
+                            download, load_split, make_loaders, read_idx, shift_images)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MNIST = SHARED / "mnist"
@@ -452,6 +452,7 @@ def test_make_loaders_drop_last(tmp_path):
     (dict(val_size=-1), "val_size"), (dict(val_size=200), "val_size"),
     (dict(subset=0), "subset"), (dict(val_size=50, subset=151), "subset"),
     (dict(batch_size=0), "batch_size"), (dict(eval_batch_size=True), "eval_batch_size"),
+    (dict(shift=-1), "shift"), (dict(shift=1.5), "shift"),
 ])
 def test_make_loaders_validates(tmp_path, kw, match):
     write_folder(tmp_path, n_train=200)
@@ -484,3 +485,63 @@ def test_idxdata_hydra_instantiate(tmp_path):
     assert isinstance(obj, IDXData) and obj.mirrors == ("http://127.0.0.1:1/",)
     train, val, test = obj.loaders(0)
     assert len(train.dataset) == 50 and next(iter(test))[0].shape[1:] == (1, 16, 16)
+
+
+# ---------------------------------------------------------------------------- augmentation
+def slow_shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Pixel-by-pixel translation of one [C, H, W] image with zero fill."""
+    out = torch.zeros_like(img)
+    _, h, w = img.shape
+    for i in range(h):
+        for j in range(w):
+            if 0 <= i - dy < h and 0 <= j - dx < w:
+                out[:, i, j] = img[:, i - dy, j - dx]
+    return out
+
+
+def test_shift_images_matches_slow_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 2, 7, 5, generator=g)
+    dy = torch.tensor([0, 1, -2, 3, -7, 0])
+    dx = torch.tensor([0, -1, 2, 0, 1, 5])
+    out = shift_images(x, dy, dx)
+    for b in range(6):
+        torch.testing.assert_close(out[b], slow_shift(x[b], int(dy[b]), int(dx[b])), rtol=0, atol=0)
+
+
+def test_shift_images_hand_example():
+    x = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    out = shift_images(x, torch.tensor([1]), torch.tensor([-1]))  # one down, one left
+    assert out[0, 0].tolist() == [[0, 0, 0], [2, 3, 0], [5, 6, 0]]
+
+
+def test_shift_images_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        shift_images(torch.zeros(3, 4, 4), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="dy and dx"):
+        shift_images(torch.zeros(3, 1, 4, 4), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+
+
+def test_make_loaders_shift_augments_train_only_and_replays(tmp_path):
+    write_folder(tmp_path, n_train=100, n_test=10)
+    kw = dict(name="folder", root=tmp_path, val_size=20, batch_size=16, eval_batch_size=16, seed=1)
+    plain_train, plain_val, plain_test = make_loaders(**kw)
+    train, val, test = make_loaders(**kw, shift=2)
+    images = train.dataset.tensors[0]
+    n_moved = 0
+    for x, y in train:
+        for xb, i in zip(x, y):  # labels are sample indices: find the original image
+            src = images[(train.dataset.tensors[1] == i).nonzero()[0, 0]]
+            hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                    if torch.equal(xb, slow_shift(src, dy, dx))]
+            assert hits, "every training image is a translation of its source by at most 2 pixels"
+            n_moved += (0, 0) not in hits
+    assert n_moved > 50  # 24 of 25 offsets move the image
+    for a, b in [(val, plain_val), (test, plain_test)]:
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the shifts come from the loader's generator: restoring its state replays the epoch exactly
+    state = train.generator.get_state()
+    first = [x for x, _ in train]
+    train.generator.set_state(state)
+    assert all(torch.equal(a, b) for a, b, in zip(first, [x for x, _ in train]))

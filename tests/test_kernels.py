@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikegrad.kernels import BACKENDS, SparseInputLinear, lif_sequence, resolve_backend, sparse_linear
-from spikegrad.neurons import IF, LIF, LIFParams, LIFState
+from spikegrad.kernels import (BACKENDS, SparseInputLinear, li_sequence, lif_sequence, native_available,
+                               resolve_backend, sparse_linear)
+from spikegrad.neurons import IF, LI, LIF, LIFParams, LIFState, LIParams, LIState
 from spikegrad.surrogates import SURROGATES, Surrogate, make_surrogate, register_surrogate
 
 HALF = 1 / math.log(2)  # tau giving a per-step decay of exactly 0.5
@@ -37,6 +38,10 @@ class _Quadratic(Surrogate):
 
 
 BUILTIN = sorted(SURROGATES)
+NATIVE = native_available()
+needs_native = pytest.mark.skipif(not NATIVE, reason="the C kernels could not be built (no C compiler)")
+# the two CPU fast paths: PyTorch ops ("fused") and C ("native")
+CPU_FAST = ["fused", pytest.param("native", marks=needs_native)]
 
 
 @pytest.fixture
@@ -90,21 +95,24 @@ def assert_same(ref, got, grad_rtol=1e-5, exact_states=True):
 
 @pytest.mark.parametrize("reset,detach_reset,refractory", list(itertools.product(RESETS, [True, False], [0, 2])))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_matches_reference(reset, detach_reset, refractory, dtype):
+@pytest.mark.parametrize("backend", CPU_FAST)
+def test_fused_matches_reference(reset, detach_reset, refractory, dtype, backend):
     for record in (False, True):
         kw = dict(dtype=dtype, reset=reset, detach_reset=detach_reset, refractory=refractory, record=record)
-        assert_same(run_case("torch", **kw), run_case("fused", **kw))
+        assert_same(run_case("torch", **kw), run_case(backend, **kw))
 
 
 @pytest.mark.parametrize("surrogate", BUILTIN)
-def test_fused_every_builtin_surrogate(surrogate):
+@pytest.mark.parametrize("backend", CPU_FAST)
+def test_fused_every_builtin_surrogate(surrogate, backend):
     kw = dict(dtype=torch.float32, surrogate=surrogate, reset="zero", detach_reset=False)
-    assert_same(run_case("torch", **kw), run_case("fused", **kw))
+    assert_same(run_case("torch", **kw), run_case(backend, **kw))
 
 
-def test_fused_user_registered_surrogate(user_surrogate):
+@pytest.mark.parametrize("backend", CPU_FAST)
+def test_fused_user_registered_surrogate(user_surrogate, backend):
     kw = dict(dtype=torch.float64, surrogate=user_surrogate, refractory=1)
-    assert_same(run_case("torch", **kw), run_case("fused", **kw))
+    assert_same(run_case("torch", **kw), run_case(backend, **kw))
 
 
 def test_fused_split_over_threads_matches_reference():
@@ -122,9 +130,10 @@ def test_fused_split_over_threads_matches_reference():
         torch.set_num_threads(old)
 
 
-def test_fused_long_sequence_spans_several_blocks():
+@pytest.mark.parametrize("backend", CPU_FAST)
+def test_fused_long_sequence_spans_several_blocks(backend):
     kw = dict(dtype=torch.float32, T=61, with_state=False)  # 61 = 15 blocks of 4 + 1
-    assert_same(run_case("torch", **kw), run_case("fused", **kw))
+    assert_same(run_case("torch", **kw), run_case(backend, **kw))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -145,19 +154,21 @@ def test_fused_lowmem_exact_forward_close_gradient():
     assert 0 < rel < 1e-2  # bfloat16 z: not exact, but close
 
 
-def test_fused_hand_computed_traces():
+@pytest.mark.parametrize("backend", CPU_FAST)
+def test_fused_hand_computed_traces(backend):
     # the hand-worked traces of test_neurons, through the fused path
     x = torch.tensor([0.6, 0.6, 0.6, 0.0], dtype=torch.float64).reshape(-1, 1, 1)
-    out, st = LIF(tau_mem=HALF, tau_syn=0.0, reset="subtract", backend="fused").double()(x, record=True)
+    out, st = LIF(tau_mem=HALF, tau_syn=0.0, reset="subtract", backend=backend).double()(x, record=True)
     assert out.flatten().tolist() == [0, 0, 1, 0]
     assert st.v.flatten().tolist() == pytest.approx([0.6, 0.9, 0.05, 0.025])
-    out, st = IF(refractory=1, backend="fused").double()(torch.full((4, 1, 1), 1.5, dtype=torch.float64), record=True)
+    out, st = IF(refractory=1, backend=backend).double()(torch.full((4, 1, 1), 1.5, dtype=torch.float64), record=True)
     assert out.flatten().tolist() == [1, 0, 1, 0] and st.v.flatten().tolist() == pytest.approx([0.5, 0.5, 1.0, 1.0])
 
 
-def test_fused_conv_shaped_input_and_per_channel_constants():
+@pytest.mark.parametrize("backend", CPU_FAST)
+def test_fused_conv_shaped_input_and_per_channel_constants(backend):
     n_ref = LIF(shape=(4, 1, 1), backend="torch")
-    n = LIF(shape=(4, 1, 1), backend="fused")
+    n = LIF(shape=(4, 1, 1), backend=backend)
     with torch.no_grad():
         for m in (n_ref, n):
             m.v_th.copy_(torch.tensor([0.7, 0.9, 1.1, 1.3]).view(4, 1, 1))
@@ -172,7 +183,7 @@ def test_fused_conv_shaped_input_and_per_channel_constants():
 def test_fused_saves_four_bytes_per_neuron_step():
     T, B, N = 32, 4, 16
     saved = {}
-    for backend in ("torch", "fused", "fused_lowmem"):
+    for backend in ("torch", "fused", "fused_lowmem") + (("native",) if NATIVE else ()):
         total = 0
 
         def pack(t):
@@ -186,6 +197,7 @@ def test_fused_saves_four_bytes_per_neuron_step():
         saved[backend] = total / (T * B * N)
         s.sum().backward()
     assert 4.0 <= saved["fused"] < 4.1        # z = v - v_th in float32, plus a few scalars
+    assert 4.0 <= saved["native"] < 4.1 or not NATIVE
     assert 2.0 <= saved["fused_lowmem"] < 2.1  # z in bfloat16
     assert saved["torch"] > saved["fused"]
 
@@ -197,7 +209,8 @@ def test_backend_validation_and_fallbacks(monkeypatch):
         IF(backend="fast")
     x = torch.rand(5, 2, 3)
     p = LIF().params()
-    assert resolve_backend("auto", x, p, make_surrogate("atan")) == "fused"
+    assert resolve_backend("auto", x, p, make_surrogate("atan")) == ("native" if NATIVE else "fused")
+    assert resolve_backend("auto", x.bfloat16(), p, make_surrogate("atan")) == "fused"
     assert resolve_backend("torch", x, p, make_surrogate("atan")) == "torch"
     # learnable constants, smooth surrogates and custom forwards run on the reference scan
     assert resolve_backend("fused", x, LIF(learn_tau=True).params(), make_surrogate("atan")) == "torch"
@@ -223,6 +236,126 @@ def test_functional_lif_sequence_matches_scan():
     a, sa = lif_sequence(x, None, p, make_surrogate("triangle"), backend="torch")
     b, sb = lif_sequence(x, None, p, make_surrogate("triangle"), backend="fused")
     assert torch.equal(a, b) and torch.equal(sa.v, sb.v)
+
+
+# ---------------------------------------------------------------- C kernels ("native")
+
+@needs_native
+def test_native_record_and_initial_state_variants():
+    # every combination of recorded states, given initial state and reset mode, float32 and float64
+    for reset, record, with_state, dtype in itertools.product(RESETS, [False, True], [False, True],
+                                                              [torch.float32, torch.float64]):
+        kw = dict(dtype=dtype, reset=reset, record=record, with_state=with_state, refractory=1, T=15)
+        assert_same(run_case("torch", **kw), run_case("native", **kw))
+
+
+@needs_native
+def test_native_split_over_threads_and_many_backward_chunks(monkeypatch):
+    import spikegrad.kernels.native as native
+
+    monkeypatch.setattr(native, "MIN_PART", 64)        # several parts even for a small layer
+    monkeypatch.setattr(native, "CHUNK_BYTES", 3 * 1024)  # backward in many chunks of steps
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert native._parts(1000) == [(0, 500), (500, 1000)]
+        for reset, detach, refractory in (("subtract", True, 0), ("zero", False, 2)):
+            kw = dict(dtype=torch.float32, reset=reset, detach_reset=detach, refractory=refractory,
+                      T=37, B=8, N=40, record=True)
+            assert_same(run_case("torch", **kw), run_case("native", **kw))
+    finally:
+        torch.set_num_threads(old)
+
+
+@needs_native
+def test_native_gradient_broadcast_over_time_and_partial_outputs():
+    # x.sum() hands backward a gradient broadcast over time (stride 0); only v used: no spike gradient
+    x = (torch.rand(20, 3, 6) * 0.9).requires_grad_()
+    grads = []
+    for backend in ("torch", "native"):
+        s, st = LIF(backend=backend)(x)
+        g1, = torch.autograd.grad(s.sum(), x)
+        s, st = LIF(backend=backend)(x)
+        g2, = torch.autograd.grad(st.v.sum(), x)
+        grads.append((g1, g2))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+@pytest.mark.parametrize("record", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_li_matches_reference(record, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(25, 3, 4, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    v0 = torch.randn(3, 4, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    i0 = torch.randn(3, 4, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    w_t = torch.linspace(-1, 1, 25, dtype=dtype)[:, None, None]
+    res = []
+    for backend in ("torch", "native"):
+        li = LI(tau_mem=6.0, tau_syn=2.0, shape=(4,), backend=backend).to(dtype)
+        with torch.no_grad():
+            li.tau_mem.copy_(torch.tensor([3.0, 6.0, 9.0, 12.0]))
+        v, st = li(x, LIState(v0, i0), record=record)
+        loss = (v * w_t).sum() + (st.v ** 2).sum() + 0.5 * st.i.sum()
+        res.append((v, st, torch.autograd.grad(loss, (x, v0, i0))))
+    (va, sa, ga), (vb, sb, gb) = res
+    assert torch.equal(va, vb) and torch.equal(sa.v, sb.v) and torch.equal(sa.i, sb.i)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * a.abs().max().item())
+
+
+def test_li_backend_resolution_and_fallbacks():
+    x = torch.rand(6, 2, 3)
+    p = LIParams(torch.tensor(0.9), torch.tensor(0.5))
+    ref, _ = li_sequence(x, None, p, backend="torch")
+    for backend in ("auto", "torch"):
+        out, _ = li_sequence(x, None, p, backend=backend)
+        assert torch.equal(out, ref)
+    # learnable time constants: the reference scan, with gradients for them
+    li = LI(learn_tau=True)
+    li(torch.rand(6, 2, 3))[0].sum().backward()
+    assert li.tau_mem.grad is not None and li.tau_mem.grad.abs() > 0
+    with pytest.raises(ValueError, match="backend must be one of"):
+        LI(backend="fused")
+
+
+def test_native_build_failure_is_reported(monkeypatch, tmp_path):
+    import spikegrad.kernels as kernels
+    import spikegrad.kernels.native as native
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("SPIKEGRAD_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(kernels, "_warned", set())
+    assert not native.available() and "no-such-compiler" in native.build_error()
+    x = torch.rand(4, 2, 3)
+    p = LIF().params()
+    with pytest.warns(RuntimeWarning, match="C kernels could not be built"):
+        assert resolve_backend("auto", x, p, make_surrogate("atan")) == "fused"
+    with pytest.raises(ValueError, match="C compiler"):
+        resolve_backend("native", x, p, make_surrogate("atan"))
+    with pytest.raises(ValueError, match="C compiler"):
+        LI(backend="native")(x)
+    assert list(tmp_path.rglob("*.so")) == []  # nothing half-written left behind
+
+
+@needs_native
+def test_native_builds_into_cache_once(monkeypatch, tmp_path):
+    import spikegrad.kernels.native as native
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("SPIKEGRAD_CACHE", str(tmp_path))
+    assert native.available() and native.build_error() is None
+    built = list((tmp_path / "native").glob("*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_state", {})       # a new process: loads, does not rebuild
+    assert native.available() and built[0].stat().st_mtime_ns == stamp
+    x = torch.rand(5, 2, 3)
+    p = LIF().params()
+    assert resolve_backend("native", x, p, make_surrogate("atan")) == "native"
+    assert resolve_backend("native", x.half(), p, make_surrogate("atan")) == "fused"
 
 
 # ---------------------------------------------------------------- sparse-input linear layer

@@ -67,3 +67,47 @@ def test_eval_mode_restores_each_submodule_flag():
     with eval_mode(net, None):
         assert not any(m.training for m in net.modules())
     assert [m.training for m in net] == [True, False, True] and net.training
+
+
+def test_mlp_record_v_and_sparse_input_change_nothing_else():
+    torch.manual_seed(0)
+    x = (torch.rand(12, 5, 1, 4, 4) < 0.05).float()   # sparse spike input: the sparse path runs
+    y = torch.randint(0, 3, (5,))
+    outs, grads, keys = [], [], []
+    for record_v, sparse in [(True, False), (False, True)]:
+        torch.manual_seed(1)
+        model = SpikingMLP([16, 8, 3], neuron=functools.partial(LIF, tau_mem=5.0), weight_gain=4.0,
+                           record_v=record_v, sparse_input=sparse)
+        out = model(x)
+        nn.functional.cross_entropy(out.readout.amax(0), y).backward()
+        outs.append(out)
+        grads.append([p.grad for p in model.parameters()])
+        keys.append(list(model.state_dict()))
+    (a, b), (ga, gb) = outs, grads
+    assert keys[0] == keys[1] and "layers.0.module.weight" in keys[0]  # checkpoints load either way
+    assert len(a.v) == 1 and b.v == ()                 # no membrane traces without record_v
+    assert a.spikes[0].sum() > 0 and torch.equal(a.spikes[0], b.spikes[0])
+    torch.testing.assert_close(b.readout, a.readout)
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(q, p)
+    from spikegrad.models import recording_v
+
+    model = SpikingMLP([16, 8, 3], record_v=False)
+    with recording_v(model):
+        assert model(x).v[0].shape == (12, 5, 8)
+    assert model.record_v is False and model(x).v == ()
+
+
+def test_seqwise_narrow_linear_matches_plain_linear_and_gradients():
+    # the batched input gradient of narrow layers against nn.Linear's own autograd, in float64
+    lin = nn.Linear(7, 3).double()
+    x = torch.randn(5, 4, 7, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, 4, 3, dtype=torch.float64)
+    out = SeqWise(lin)(x)
+    gx, gw, gb = torch.autograd.grad(out, (x, lin.weight, lin.bias), g)
+    ref = lin(x.reshape(20, 7)).reshape(5, 4, 3)
+    rx, rw, rb = torch.autograd.grad(ref, (x, lin.weight, lin.bias), g)
+    torch.testing.assert_close(out, ref)
+    for a, b in [(gx, rx), (gw, rw), (gb, rb)]:
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda t: SeqWise(lin)(t), (x[:2, :2].detach().requires_grad_(),))

@@ -5,6 +5,10 @@ through their ``backend`` argument; it can also be called directly. Backends:
 
 * ``"torch"``: the reference :func:`~spikegrad.neurons.scan` of :func:`~spikegrad.neurons.lif_step`
   (autograd records every step).
+* ``"native"``: :mod:`spikegrad.kernels.native`, C kernels for CPU tensors (float32/float64, any
+  registered surrogate), compiled on first use with the system C compiler: one call runs the
+  whole time loop forward, one backward. Same spikes and states as ``"torch"`` bit for bit;
+  keeps ``v - v_th`` (4 bytes per neuron-step in float32) for backward.
 * ``"fused"``: :mod:`spikegrad.kernels.cpu`, a hand-written ``torch.autograd.Function`` in PyTorch
   ops (any device and float dtype, any registered surrogate). Same spikes and states as
   ``"torch"`` bit for bit; float32 gradients equal to rounding (< 1e-6 relative in the tests).
@@ -17,7 +21,11 @@ through their ``backend`` argument; it can also be called directly. Backends:
 * ``"fused_lowmem"`` / ``"triton_lowmem"``: as above, but ``v - v_th`` is kept in bfloat16 for
   backward (2 bytes per neuron-step for float32 inputs). The forward pass is unchanged (exact);
   input gradients are off by < 1e-3 relative (measured in ``bench/RESULTS.md``).
-* ``"auto"`` (default): ``"triton"`` for CUDA tensors when Triton is installed, else ``"fused"``.
+* ``"auto"`` (default): ``"triton"`` for CUDA tensors when Triton is installed; ``"native"`` for
+  float32/float64 CPU tensors when a C compiler is found (else a one-time warning); else ``"fused"``.
+
+:func:`li_sequence` runs the leaky integrator (:class:`~spikegrad.neurons.LI`) the same way, with
+the backends ``"auto"`` (``"native"`` where it applies), ``"native"`` and ``"torch"``.
 
 :func:`sparse_linear` / :class:`SparseInputLinear` compute a ``Linear`` on the non-zeros of a sparse
 spike input (latency codes), for the first layer of a network.
@@ -30,27 +38,59 @@ own ``forward``, or while ``torch.compile`` traces the model (the compiler fuses
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..neurons import LIFParams, LIFState, scan
+from ..neurons import LIFParams, LIFState, LIParams, LIState, scan
 from ..surrogates import Surrogate
 from ._common import FusedConfig
 from .sparse import SparseInputLinear, sparse_linear
 
-__all__ = ["BACKENDS", "check_backend", "lif_sequence", "resolve_backend", "triton_available",
-           "sparse_linear", "SparseInputLinear"]
+__all__ = ["BACKENDS", "LI_BACKENDS", "check_backend", "li_sequence", "lif_sequence", "native_available",
+           "resolve_backend", "triton_available", "sparse_linear", "SparseInputLinear"]
 
-BACKENDS = ("auto", "torch", "fused", "fused_lowmem", "triton", "triton_lowmem")
+BACKENDS = ("auto", "torch", "native", "fused", "fused_lowmem", "triton", "triton_lowmem")
+LI_BACKENDS = ("auto", "torch", "native")
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def check_backend(owner: str, backend: str) -> None:
-    """Raise a ValueError naming ``owner`` unless ``backend`` is one of :data:`BACKENDS`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"{owner}: backend must be one of {BACKENDS}, got {backend!r}")
+def check_backend(owner: str, backend: str, allowed: tuple[str, ...] = BACKENDS) -> None:
+    """Raise a ValueError naming ``owner`` unless ``backend`` is one of ``allowed``."""
+    if backend not in allowed:
+        raise ValueError(f"{owner}: backend must be one of {allowed}, got {backend!r}")
+
+
+_warned: set = set()
+
+
+def native_available(warn: bool = False) -> bool:
+    """True if the C kernels of :mod:`spikegrad.kernels.native` are built and loaded (builds them).
+
+    Args:
+        warn: warn once per process, with the compiler's message, when they cannot be built.
+    """
+    from . import native
+
+    ok = native.available()
+    if not ok and warn and "native" not in _warned:
+        _warned.add("native")
+        warnings.warn(f"spikegrad: the C kernels could not be built ({native.build_error()}); CPU neurons "
+                      "use the slower 'fused' PyTorch path. Install a C compiler (or set CC) to speed them up, "
+                      "or pass backend='fused' to silence this warning.", RuntimeWarning, stacklevel=3)
+    return ok
+
+
+def _native_or_raise(backend: str, x_seq: Tensor) -> None:
+    from . import native
+
+    if x_seq.device.type != "cpu":
+        raise ValueError(f"backend={backend!r} needs CPU tensors (got device {x_seq.device}); use backend='auto'")
+    if not native.available():
+        raise ValueError(f"backend={backend!r}: the C kernels could not be built ({native.build_error()}); "
+                         "install a C compiler or set CC, or use backend='auto' or 'fused'")
 
 
 def triton_available() -> bool:
@@ -66,9 +106,8 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _params_need_grad(p: LIFParams) -> bool:
-    return torch.is_grad_enabled() and any(
-        isinstance(t, Tensor) and t.requires_grad for t in (p.decay_mem, p.decay_syn, p.v_th, p.v_reset))
+def _params_need_grad(p: LIFParams | LIParams) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in p)
 
 
 def _fusable_surrogate(spike_fn: Any) -> bool:
@@ -108,12 +147,21 @@ def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any,
         if x_seq.dtype not in _TRITON_DTYPES or not supports_surrogate(spike_fn):
             return "fused_lowmem" if lowmem else "fused"
         return backend
+    if backend == "native":
+        _native_or_raise(backend, x_seq)
+        from .native import supports
+
+        return "native" if supports(x_seq) else "fused"
     if backend == "auto":
         if x_seq.is_cuda and x_seq.dtype in _TRITON_DTYPES and triton_available():
             from .triton_lif import supports_surrogate
 
             if supports_surrogate(spike_fn):
                 return "triton"
+        from .native import supports
+
+        if supports(x_seq) and native_available(warn=True):
+            return "native"
         return "fused"
     return backend
 
@@ -149,6 +197,8 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
         r0 = state.r if p.refractory > 0 else None
     if chosen.startswith("triton"):
         from .triton_lif import lif_fused_triton as run
+    elif chosen == "native":
+        from .native import lif_native as run
     else:
         from .cpu import lif_fused_cpu as run
     spikes, v, i, r, v_seq, i_seq, r_seq = run(x_seq, v0, i0, r0, p.decay_mem, p.decay_syn, p.v_th,
@@ -157,3 +207,32 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
         return spikes, LIFState(v_seq, i_seq, r_seq)
     return spikes, LIFState(v, i, r)
 
+
+
+def li_sequence(x_seq: Tensor, state: LIState | None, p: LIParams, backend: str = "auto",
+                record: bool = False) -> tuple[Tensor, LIState]:
+    """Run :func:`~spikegrad.neurons.li_step` over ``T`` steps with the chosen backend.
+
+    Same contract as ``scan(li_step, x_seq, state, p, record=record)``.
+
+    Args:
+        x_seq: input current ``[T, B, ...]``. state: :class:`~spikegrad.neurons.LIState` or None.
+        p: :class:`~spikegrad.neurons.LIParams`. backend: one of :data:`LI_BACKENDS`; ``"auto"``
+            runs ``"native"`` for float32/float64 CPU tensors when the C kernels are built.
+        record: return the per-step states stacked to ``[T, B, ...]`` instead of the final state.
+    Returns:
+        ``(v_seq [T, B, ...], final or recorded LIState)``.
+    """
+    from ..neurons import li_step
+    from .native import li_native, supports
+
+    check_backend("li_sequence", backend, LI_BACKENDS)
+    if backend == "native":
+        _native_or_raise(backend, x_seq)
+    use = (backend != "torch" and supports(x_seq) and not torch.compiler.is_compiling()
+           and not _params_need_grad(p) and (backend == "native" or native_available(warn=True)))
+    if not use:
+        return scan(li_step, x_seq, state, p, record=record)
+    v0, i0 = (None, None) if state is None else (state.v, state.i)
+    v_seq, v, i, i_seq = li_native(x_seq, v0, i0, p.decay_mem, p.decay_syn, record)
+    return v_seq, (LIState(v_seq, i_seq) if record else LIState(v, i))

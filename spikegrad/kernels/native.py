@@ -1,0 +1,292 @@
+"""Fused LIF and LI in C for CPU tensors: one forward and one backward call for the whole time loop.
+
+The kernels (``lif.c`` beside this file) run the same operations, in the same order and dtype, as
+:func:`~spikegrad.neurons.lif_step` and :func:`~spikegrad.neurons.li_step`, so spikes and states
+are bit-identical to the reference ``scan``; gradients agree to rounding. The membrane distance
+``z = v - v_th`` (float32 or float64, as the input) is the only ``[T, ...]`` tensor kept for
+backward (4 bytes per neuron-step in float32). The surrogate derivative is computed from ``z``
+in PyTorch, so every registered surrogate works.
+
+The library is compiled on first use with the C compiler named by ``$CC`` (default ``cc``) into
+``$SPIKEGRAD_CACHE`` (default ``~/.cache/spikegrad``)/native, once per source version; without
+a compiler :func:`available` is False and ``backend="auto"`` uses the ``"fused"`` PyTorch path.
+With several intra-op threads (``torch.set_num_threads``) the neurons are split into one part
+per thread; ctypes releases the GIL during each call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ._common import RESET_CODES, FusedConfig, flat_param
+
+__all__ = ["available", "build_error", "lif_native", "li_native", "load"]
+
+SOURCE = Path(__file__).with_name("lif.c")
+ABI = 2
+FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")  # no fused multiply-add
+MIN_PART = 4096  # neurons per thread, at least
+CHUNK_BYTES = 1 << 20  # backward computes the surrogate derivative for this many bytes of z at a time
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+_state: dict = {}
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SPIKEGRAD_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "spikegrad"
+
+
+def _compile(path: Path) -> None:
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler: {cc!r} is not on PATH (set CC to one)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, path)  # atomic: parallel processes see the whole library or none
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for suffix in _DTYPES.values():
+        fwd = getattr(lib, f"lif_forward_{suffix}")
+        fwd.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, p, p, c_int, i64, p, p, p, p, p]
+        fwd.restype = None
+        bwd = getattr(lib, f"lif_backward_{suffix}")
+        bwd.argtypes = [i64, i64, i64, i64, i64, i64, p, p, p, i64, p, i64, p, i64, p, p, p, p, c_int, c_int,
+                        p, p, p]
+        bwd.restype = None
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel library (built on first call), or None if it cannot be built."""
+    if "lib" not in _state:
+        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+        path = _cache_dir() / "native" / f"spikegrad_lif_{digest}.so"
+        try:
+            if not path.is_file():
+                _compile(path)
+            lib = ctypes.CDLL(str(path))
+            if lib.spikegrad_lif_abi() != ABI:
+                raise RuntimeError(f"{path} has interface version {lib.spikegrad_lif_abi()}, expected {ABI}")
+            _declare(lib)
+            _state.update(lib=lib, error=None)
+        except (OSError, RuntimeError) as err:
+            _state.update(lib=None, error=str(err))
+    return _state["lib"]
+
+
+def available() -> bool:
+    """True if the C kernels are built (or can be built now) and loaded."""
+    return load() is not None
+
+
+def build_error() -> str | None:
+    """Why the C kernels are unavailable (None if they are available)."""
+    load()
+    return _state["error"]
+
+
+def supports(x: Tensor, cfg: FusedConfig | None = None) -> bool:
+    """Whether the C kernels can run this input: a CPU float32/float64 tensor, full-precision save."""
+    return (x.device.type == "cpu" and x.dtype in _DTYPES
+            and (cfg is None or cfg.save_dtype == x.dtype))
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(pid: int, n: int) -> ThreadPoolExecutor:
+    """``n`` worker threads of process ``pid`` (a forked child gets its own pool)."""
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikegrad-native")
+
+
+def _parts(M: int) -> list[tuple[int, int]]:
+    n = min(torch.get_num_threads(), M // MIN_PART) if M >= 2 * MIN_PART else 1
+    bounds = [round(k * M / n) for k in range(n + 1)] if n > 1 else [0, M]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _run(fn, M: int) -> None:
+    """``fn(a, b)`` over the neuron ranges of :func:`_parts`, one thread each."""
+    parts = _parts(M)
+    if len(parts) == 1:
+        fn(*parts[0])
+        return
+    for f in [_pool(os.getpid(), len(parts)).submit(fn, a, b) for a, b in parts]:
+        f.result()
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _compact(value, x_seq: Tensor) -> Tensor:
+    """A neuron constant as ``[1]`` (one value) or ``[M]``, ``M = x_seq[0].numel()``."""
+    p = flat_param(value, x_seq)                                      # [1|B, 1|F]
+    return p.reshape(1) if p.numel() == 1 else p.expand(x_seq.shape[1], -1).reshape(-1)
+
+
+def _full(p: Tensor, M: int) -> Tensor:
+    """``[1]`` or ``[M]`` -> contiguous ``[M]`` (what the kernels read)."""
+    return p.expand(M).contiguous()
+
+
+def _rows(g: Tensor | None) -> tuple[Tensor | None, int]:
+    """A gradient ``[T, M]`` as (contiguous tensor, elements per step); a gradient broadcast over
+    time (as ``x.sum()`` gives) becomes its one row ``[M]`` with step 0."""
+    if g is None:
+        return None, 0
+    if g.stride(0) == 0:
+        return g[0].contiguous(), 0
+    return g.contiguous(), g.shape[1]
+
+
+def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, vr, reset: int, detach: int,
+              g_v: Tensor | None, g_i: Tensor | None, T: int, M: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Reverse-time loop in chunks of steps; returns ``(gx [T, M], grad of v0 [M], of i0 / ds [M])``."""
+    bwd = getattr(lib, f"lif_backward_{_DTYPES[dtype]}")
+    rows = [_rows(g) for g in grads]                                   # g_s, g_vseq, g_iseq
+    gv = torch.zeros(M, dtype=dtype) if g_v is None else g_v.to(dtype).contiguous().clone()
+    gi = torch.zeros(M, dtype=dtype) if g_i is None else g_i.to(dtype).contiguous().clone()
+    gx = torch.empty((T, M), dtype=dtype)
+    size = torch.finfo(dtype).bits // 8
+    K = max(1, CHUNK_BYTES // (M * size))
+    consts = [_ptr(t) for t in (dm, ds, th, vr)]
+    for t1 in range(T, 0, -K):
+        t0 = max(0, t1 - K)
+        sg = None if z is None else grad_fn(z[t0:t1], slope).to(dtype).contiguous()
+        gp = [v for g, st in rows for v in (None if g is None else g.data_ptr() + t0 * st * size, st)]
+        args = [None if z is None else _ptr(z[t0:t1]), _ptr(sg), *gp, *consts, reset, detach,
+                _ptr(gv), _ptr(gi), _ptr(gx[t0:t1])]
+        _run(lambda a, b, t0=t0, t1=t1, args=args: bwd(M, a, b, t0, t1, T, *args), M)
+    return gx, gv, gi
+
+
+def _state_or_zeros(s: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if s is None else s.reshape(like.shape).to(like.dtype).clone()
+
+
+class _LIFNativeFn(torch.autograd.Function):
+    """LIF over time on flat tensors: ``x [T, M]``, states and constants ``[M]``."""
+
+    @staticmethod
+    def forward(ctx, x, v0, i0, r0, dm, ds, th, vr, slope, cfg: FusedConfig, keep_z: bool):
+        lib = load()
+        T, M = x.shape
+        refr = cfg.refractory > 0
+        v, i = _state_or_zeros(v0, x[0]), _state_or_zeros(i0, x[0])
+        r = _state_or_zeros(r0, x[0]) if refr else None
+        spikes = torch.empty_like(x)
+        z = torch.empty_like(x) if keep_z else None
+        rec = (torch.empty_like(x), torch.empty_like(x), torch.empty_like(x) if refr else None) if cfg.record \
+            else (None, None, None)
+        fwd = getattr(lib, f"lif_forward_{_DTYPES[x.dtype]}")
+        consts = [_full(p, M) for p in (dm, ds, th, vr)]               # kept alive during the call
+        args = [_ptr(t) for t in (x, v, i, r, *consts)]
+        outs = [_ptr(t) for t in (spikes, z, *rec)]
+        _run(lambda a, b: fwd(T, M, a, b, *args, RESET_CODES[cfg.reset], cfg.refractory, *outs), M)
+        ctx.save_for_backward(dm, ds, th, vr, slope, z)
+        ctx.cfg = cfg
+        ctx.set_materialize_grads(False)
+        outs = [spikes, v, i, r, *rec]
+        outs = [x.new_empty(0) if o is None else o for o in outs]  # one distinct tensor per slot
+        ctx.mark_non_differentiable(outs[3], outs[6])
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_v, g_i, _g_r, g_vseq, g_iseq, _g_rseq):
+        dm, ds, th, vr, slope, z = ctx.saved_tensors
+        cfg = ctx.cfg
+        T, M = z.shape
+        dm, ds, th, vr = (_full(p, M) for p in (dm, ds, th, vr))
+        gx, gv, gi = _backward(load(), z.dtype, z, cfg.grad_fn, slope.to(z.dtype), (g_spikes, g_vseq, g_iseq),
+                               dm, ds, th, vr, RESET_CODES[cfg.reset], int(cfg.detach_reset), g_v, g_i, T, M)
+        gv0 = gv if ctx.needs_input_grad[1] else None
+        gi0 = ds * gi if ctx.needs_input_grad[2] else None
+        return gx, gv0, gi0, None, None, None, None, None, None, None, None
+
+
+class _LINativeFn(torch.autograd.Function):
+    """LI over time on flat tensors: ``x [T, M]`` -> membrane ``v [T, M]``."""
+
+    @staticmethod
+    def forward(ctx, x, v0, i0, dm, ds, record: bool):
+        T, M = x.shape
+        v, i = _state_or_zeros(v0, x[0]), _state_or_zeros(i0, x[0])
+        v_seq = torch.empty_like(x)
+        i_seq = torch.empty_like(x) if record else None
+        fwd = getattr(load(), f"lif_forward_{_DTYPES[x.dtype]}")
+        consts = [_full(dm, M), _full(ds, M)]                           # kept alive during the call
+        args = [_ptr(t) for t in (x, v, i, None, *consts, None, None)]
+        _run(lambda a, b: fwd(T, M, a, b, *args, RESET_CODES["none"], 0, None, None, _ptr(v_seq), _ptr(i_seq),
+                              None), M)
+        ctx.save_for_backward(dm, ds)
+        ctx.shape = (T, M)
+        ctx.set_materialize_grads(False)
+        return v_seq, v, i, x.new_empty(0) if i_seq is None else i_seq
+
+    @staticmethod
+    def backward(ctx, g_vseq, g_v, g_i, g_iseq):
+        dm, ds = ctx.saved_tensors
+        T, M = ctx.shape
+        dm, ds = _full(dm, M), _full(ds, M)
+        gx, gv, gi = _backward(load(), dm.dtype, None, None, None, (None, g_vseq, g_iseq), dm, ds, None, None,
+                               RESET_CODES["none"], 1, g_v, g_i, T, M)
+        gv0 = gv if ctx.needs_input_grad[1] else None
+        gi0 = ds * gi if ctx.needs_input_grad[2] else None
+        return gx, gv0, gi0, None, None, None
+
+
+def lif_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor | None,
+               decay_mem, decay_syn, v_th, v_reset, slope: Tensor, cfg: FusedConfig):
+    """Fused LIF over ``x_seq [T, B, ...]`` in C; see :func:`spikegrad.kernels.lif_sequence`.
+
+    Same contract as :func:`spikegrad.kernels.cpu.lif_fused_cpu`: returns ``(spikes, v, i, r,
+    v_seq, i_seq, r_seq)`` shaped ``[T, B, ...]`` / ``[B, ...]`` (None where not requested).
+    """
+    T = x_seq.shape[0]
+    step_shape = x_seq.shape[1:]
+    x = x_seq.reshape(T, -1).contiguous()                            # [T, M]
+    consts = [_compact(p, x_seq) for p in (decay_mem, decay_syn, v_th, v_reset)]
+    slope = torch.as_tensor(slope).to(x.dtype)
+    keep_z = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_seq, v0, i0))
+    v0, i0, r0 = (None if s is None else s.reshape(-1) for s in (v0, i0, r0))  # [M]
+    spikes, v, i, r, v_seq, i_seq, r_seq = _LIFNativeFn.apply(x, v0, i0, r0, *consts, slope, cfg, keep_z)
+    rec, refr = cfg.record, cfg.refractory > 0
+    return (spikes.reshape(x_seq.shape), None if rec else v.reshape(step_shape),
+            None if rec else i.reshape(step_shape), r.reshape(step_shape) if refr else None,
+            v_seq.reshape(x_seq.shape) if rec else None, i_seq.reshape(x_seq.shape) if rec else None,
+            r_seq.reshape(x_seq.shape) if rec and refr else None)
+
+
+def li_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, decay_mem, decay_syn,
+              record: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Leaky integrator over ``x_seq [T, B, ...]`` in C (the steps of :func:`~spikegrad.neurons.li_step`).
+
+    Returns:
+        ``(v_seq [T, B, ...], final v [B, ...], final i [B, ...], i_seq [T, B, ...] or None)``.
+    """
+    T = x_seq.shape[0]
+    step_shape = x_seq.shape[1:]
+    x = x_seq.reshape(T, -1).contiguous()
+    dm, ds = (_compact(p, x_seq) for p in (decay_mem, decay_syn))
+    v0, i0 = (None if s is None else s.reshape(-1) for s in (v0, i0))  # [M]
+    v_seq, v, i, i_seq = _LINativeFn.apply(x, v0, i0, dm, ds, record)
+    return (v_seq.reshape(x_seq.shape), v.reshape(step_shape), i.reshape(step_shape),
+            i_seq.reshape(x_seq.shape) if record else None)
