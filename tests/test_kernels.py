@@ -260,11 +260,21 @@ def test_native_split_over_threads_and_many_backward_chunks(monkeypatch):
     try:
         assert native._parts(1000) == [(0, 500), (500, 1000)]
         for reset, detach, refractory in (("subtract", True, 0), ("zero", False, 2)):
-            kw = dict(dtype=torch.float32, reset=reset, detach_reset=detach, refractory=refractory,
-                      T=37, B=8, N=40, record=True)
-            assert_same(run_case("torch", **kw), run_case("native", **kw))
+            for surrogate in ("fast_sigmoid", "gaussian"):  # computed in C / in PyTorch chunk by chunk
+                kw = dict(dtype=torch.float32, reset=reset, detach_reset=detach, refractory=refractory,
+                          T=37, B=8, N=40, record=True, surrogate=surrogate)
+                assert_same(run_case("torch", **kw), run_case("native", **kw))
     finally:
         torch.set_num_threads(old)
+
+
+def test_native_computes_the_rational_surrogates_itself():
+    from spikegrad.kernels.native import _surrogate_code
+
+    codes = {name: _surrogate_code(SURROGATES[name].grad) for name in BUILTIN}
+    assert codes == {"atan": 2, "boxcar": 4, "exponential": 0, "fast_sigmoid": 1, "gaussian": 0,
+                     "sigmoid": 0, "triangle": 3}
+    assert _surrogate_code(_Quadratic.grad) == 0
 
 
 @needs_native

@@ -33,6 +33,12 @@
 
 #define RESET_SUBTRACT 0
 #define RESET_ZERO 1
+#define SUR_GIVEN 0 /* surrogate derivatives computed by the caller */
+#define SUR_FAST_SIGMOID 1
+#define SUR_ATAN 2
+#define SUR_TRIANGLE 3
+#define SUR_BOXCAR 4
+#define ABS(x) ((x) < 0 ? -(x) : (x))
 #define BLOCK 512 /* neurons per block */
 
 /* One copy of each entry point per vector width, picked when the library loads (GCC and Clang
@@ -187,31 +193,67 @@ static inline void li_row_bwd_##SFX(int64_t n, const T_ *restrict gvs, const T_ 
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
-CLONES void lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int64_t t0, int64_t t1, int64_t T,   \
-                        const T_ *z, const T_ *sg, const T_ *g_s, int64_t s_step, const T_ *g_vseq,  \
-                        int64_t v_step, const T_ *g_iseq, int64_t i_step, const T_ *dm,              \
-                        const T_ *ds, const T_ *th, const T_ *vr, int reset, int detach, T_ *gv,     \
-                        T_ *gi, T_ *gx)                                                              \
+static inline void surrogate_row_##SFX(int64_t n, const T_ *restrict z, T_ *restrict out, int sur,      \
+                                       T_ slope)                                                    \
 {                                                                                                    \
-    /* Steps t1 - 1 down to t0 of the neurons [a, b). z, sg, gx: rows t0..t1-1 ([t1 - t0, M]).       \
+    /* the grad(x, slope) of spikegrad.surrogates' rational surrogates, at x = z */                 \
+    const T_ half_pi_slope = (T_)1.5707963267948966 * slope, half_slope = slope / 2;                \
+    const T_ box = (T_)0.5 / slope;                                                                  \
+    switch (sur) {                                                                                   \
+    case SUR_FAST_SIGMOID: /* (1 + slope |x|)^-2 */                                                  \
+        for (int64_t j = 0; j < n; ++j) {                                                            \
+            const T_ d = 1 + slope * ABS(z[j]);                                                      \
+            out[j] = 1 / (d * d);                                                                    \
+        }                                                                                            \
+        break;                                                                                       \
+    case SUR_ATAN: /* (slope / 2) / (1 + (pi / 2 slope x)^2) */                                     \
+        for (int64_t j = 0; j < n; ++j) {                                                            \
+            const T_ q = half_pi_slope * z[j];                                                       \
+            out[j] = half_slope / (1 + q * q);                                                       \
+        }                                                                                            \
+        break;                                                                                       \
+    case SUR_TRIANGLE: /* slope max(1 - slope |x|, 0) */                                             \
+        for (int64_t j = 0; j < n; ++j) {                                                            \
+            const T_ q = 1 - slope * ABS(z[j]);                                                      \
+            out[j] = slope * (q > 0 ? q : 0);                                                        \
+        }                                                                                            \
+        break;                                                                                       \
+    default: /* SUR_BOXCAR: slope where |x| < 0.5 / slope */                                         \
+        for (int64_t j = 0; j < n; ++j) out[j] = ABS(z[j]) < box ? slope : 0;                        \
+    }                                                                                                \
+}                                                                                                    \
+                                                                                                     \
+CLONES void lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int64_t t0, int64_t t1, int64_t T,   \
+                        const T_ *z, const T_ *sg, int sur, T_ slope, const T_ *g_s, int64_t s_step, \
+                        const T_ *g_vseq, int64_t v_step, const T_ *g_iseq, int64_t i_step,          \
+                        const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr, int reset,           \
+                        int detach, T_ *gv, T_ *gi, T_ *gx)                                          \
+{                                                                                                    \
+    /* Steps t1 - 1 down to t0 of the neurons [a, b). z, gx: rows t0..t1-1 ([t1 - t0, M]); sg: the  \
+     * same rows of surrogate derivatives when sur == SUR_GIVEN, else unused (computed from z).     \
      * g_s, g_vseq, g_iseq: the same rows, each advancing by its *_step elements per step (0: one    \
      * row for every step). gv, gi [M]: running gradients of v_t and i_t, updated in place (start    \
      * them at the gradients of the final state); T is the whole sequence's length. */               \
-    T_ zeros[BLOCK];                                                                                 \
+    T_ zeros[BLOCK], sg_buf[BLOCK];                                                                  \
     for (int64_t j = 0; j < BLOCK; ++j) zeros[j] = 0;                                                \
-    for (int64_t j0 = a; j0 < b; j0 += BLOCK) {                                                      \
-        const int64_t n = j0 + BLOCK < b ? BLOCK : b - j0;                                           \
-        for (int64_t t = t1 - 1; t >= t0; --t) {                                                     \
-            const int64_t o = (t - t0) * M + j0, k = t - t0;                                         \
+    for (int64_t t = t1 - 1; t >= t0; --t) {                                                         \
+        const int64_t k = t - t0;                                                                    \
+        for (int64_t j0 = a; j0 < b; j0 += BLOCK) {                                                  \
+            const int64_t n = j0 + BLOCK < b ? BLOCK : b - j0, o = k * M + j0;                       \
             const T_ *gvs = g_vseq ? g_vseq + k * v_step + j0 : zeros;                               \
             const T_ *gis = g_iseq ? g_iseq + k * i_step + j0 : zeros;                               \
-            if (z == NULL)                                                                           \
+            if (z == NULL) {                                                                         \
                 li_row_bwd_##SFX(n, gvs, gis, dm + j0, ds + j0, t == T - 1, gv + j0, gi + j0, gx + o); \
+                continue;                                                                            \
+            }                                                                                        \
+            const T_ *sgr = sg_buf;                                                                  \
+            if (sur == SUR_GIVEN)                                                                    \
+                sgr = sg + o;                                                                        \
             else                                                                                     \
-                lif_row_bwd_##SFX(n, z + o, sg + o, g_s ? g_s + k * s_step + j0 : zeros, gvs, gis,   \
-                                  dm + j0,                                                           \
-                                  ds + j0, th + j0, vr + j0, reset, detach, t == T - 1, gv + j0,     \
-                                  gi + j0, gx + o);                                                  \
+                surrogate_row_##SFX(n, z + o, sg_buf, sur, slope);                                   \
+            lif_row_bwd_##SFX(n, z + o, sgr, g_s ? g_s + k * s_step + j0 : zeros, gvs, gis, dm + j0,  \
+                              ds + j0, th + j0, vr + j0, reset, detach, t == T - 1, gv + j0,         \
+                              gi + j0, gx + o);                                                      \
         }                                                                                            \
     }                                                                                                \
 }
@@ -220,4 +262,4 @@ DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; native.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 2; }
+int spikegrad_lif_abi(void) { return 3; }

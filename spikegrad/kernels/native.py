@@ -34,7 +34,7 @@ from ._common import RESET_CODES, FusedConfig, flat_param
 __all__ = ["available", "build_error", "lif_native", "li_native", "load"]
 
 SOURCE = Path(__file__).with_name("lif.c")
-ABI = 2
+ABI = 3
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")  # no fused multiply-add
 MIN_PART = 4096  # neurons per thread, at least
 CHUNK_BYTES = 1 << 20  # backward computes the surrogate derivative for this many bytes of z at a time
@@ -65,13 +65,13 @@ def _compile(path: Path) -> None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for suffix in _DTYPES.values():
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"lif_forward_{suffix}")
         fwd.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, p, p, c_int, i64, p, p, p, p, p]
         fwd.restype = None
         bwd = getattr(lib, f"lif_backward_{suffix}")
-        bwd.argtypes = [i64, i64, i64, i64, i64, i64, p, p, p, i64, p, i64, p, i64, p, p, p, p, c_int, c_int,
-                        p, p, p]
+        bwd.argtypes = [i64, i64, i64, i64, i64, i64, p, p, c_int, real, p, i64, p, i64, p, i64, p, p, p, p,
+                        c_int, c_int, p, p, p]
         bwd.restype = None
 
 
@@ -157,22 +157,36 @@ def _rows(g: Tensor | None) -> tuple[Tensor | None, int]:
     return g.contiguous(), g.shape[1]
 
 
+def _surrogate_code(grad_fn) -> int:
+    """The C kernels' number for a built-in rational surrogate's ``grad`` (0: computed in PyTorch)."""
+    from ..surrogates import ATan, Boxcar, FastSigmoid, Triangle
+
+    return {FastSigmoid.grad: 1, ATan.grad: 2, Triangle.grad: 3, Boxcar.grad: 4}.get(grad_fn, 0)
+
+
 def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, vr, reset: int, detach: int,
               g_v: Tensor | None, g_i: Tensor | None, T: int, M: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Reverse-time loop in chunks of steps; returns ``(gx [T, M], grad of v0 [M], of i0 / ds [M])``."""
+    """Reverse-time loop; returns ``(gx [T, M], grad of v0 [M], grad of i0 / ds [M])``.
+
+    The kernels compute the built-in rational surrogates themselves: one call per thread for the
+    whole sequence. Any other surrogate's derivative is computed here, in PyTorch, for a chunk of
+    steps at a time (``CHUNK_BYTES`` of ``z``), each chunk then handed to the kernels.
+    """
     bwd = getattr(lib, f"lif_backward_{_DTYPES[dtype]}")
     rows = [_rows(g) for g in grads]                                   # g_s, g_vseq, g_iseq
     gv = torch.zeros(M, dtype=dtype) if g_v is None else g_v.to(dtype).contiguous().clone()
     gi = torch.zeros(M, dtype=dtype) if g_i is None else g_i.to(dtype).contiguous().clone()
     gx = torch.empty((T, M), dtype=dtype)
     size = torch.finfo(dtype).bits // 8
-    K = max(1, CHUNK_BYTES // (M * size))
     consts = [_ptr(t) for t in (dm, ds, th, vr)]
+    sur = 0 if z is None else _surrogate_code(grad_fn)
+    slope_value = 0.0 if z is None else float(slope)
+    K = T if z is None or sur else max(1, CHUNK_BYTES // (M * size))
     for t1 in range(T, 0, -K):
         t0 = max(0, t1 - K)
-        sg = None if z is None else grad_fn(z[t0:t1], slope).to(dtype).contiguous()
+        sg = None if z is None or sur else grad_fn(z[t0:t1], slope).to(dtype).contiguous()
         gp = [v for g, st in rows for v in (None if g is None else g.data_ptr() + t0 * st * size, st)]
-        args = [None if z is None else _ptr(z[t0:t1]), _ptr(sg), *gp, *consts, reset, detach,
+        args = [None if z is None else _ptr(z[t0:t1]), _ptr(sg), sur, slope_value, *gp, *consts, reset, detach,
                 _ptr(gv), _ptr(gi), _ptr(gx[t0:t1])]
         _run(lambda a, b, t0=t0, t1=t1, args=args: bwd(M, a, b, t0, t1, T, *args), M)
     return gx, gv, gi
