@@ -4,8 +4,10 @@ The kernels (``lif.c`` beside this file) run the same operations, in the same or
 :func:`~spikegrad.neurons.lif_step` and :func:`~spikegrad.neurons.li_step`, so spikes and states
 are bit-identical to the reference ``scan``; gradients agree to rounding. The membrane distance
 ``z = v - v_th`` (float32 or float64, as the input) is the only ``[T, ...]`` tensor kept for
-backward (4 bytes per neuron-step in float32). The surrogate derivative is computed from ``z``
-in PyTorch, so every registered surrogate works.
+backward (4 bytes per neuron-step in float32). The kernels compute the derivative of the rational
+built-in surrogates (``fast_sigmoid``, ``atan``, ``triangle``, ``boxcar``) from ``z`` themselves;
+for any other registered surrogate its ``grad`` runs in PyTorch on a few steps of ``z`` at a time,
+so every surrogate works.
 
 The library is compiled on first use with the C compiler named by ``$CC`` (default ``cc``) into
 ``$SPIKEGRAD_CACHE`` (default ``~/.cache/spikegrad``)/native, once per source version; without
@@ -35,7 +37,9 @@ __all__ = ["available", "build_error", "lif_native", "li_native", "load"]
 
 SOURCE = Path(__file__).with_name("lif.c")
 ABI = 3
-FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")  # no fused multiply-add
+# -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
+# branch-free selects vectorize (it changes no result)
+FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")
 MIN_PART = 4096  # neurons per thread, at least
 CHUNK_BYTES = 1 << 20  # backward computes the surrogate derivative for this many bytes of z at a time
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
@@ -104,10 +108,9 @@ def build_error() -> str | None:
     return _state["error"]
 
 
-def supports(x: Tensor, cfg: FusedConfig | None = None) -> bool:
-    """Whether the C kernels can run this input: a CPU float32/float64 tensor, full-precision save."""
-    return (x.device.type == "cpu" and x.dtype in _DTYPES
-            and (cfg is None or cfg.save_dtype == x.dtype))
+def supports(x: Tensor) -> bool:
+    """Whether the C kernels can run this input: a float32 or float64 CPU tensor."""
+    return x.device.type == "cpu" and x.dtype in _DTYPES
 
 
 @functools.lru_cache(maxsize=4)
