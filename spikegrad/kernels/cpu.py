@@ -19,13 +19,10 @@ steps at once (any registered surrogate's ``grad`` works); the reverse-time loop
 first-order linear recurrences, two to four elementwise operations per step. Work buffers stay
 small: on CPU, fresh multi-megabyte temporaries cost page faults.
 
-With several intra-op threads the neurons are split into parts that each run the whole time
-loop on their own thread (:func:`_run_parts`).
+Each elementwise operation runs on all neurons at once, with PyTorch's own intra-op threads.
 """
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -112,41 +109,6 @@ def _forward_loop(x: Tensor, v: Tensor, i: Tensor, r: Tensor | None, dm: Tensor,
     return saved, saved_u, v, i
 
 
-GRAIN = 32768  # PyTorch runs elementwise ops on fewer elements than this without OpenMP
-
-
-def _parts(M: int, device: torch.device) -> list[tuple[int, int]]:
-    """Ranges of the neuron axis, one time loop each (see :func:`_run_parts`)."""
-    n = torch.get_num_threads() if device.type == "cpu" else 1
-    if n <= 1 or M < 4096:
-        return [(0, M)]
-    k = n * -(-M // (n * (GRAIN - 1)))
-    bounds = [round(j * M / k) for j in range(k + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _run_parts(fn, parts: list[tuple[int, int]]) -> list:
-    """``fn(a, b)`` for every part, on ``torch.get_num_threads()`` Python threads.
-
-    Each part is below PyTorch's parallel grain, so its operations run serially in their thread
-    and the threads meet once per call, not at an OpenMP barrier after every elementwise
-    operation (PyTorch releases the GIL inside operations). This keeps two cores busy, and one
-    stalled core (a machine shared with other jobs) delays only its own part.
-    """
-    def run(ab):
-        with torch.no_grad():
-            return fn(*ab)
-
-    if len(parts) == 1:
-        return [run(parts[0])]
-    with ThreadPoolExecutor(max_workers=min(len(parts), torch.get_num_threads())) as pool:
-        return list(pool.map(run, parts))
-
-
-def _part(p: Tensor, a: int, b: int) -> Tensor:
-    return p if p.numel() == 1 else p[a:b]
-
-
 class _LIFFusedFn(torch.autograd.Function):
     """Fused LIF over time on flat tensors: ``x [T, M]``, states ``[M]``, params ``[1]`` or ``[M]``."""
 
@@ -161,23 +123,12 @@ class _LIFFusedFn(torch.autograd.Function):
         rec = None
         if cfg.record:
             rec = (torch.empty_like(x), torch.empty_like(x), torch.empty_like(x) if refr else None)
-        vT, iT = torch.empty_like(x[0]), torch.empty_like(x[0])
-        parts = _parts(M, x.device)
-
-        def run(a, b):
-            rec_ab = None if rec is None else tuple(None if t is None else t[:, a:b] for t in rec)
-            saved, saved_u, v_ab, i_ab = _forward_loop(
-                x[:, a:b], v[a:b], i[a:b], None if r is None else r[a:b], _part(dm, a, b), _part(ds, a, b),
-                _part(th, a, b), _part(vr, a, b), cfg, keep_z, spikes[:, a:b], rec_ab)
-            vT[a:b].copy_(v_ab)
-            iT[a:b].copy_(i_ab)
-            return saved, saved_u
-
-        results = _run_parts(run, parts)
-        blocks = [blk for saved, _ in results for blk in saved]
+        with torch.no_grad():
+            blocks, saved_u, vT, iT = _forward_loop(x, v, i, r, dm, ds, th, vr, cfg, keep_z, spikes, rec)
+        if cfg.record or saved_u:  # the final state is a view of a recorded or saved tensor
+            vT, iT = vT.clone(), iT.clone()
         ctx.save_for_backward(dm, ds, th, vr, slope, *blocks)
-        ctx.layout = [(a, b, len(saved)) for (a, b), (saved, _) in zip(parts, results)]
-        ctx.cfg, ctx.dtype, ctx.saved_u = cfg, x.dtype, results[0][1]
+        ctx.cfg, ctx.dtype, ctx.saved_u, ctx.shape = cfg, x.dtype, saved_u, (T, M)
         ctx.set_materialize_grads(False)
         outs = [spikes, vT, iT, r]
         outs += list(rec) if rec is not None else [None, None, None]
@@ -188,32 +139,11 @@ class _LIFFusedFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_spikes, g_v, g_i, _g_r, g_vseq, g_iseq, _g_rseq):
         dm, ds, th, vr, slope, *blocks = ctx.saved_tensors
-        T = sum(blk.shape[0] for blk in blocks[:ctx.layout[0][2]])
-        M = ctx.layout[-1][1]
-        want_v0, want_i0 = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        T, M = ctx.shape
         gx = torch.empty((T, M), dtype=ctx.dtype, device=dm.device)
-        gv0 = torch.empty(M, dtype=ctx.dtype, device=dm.device) if want_v0 else None
-        gi0 = torch.empty(M, dtype=ctx.dtype, device=dm.device) if want_i0 else None
-        starts, k = {}, 0
-        for a, b, n in ctx.layout:
-            starts[a] = (k, n)
-            k += n
-
-        def sl(g, a, b, seq=True):
-            return None if g is None else (g[:, a:b] if seq else g[a:b])
-
-        def run(a, b):
-            k, n = starts[a]
-            gv_ab, gi_ab = _backward(blocks[k:k + n], ctx.saved_u, _part(dm, a, b), _part(ds, a, b), _part(th, a, b),
-                                     _part(vr, a, b), slope, ctx.cfg, ctx.dtype, sl(g_spikes, a, b),
-                                     sl(g_v, a, b, False), sl(g_i, a, b, False), sl(g_vseq, a, b), sl(g_iseq, a, b),
-                                     gx[:, a:b], want_v0, want_i0)
-            if want_v0:
-                gv0[a:b].copy_(gv_ab)
-            if want_i0:
-                gi0[a:b].copy_(gi_ab)
-
-        _run_parts(run, [(a, b) for a, b, _ in ctx.layout])
+        with torch.no_grad():
+            gv0, gi0 = _backward(blocks, ctx.saved_u, dm, ds, th, vr, slope, ctx.cfg, ctx.dtype, g_spikes, g_v, g_i,
+                                 g_vseq, g_iseq, gx, ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         return gx, gv0, gi0, None, None, None, None, None, None, None, None
 
 
