@@ -12,7 +12,6 @@ import contextlib
 import math
 from typing import Callable, Iterator, NamedTuple, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from .neurons import LI, LIF

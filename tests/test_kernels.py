@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikegrad.kernels import (BACKENDS, SparseInputLinear, li_sequence, lif_sequence, native_available,
+from spikegrad.kernels import (SparseInputLinear, li_sequence, lif_sequence, native_available,
                                resolve_backend, sparse_linear)
 from spikegrad.neurons import IF, LI, LIF, LIFParams, LIFState, LIParams, LIState
 from spikegrad.surrogates import SURROGATES, Surrogate, make_surrogate, register_surrogate

@@ -208,7 +208,6 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
     return spikes, LIFState(v, i, r)
 
 
-
 def li_sequence(x_seq: Tensor, state: LIState | None, p: LIParams, backend: str = "auto",
                 record: bool = False) -> tuple[Tensor, LIState]:
     """Run :func:`~spikegrad.neurons.li_step` over ``T`` steps with the chosen backend.

@@ -22,6 +22,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -82,7 +83,8 @@ def _declare(lib: ctypes.CDLL) -> None:
 def load() -> ctypes.CDLL | None:
     """The compiled kernel library (built on first call), or None if it cannot be built."""
     if "lib" not in _state:
-        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+        key = SOURCE.read_bytes() + " ".join((*FLAGS, platform.machine(), platform.system())).encode()
+        digest = hashlib.sha256(key).hexdigest()[:16]  # a shared home across machines keeps one per kind
         path = _cache_dir() / "native" / f"spikegrad_lif_{digest}.so"
         try:
             if not path.is_file():
