@@ -50,3 +50,21 @@ def flat_param(value: Tensor | float, x_seq: Tensor) -> Tensor:
         feat = t.reshape(t.shape[1:]) if t.dim() == len(step_shape) else t
         return torch.broadcast_to(feat, step_shape[1:]).reshape(1, F).contiguous()
     return torch.broadcast_to(t, step_shape).reshape(B, F).contiguous()
+
+
+def compact_param(value: Tensor | float, x_seq: Tensor) -> Tensor:
+    """A neuron constant as ``[1]`` (one value) or ``[M]``, ``M = x_seq[0].numel()`` (see :func:`flat_param`)."""
+    p = flat_param(value, x_seq)                                      # [1|B, 1|F]
+    return p.reshape(1) if p.numel() == 1 else p.expand(x_seq.shape[1], -1).reshape(-1)
+
+
+def unflatten_outputs(outs: tuple, x_seq: Tensor, cfg: FusedConfig) -> tuple:
+    """``(spikes, v, i, r, v_seq, i_seq, r_seq)`` of a fused call on flat ``[T, M]`` / ``[M]`` tensors,
+    reshaped to ``[T, B, ...]`` / ``[B, ...]``; None where ``cfg`` did not ask for it (the final
+    ``v`` and ``i`` when recording, ``r`` without a refractory period, the sequences unless recording)."""
+    spikes, v, i, r, v_seq, i_seq, r_seq = outs
+    step_shape, rec, refr = x_seq.shape[1:], cfg.record, cfg.refractory > 0
+    return (spikes.reshape(x_seq.shape), None if rec else v.reshape(step_shape),
+            None if rec else i.reshape(step_shape), r.reshape(step_shape) if refr else None,
+            v_seq.reshape(x_seq.shape) if rec else None, i_seq.reshape(x_seq.shape) if rec else None,
+            r_seq.reshape(x_seq.shape) if rec and refr else None)

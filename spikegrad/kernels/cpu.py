@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import FusedConfig, flat_param
+from ._common import FusedConfig, compact_param, unflatten_outputs
 
 CHUNK = 4  # steps per saved block: backward vectorises over a block (measured best of 1, 2, 4, 8)
 
@@ -229,23 +229,12 @@ def lif_fused_cpu(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tenso
     ``r`` / the recorded states are None when not requested.
     """
     T = x_seq.shape[0]
-    step_shape = x_seq.shape[1:]
     x = x_seq.reshape(T, -1)                                          # [T, M]
     M = x.shape[1]
     flat = [None if s is None else s.reshape(M) for s in (v0, i0)]
     r_flat = None if r0 is None else r0.reshape(M).to(x.dtype)
-    params = []
-    for p in (decay_mem, decay_syn, v_th, v_reset):
-        p = flat_param(p, x_seq)                                      # [1|B, 1|F]
-        params.append(p.reshape(1) if p.numel() == 1 else p.expand(x_seq.shape[1], -1).reshape(M))
+    params = [compact_param(p, x_seq) for p in (decay_mem, decay_syn, v_th, v_reset)]
     slope = torch.as_tensor(slope, device=x.device).to(x.dtype)
     keep_z = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *flat))
-    spikes, v, i, r, v_seq, i_seq, r_seq = _LIFFusedFn.apply(x, flat[0], flat[1], r_flat, *params, slope, cfg,
-                                                             keep_z)
-    out_shape = x_seq.shape
-    rec = cfg.record
-    return (spikes.reshape(out_shape), None if rec else v.reshape(step_shape), None if rec else i.reshape(step_shape),
-            r.reshape(step_shape) if cfg.refractory > 0 else None,
-            v_seq.reshape(out_shape) if cfg.record else None,
-            i_seq.reshape(out_shape) if cfg.record else None,
-            r_seq.reshape(out_shape) if cfg.record and cfg.refractory > 0 else None)
+    outs = _LIFFusedFn.apply(x, flat[0], flat[1], r_flat, *params, slope, cfg, keep_z)
+    return unflatten_outputs(outs, x_seq, cfg)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._common import RESET_CODES, FusedConfig, flat_param
+from ._common import RESET_CODES, FusedConfig, compact_param, unflatten_outputs
 
 __all__ = ["available", "build_error", "lif_native", "li_native", "load"]
 
@@ -139,12 +139,6 @@ def _run(fn, M: int) -> None:
 
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
-
-
-def _compact(value, x_seq: Tensor) -> Tensor:
-    """A neuron constant as ``[1]`` (one value) or ``[M]``, ``M = x_seq[0].numel()``."""
-    p = flat_param(value, x_seq)                                      # [1|B, 1|F]
-    return p.reshape(1) if p.numel() == 1 else p.expand(x_seq.shape[1], -1).reshape(-1)
 
 
 def _full(p: Tensor, M: int) -> Tensor:
@@ -280,18 +274,13 @@ def lif_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor |
     v_seq, i_seq, r_seq)`` shaped ``[T, B, ...]`` / ``[B, ...]`` (None where not requested).
     """
     T = x_seq.shape[0]
-    step_shape = x_seq.shape[1:]
     x = x_seq.reshape(T, -1).contiguous()                            # [T, M]
-    consts = [_compact(p, x_seq) for p in (decay_mem, decay_syn, v_th, v_reset)]
+    consts = [compact_param(p, x_seq) for p in (decay_mem, decay_syn, v_th, v_reset)]
     slope = torch.as_tensor(slope).to(x.dtype)
     keep_z = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_seq, v0, i0))
     v0, i0, r0 = (None if s is None else s.reshape(-1) for s in (v0, i0, r0))  # [M]
-    spikes, v, i, r, v_seq, i_seq, r_seq = _LIFNativeFn.apply(x, v0, i0, r0, *consts, slope, cfg, keep_z)
-    rec, refr = cfg.record, cfg.refractory > 0
-    return (spikes.reshape(x_seq.shape), None if rec else v.reshape(step_shape),
-            None if rec else i.reshape(step_shape), r.reshape(step_shape) if refr else None,
-            v_seq.reshape(x_seq.shape) if rec else None, i_seq.reshape(x_seq.shape) if rec else None,
-            r_seq.reshape(x_seq.shape) if rec and refr else None)
+    outs = _LIFNativeFn.apply(x, v0, i0, r0, *consts, slope, cfg, keep_z)
+    return unflatten_outputs(outs, x_seq, cfg)
 
 
 def li_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, decay_mem, decay_syn,
@@ -304,7 +293,7 @@ def li_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, decay_mem, de
     T = x_seq.shape[0]
     step_shape = x_seq.shape[1:]
     x = x_seq.reshape(T, -1).contiguous()
-    dm, ds = (_compact(p, x_seq) for p in (decay_mem, decay_syn))
+    dm, ds = (compact_param(p, x_seq) for p in (decay_mem, decay_syn))
     v0, i0 = (None if s is None else s.reshape(-1) for s in (v0, i0))  # [M]
     v_seq, v, i, i_seq = _LINativeFn.apply(x, v0, i0, dm, ds, record)
     return (v_seq.reshape(x_seq.shape), v.reshape(step_shape), i.reshape(step_shape),
