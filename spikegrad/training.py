@@ -246,7 +246,8 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         optimizer, scheduler: a torch optimizer and an optional epoch-level LR scheduler.
         loss_fn: see :mod:`spikegrad.losses`.
         encoder: maps ``x [B, ...]`` to ``[T, B, ...]`` (None: the model gets ``x``).
-        sharpener: optional schedule with ``on_batch_end`` / ``on_epoch_end`` / ``state_dict`` hooks.
+        sharpener: optional schedule with ``on_batch_end`` / ``on_epoch_end`` / ``state_dict`` hooks;
+            training stops after the epoch at whose end its ``stop_training`` (if any) is True.
         out_dir: folder for ``last.pt`` / ``best.pt`` (None: no checkpoints).
         resume: checkpoint to continue from (model, optimizer, scheduler, sharpener, RNG, position).
         writer: a TensorBoard ``SummaryWriter`` or None.
@@ -348,6 +349,9 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
               + (f" | val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if val else "")
               + (f" spikes/input {val['spikes_per_input']:.1f}" if val and val["spikes_per_input"] is not None else ""),
               flush=True)
+        if getattr(sharpener, "stop_training", False):  # Whetstone: training ends once every layer is sharp
+            print(f"every layer is fully sharp: training stops after epoch {epoch + 1}", flush=True)
+            break
 
     result: dict[str, Any] = {"epochs": state["epoch"], "train_seconds": state["train_seconds"],
                               "train_samples_per_second": state["train_samples"] / max(state["train_seconds"], 1e-9),
