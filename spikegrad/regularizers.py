@@ -9,14 +9,18 @@ neuron ``i`` on sample ``b`` is ``zeta[b, i] = sum_t spikes[t, b, i]`` (:func:`s
 function                   value (``relu(z) = max(z, 0)``)
 =========================  ==================================================================
 upper_rate_penalty         ``1/B sum_b relu(1/M sum_i zeta[b, i] - theta)^p``
-lower_rate_penalty         ``1/M sum_i relu(theta - 1/B sum_b zeta[b, i])^p``
+lower_rate_penalty         ``1/(B M) sum_b sum_i relu(theta - zeta[b, i])^p``  (``form="per_sample"``)
+                           ``1/M sum_i relu(theta - 1/B sum_b zeta[b, i])^p``  (``form="batch_mean"``)
 spike_count_penalty        ``1/B sum_b sum_i zeta[b, i]^p``  (L1 for p = 1, squared L2 for p = 2)
 voltage_range_penalty      ``mean over [T, B, ...] of relu(v - high)^2 + relu(low - v)^2``
 =========================  ==================================================================
 
 The upper bound acts on the population mean of each sample and the lower bound on each neuron's
-batch mean, as in Zenke & Vogels (2021) and Cramer et al. (2022, BrainScaleS-2). Gradients reach
-the network through the surrogate derivative of the spike function that produced ``spikes``.
+count in each sample, as in Zenke & Vogels (2021) and Cramer et al. (2022, BrainScaleS-2): a neuron
+below ``theta`` on some samples is pushed up on those samples even if it fires on others. The
+``batch_mean`` form of the lower bound (a spikegrad option) only asks each neuron's mean over the
+batch to reach ``theta``. Gradients reach the network through the surrogate derivative of the spike
+function that produced ``spikes``.
 
 The callable classes (:class:`UpperRate`, :class:`LowerRate`, :class:`SpikeCount`,
 :class:`VoltageRange`) hold a ``weight`` and the constants, for configs; all share one signature,
@@ -37,6 +41,7 @@ __all__ = [
     "spike_counts",
     "upper_rate_penalty",
     "lower_rate_penalty",
+    "LOWER_FORMS",
     "spike_count_penalty",
     "voltage_range_penalty",
     "Regularizer",
@@ -75,6 +80,13 @@ def _theta(fn: str, theta: float) -> float:
 def _power(fn: str, p: float) -> float:
     return _check_real(fn, "p", p, lambda q: 1 <= q < math.inf,
                        "a finite number >= 1 (1 = L1, 2 = squared L2; p < 1 has an infinite slope at 0)")
+
+
+def _form(fn: str, form: str) -> str:
+    if form not in LOWER_FORMS:
+        raise ValueError(f"{fn}: form must be one of {LOWER_FORMS} (per_sample: every sample's count; batch_mean: "
+                         f"the count averaged over the batch), got {form!r}")
+    return form
 
 
 def _bounds(fn: str, low: float, high: float) -> tuple[float, float]:
@@ -118,24 +130,32 @@ def upper_rate_penalty(spikes: Tensor, theta: float, p: float = 2.0) -> Tensor:
     return torch.relu(pop - theta).pow(p).mean()
 
 
-def lower_rate_penalty(spikes: Tensor, theta: float, p: float = 2.0) -> Tensor:
-    """Per-neuron lower bound (anti-silence): ``1/M sum_i relu(theta - 1/B sum_b zeta[b, i])^p``.
+LOWER_FORMS = ("per_sample", "batch_mean")
 
-    Penalises neurons whose batch-mean spike count is below ``theta``; zero once every neuron
-    fires at least ``theta`` spikes per sample on average over the batch.
+
+def lower_rate_penalty(spikes: Tensor, theta: float, p: float = 2.0, form: str = "per_sample") -> Tensor:
+    """Per-neuron lower bound (anti-silence).
+
+    ``form="per_sample"`` (Zenke & Vogels 2021; Cramer et al. 2022):
+    ``1/(B M) sum_b sum_i relu(theta - zeta[b, i])^p``, zero once every neuron fires at least
+    ``theta`` spikes on every sample. ``form="batch_mean"``: ``1/M sum_i relu(theta - 1/B sum_b
+    zeta[b, i])^p``, zero once every neuron's mean count over the batch reaches ``theta``.
 
     Args:
         spikes: recorded spikes [T, B, N...] (``M`` = number of neurons in ``N...``), floating dtype.
-        theta: required mean count per neuron (spikes per sample), >= 0.
+        theta: required count per neuron (spikes per sample), >= 0.
         p: exponent, >= 1.
+        form: ``"per_sample"`` or ``"batch_mean"``.
     Returns:
         0-dim tensor, dtype of ``spikes`` (units: (spikes per sample)^p).
     """
     fn = "lower_rate_penalty"
-    theta, p = _theta(fn, theta), _power(fn, p)
+    theta, p, form = _theta(fn, theta), _power(fn, p), _form(fn, form)
     _check_seq(fn, "spikes", spikes, 3, "[T, B, N...]")
-    per_neuron = spikes.sum(0).mean(0)  # [N...] batch-mean count of each neuron
-    return torch.relu(theta - per_neuron).pow(p).mean()
+    counts = spikes.sum(0)  # [B, N...] count of each neuron on each sample
+    if form == "batch_mean":
+        counts = counts.mean(0)  # [N...] batch-mean count of each neuron
+    return torch.relu(theta - counts).pow(p).mean()
 
 
 def spike_count_penalty(spikes: Tensor, p: float = 1.0) -> Tensor:
@@ -221,14 +241,15 @@ class UpperRate(Regularizer):
 
 
 class LowerRate(Regularizer):
-    """``weight * lower_rate_penalty(spikes, theta, p)``; see :func:`lower_rate_penalty`."""
+    """``weight * lower_rate_penalty(spikes, theta, p, form)``; see :func:`lower_rate_penalty`."""
 
-    def __init__(self, weight: float, theta: float, p: float = 2.0):
+    def __init__(self, weight: float, theta: float, p: float = 2.0, form: str = "per_sample"):
         super().__init__(weight)
         self.theta, self.p = _theta("LowerRate", theta), _power("LowerRate", p)
+        self.form = _form("LowerRate", form)
 
     def penalty(self, t: Tensor) -> Tensor:
-        return lower_rate_penalty(t, self.theta, self.p)
+        return lower_rate_penalty(t, self.theta, self.p, self.form)
 
 
 class SpikeCount(Regularizer):

@@ -50,20 +50,62 @@ def test_upper_rate_known_values(theta, p, expected):
 
 
 @pytest.mark.parametrize("theta,p,expected", [
-    (1.0, 2, 1 / 3),  # neurons: relu(1 - 1.5) = 0, relu(1 - 0) = 1, relu(1 - 2) = 0 -> 1/3
-    (2.0, 2, (0.25 + 4 + 0) / 3),  # 0.5^2, 2^2, 0^2
-    (2.0, 1, (0.5 + 2 + 0) / 3),
+    (1.0, 2, (1 + 1) / 6),  # zeta [2, 0, 3], [1, 0, 1]: relu(1 - zeta) = [0, 1, 0], [0, 1, 0]
+    (2.0, 2, (4 + 1 + 4 + 1) / 6),  # relu(2 - zeta) = [0, 2, 0], [1, 2, 1]
+    (2.0, 1, (2 + 1 + 2 + 1) / 6),
+    (1.5, 2, (2.25 + 0.25 + 2.25 + 0.25) / 6),  # [0, 1.5, 0], [0.5, 1.5, 0.5]
     (0.0, 2, 0.0),  # no neuron can be below 0 spikes: zero
 ])
 def test_lower_rate_known_values(theta, p, expected):
     assert lower_rate_penalty(hand_spikes(), theta, p).item() == pytest.approx(expected, abs=1e-15)
+    assert lower_rate_penalty(hand_spikes(), theta, p, form="per_sample").item() == pytest.approx(expected, abs=1e-15)
+
+
+@pytest.mark.parametrize("theta,p,expected", [
+    (1.0, 2, 1 / 3),  # batch means 1.5, 0, 2: relu(1 - 1.5) = 0, relu(1 - 0) = 1, relu(1 - 2) = 0 -> 1/3
+    (2.0, 2, (0.25 + 4 + 0) / 3),  # 0.5^2, 2^2, 0^2
+    (2.0, 1, (0.5 + 2 + 0) / 3),
+    (1.5, 2, 2.25 / 3),
+    (0.0, 2, 0.0),
+])
+def test_lower_rate_batch_mean_known_values(theta, p, expected):
+    assert lower_rate_penalty(hand_spikes(), theta, p, form="batch_mean").item() == pytest.approx(expected, abs=1e-15)
 
 
 def test_lower_rate_zero_when_every_neuron_active():
     s = hand_spikes()
-    s[1, :, 1] = 1  # neuron 1 now fires once per sample: batch means 1.5, 1, 2
+    s[1, :, 1] = 1  # neuron 1 now fires once per sample: zeta [2, 1, 3], [1, 1, 1]; batch means 1.5, 1, 2
     assert lower_rate_penalty(s, theta=1.0).item() == 0.0
-    assert lower_rate_penalty(s, theta=1.25).item() == pytest.approx(0.25**2 / 3)
+    assert lower_rate_penalty(s, theta=1.0, form="batch_mean").item() == 0.0
+    assert lower_rate_penalty(s, theta=1.25).item() == pytest.approx(4 * 0.25**2 / 6)  # four counts of 1
+    assert lower_rate_penalty(s, theta=1.25, form="batch_mean").item() == pytest.approx(0.25**2 / 3)
+
+
+def test_lower_rate_per_sample_penalizes_a_neuron_silent_on_most_samples():
+    """A neuron that fires once on one sample in eight meets theta = 0.1 on the batch mean only."""
+    s = torch.zeros(4, 8, 2, dtype=torch.float64)  # [T, B, M]
+    s[2, 5, 0] = 1  # neuron 0: one spike on sample 5; neuron 1: one spike on every sample
+    s[0, :, 1] = 1
+    assert lower_rate_penalty(s, 0.1, form="batch_mean").item() == 0.0
+    ref = 0.0  # loop reference: mean over (sample, neuron) of relu(theta - count)^2
+    for b in range(8):
+        for i in range(2):
+            ref += max(0.1 - s[:, b, i].sum().item(), 0.0) ** 2
+    ref /= 8 * 2
+    assert ref == pytest.approx(7 * 0.01 / 16)
+    assert lower_rate_penalty(s, 0.1).item() == pytest.approx(ref, abs=1e-15)
+    leaf = s.clone().requires_grad_()
+    lower_rate_penalty(leaf, 0.1).backward()  # pushes neuron 0 up on the 7 samples where it is silent
+    expected = torch.zeros_like(s)
+    expected[:, [b for b in range(8) if b != 5], 0] = -2 * 0.1 / 16
+    torch.testing.assert_close(leaf.grad, expected)
+
+
+def test_lower_rate_rejects_unknown_form():
+    with pytest.raises(ValueError, match="form must be one of"):
+        lower_rate_penalty(hand_spikes(), 1.0, form="mean")
+    with pytest.raises(ValueError, match="form must be one of"):
+        LowerRate(1.0, theta=1.0, form="batch")
 
 
 def test_spike_count_known_values():
@@ -110,7 +152,7 @@ def test_gradients_wrt_spikes_match_hand_derivation():
     expected = torch.zeros(3, 2, 3, dtype=torch.float64)
     expected[:, 0] = 2 / 9
     torch.testing.assert_close(s.grad, expected)
-    # lower, p=2, theta=1: d/ds[t,b,i] = -1/M * 2 relu(1 - m_i) * 1/B = -1/3 for the silent neuron 1
+    # lower, p=2, theta=1: d/ds[t,b,i] = -1/(B M) * 2 relu(1 - zeta[b, i]) = -1/3 for the silent neuron 1
     s.grad = None
     lower_rate_penalty(s, 1.0, 2).backward()
     expected = torch.zeros(3, 2, 3, dtype=torch.float64)
@@ -205,9 +247,10 @@ def test_classes_weight_times_penalty_and_uniform_call():
             3.0 * voltage_range_penalty(v, -0.5, 1.5)]
     for reg, w in zip(regs, want):
         assert reg(spikes=s, v=v).item() == pytest.approx(w.item())
-    # hand values: 0.5 * 2/9, 2 * 2.5/3, 0.1 * 7.5
+    # hand values: 0.5 * 2/9, 2 * 6/6, 0.1 * 7.5
     assert regs[0](spikes=s).item() == pytest.approx(1 / 9)
-    assert regs[1](spikes=s).item() == pytest.approx(5 / 3)
+    assert regs[1](spikes=s).item() == pytest.approx(2.0)
+    assert LowerRate(2.0, theta=2.0, p=1, form="batch_mean")(spikes=s).item() == pytest.approx(5 / 3)
     assert regs[2](spikes=s).item() == pytest.approx(0.75)
     # v = 3 s - 1 takes values -1 (below -0.5 by 0.5) and 2 (above 1.5 by 0.5): every element costs 0.25
     assert regs[3](v=v).item() == pytest.approx(3.0 * 0.25)
@@ -229,7 +272,7 @@ def test_classes_demand_their_recording_and_pickle():
         SpikeCount(1.0)(spikes=[])
     reg = LowerRate(0.3, theta=0.2, p=3)
     for clone in (pickle.loads(pickle.dumps(reg)), copy.deepcopy(reg)):
-        assert repr(clone) == repr(reg) == "LowerRate(weight=0.3, theta=0.2, p=3.0)"
+        assert repr(clone) == repr(reg) == "LowerRate(weight=0.3, theta=0.2, p=3.0, form='per_sample')"
         assert clone(spikes=hand_spikes()).item() == reg(spikes=hand_spikes()).item()
 
 
