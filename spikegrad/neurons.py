@@ -1,312 +1,250 @@
-"""Leaky integrate-and-fire neurons: a functional core and thin ``nn.Module`` wrappers.
+"""Spiking neuron modules: thin ``nn.Module`` wrappers around :mod:`spikegrad.functional`.
 
-Conventions (project-wide):
+A module owns its constants (buffers, or parameters when learnable) and its surrogate, builds the
+constants' NamedTuple on every call, and runs the time loop through :mod:`spikegrad.kernels`
+(which picks the fastest exact path). The maths is written once, in :mod:`spikegrad.functional`.
 
-* tensors are time-first, ``[T, B, ...]``; one step is ``[B, ...]``; any trailing shape works, so
-  the neurons can follow a ``Linear`` ([T, B, N]) or a ``Conv2d`` ([T, B, C, H, W]);
-* time is counted in steps: a time constant ``tau`` gives the per-step decay ``exp(-1 / tau)``;
-  ``tau_syn = 0`` removes the synaptic filter, ``tau_mem = inf`` removes the leak;
-* voltages are in threshold units (``v_th = 1`` by default); a neuron spikes iff ``v - v_th > 0``.
+Constants can be one number for the population, or per neuron: pass ``shape=(N,)`` (every neuron
+starts at the same value) or a tensor (``LIF(tau_mem=torch.tensor([10., 20., 40.]))``, its shape
+is the constants' shape). Learnable constants stay valid whatever the optimizer does: a time
+constant is learned as ``log tau`` (so ``tau > 0`` and ``0 < decay < 1``), a threshold as
+``log v_th`` (so ``v_th > 0``). The parameters are then called ``log_tau_mem``, ``log_tau_syn``,
+``log_v_th``; the attributes ``tau_mem``, ``tau_syn``, ``v_th`` still give the values.
 
-The current-based LIF neuron (as trained on BrainScaleS-2 with surrogate gradients) is, per step::
-
-    i[t] = decay_syn * i[t-1] + x[t]                  # synaptic current
-    v[t] = decay_mem * v[t-1] + i[t]                  # membrane (before reset)
-    s[t] = H(v[t] - v_th)                             # spike, surrogate gradient in backward
-    v[t] <- v[t] - s v_th        (reset="subtract")
-            v[t] (1 - s) + s v_reset    (reset="zero")
-            v[t]                  (reset="none")
-
-with ``s`` detached in the reset when ``detach_reset`` (the default). With ``refractory = n > 0``
-a neuron that spiked holds its membrane and cannot spike for the next ``n`` steps.
+For compatibility, the functional names (``LIFParams``, ``lif_step``, ``scan``, ...) can also be
+imported from here.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map_only
 
+from . import checks
+from .functional import (RESET_MODES, ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState, alif_step,
+                         check_reset, decay, detach_state, last, li_step, lif_step, recurrent_lif_step, scan)
+from .kernels import BACKENDS, LI_BACKENDS, check_backend, li_sequence, lif_sequence
 from .surrogates import Surrogate, make_surrogate
 
 __all__ = [
-    "LIFParams",
-    "LIFState",
-    "LIParams",
-    "LIState",
-    "lif_step",
-    "li_step",
-    "scan",
-    "last",
-    "detach_state",
-    "LIF",
-    "LI",
-    "IF",
-    "RESET_MODES",
+    "LIF", "IF", "ALIF", "LI",
+    # the functional core, re-exported
+    "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState", "lif_step", "recurrent_lif_step",
+    "alif_step", "li_step", "scan", "last", "detach_state", "RESET_MODES",
 ]
 
-RESET_MODES = ("subtract", "zero", "none")
+ALIF_BACKENDS = ("auto", "torch")
+
+# name -> (the rule in words, allowed(values) -> bool)
+_RULES = {
+    "tau_mem": ("> 0 (steps; inf = no leak)", lambda t: bool((t > 0).all())),
+    "tau_syn": (">= 0 (steps; 0 = no synaptic filter)", lambda t: bool((t >= 0).all())),
+    "tau_ada": ("> 0 (steps)", lambda t: bool((t > 0).all())),
+    "v_th": ("> 0 and finite (threshold units)", lambda t: bool((t > 0).all() and torch.isfinite(t).all())),
+    "beta": (">= 0 and finite (threshold units)", lambda t: bool((t >= 0).all() and torch.isfinite(t).all())),
+}
+_LOG_LEARNED = ("tau_mem", "tau_syn", "tau_ada", "v_th")
 
 
-class LIFParams(NamedTuple):
-    """Constants of :func:`lif_step`; tensors broadcast against ``[B, ...]``.
-
-    decay_mem, decay_syn: per-step decays in [0, 1] (``exp(-1 / tau)``).
-    v_th: threshold (threshold units, > 0). v_reset: reset potential for ``reset="zero"``.
-    reset: "subtract" | "zero" | "none". detach_reset: stop the gradient through the reset.
-    refractory: refractory period in steps (0 = none).
-    """
-
-    decay_mem: Tensor | float
-    decay_syn: Tensor | float
-    v_th: Tensor | float = 1.0
-    v_reset: Tensor | float = 0.0
-    reset: str = "subtract"
-    detach_reset: bool = True
-    refractory: int = 0
-
-
-class LIFState(NamedTuple):
-    """State of a LIF population, each ``[B, ...]``.
-
-    v: membrane potential (threshold units, after reset). i: synaptic current.
-    r: remaining refractory steps (only with ``refractory > 0``, else None).
-    z: spikes of the previous step (only for recurrent layers, else None).
-    """
-
-    v: Tensor
-    i: Tensor
-    r: Tensor | None = None
-    z: Tensor | None = None
-
-
-class LIParams(NamedTuple):
-    """Constants of :func:`li_step`: per-step decays of membrane and synaptic current."""
-
-    decay_mem: Tensor | float
-    decay_syn: Tensor | float
-
-
-class LIState(NamedTuple):
-    """State of a leaky integrator, each ``[B, ...]``: membrane ``v`` and synaptic current ``i``."""
-
-    v: Tensor
-    i: Tensor
-
-
-def lif_step(x: Tensor, state: LIFState | None, p: LIFParams,
-             spike_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, LIFState]:
-    """One step of the current-based LIF neuron (equations in the module docstring).
-
-    Args:
-        x: input current ``[B, ...]`` (threshold units per step).
-        state: previous :class:`LIFState`, or None for a neuron at rest (zeros like ``x``).
-        p: :class:`LIFParams`.
-        spike_fn: maps ``v - v_th`` to spikes (Heaviside forward, surrogate backward).
-    Returns:
-        ``(spikes [B, ...] in {0, 1} with the dtype of x, new state)``.
-    """
-    if state is None:
-        zero = torch.zeros_like(x)
-        state = LIFState(zero, zero, zero if p.refractory > 0 else None)
-    i = p.decay_syn * state.i + x
-    v = p.decay_mem * state.v + i
-    if p.refractory > 0:
-        active = state.r <= 0
-        v = torch.where(active, v, state.v)
-        spikes = spike_fn(v - p.v_th) * active.to(x.dtype)
+def _as_tensor(who: str, name: str, value: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{who}: {name} must be a float tensor or a number, got a {value.dtype} tensor; "
+                            f"use torch.tensor([...], dtype=torch.float32)")
+        t = value.detach().to("cpu", torch.float32).clone()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{who}: {name} must be a number or a float tensor, got {value!r}")
     else:
-        spikes = spike_fn(v - p.v_th)
-    s = spikes.detach() if p.detach_reset else spikes
-    if p.reset == "subtract":
-        v = v - s * p.v_th
-    elif p.reset == "zero":
-        v = v * (1 - s) + s * p.v_reset
-    r = None
-    if p.refractory > 0:
-        r = torch.where(spikes.detach() > 0, torch.full_like(state.r, p.refractory), (state.r - 1).clamp(min=0))
-    return spikes, LIFState(v, i, r)
+        t = torch.tensor(float(value))
+    if torch.isnan(t).any():
+        raise ValueError(f"{who}: {name} must not be NaN, got {value!r}")
+    rule, ok = _RULES[name]
+    if not ok(t):
+        bad = t.min().item() if t.numel() > 1 else t.item()
+        raise ValueError(f"{who}: {name} must be {rule}, got {bad!r}" + (" (smallest entry)" if t.numel() > 1 else ""))
+    return t
 
 
-def li_step(x: Tensor, state: LIState | None, p: LIParams) -> tuple[Tensor, LIState]:
-    """One step of the non-spiking leaky integrator: ``i = ds i + x``, ``v = dm v + i``.
+class _Neuron(nn.Module):
+    """Shared constant handling of the neuron modules (see the module docstring)."""
 
-    Args:
-        x: input current ``[B, ...]``. state: previous :class:`LIState` or None (rest).
-    Returns:
-        ``(v [B, ...], new state)``: the membrane is the output.
-    """
-    if state is None:
-        zero = torch.zeros_like(x)
-        state = LIState(zero, zero)
-    i = p.decay_syn * state.i + x
-    v = p.decay_mem * state.v + i
-    return v, LIState(v, i)
+    def _add_constant(self, name: str, value: Any, learn: bool, shape: Sequence[int] | None) -> None:
+        who = type(self).__name__
+        t = _as_tensor(who, name, value)
+        if shape is not None:
+            try:
+                t = torch.broadcast_to(t, tuple(shape)).clone()
+            except RuntimeError:
+                raise ValueError(f"{who}: {name} has shape {tuple(t.shape)}, which does not broadcast to "
+                                 f"shape={tuple(shape)}; pass a tensor of that shape or one number") from None
+        if not learn:
+            self.register_buffer(name, t)
+            return
+        if name not in _LOG_LEARNED:
+            self.register_parameter(name, nn.Parameter(t))
+            return
+        if not torch.isfinite(t).all() or not (t > 0).all():
+            why = "inf (no leak)" if torch.isinf(t).any() else "0 (no synaptic filter)"
+            raise ValueError(f"{who}: {name}={why} has no finite time constant to learn; give it a finite value "
+                             f"> 0, or learn only the other constants (learn_tau='mem' or 'syn')")
+        self.register_parameter(f"log_{name}", nn.Parameter(t.log()))
 
+    def __getattr__(self, name: str):
+        if name in _LOG_LEARNED:
+            params = self.__dict__.get("_parameters", {})
+            if f"log_{name}" in params:
+                return params[f"log_{name}"].exp()
+        return super().__getattr__(name)
 
-def _stack_states(states: list) -> Any:
-    first = states[0]
-    return type(first)(*(None if f is None else torch.stack([s[k] for s in states])
-                         for k, f in enumerate(first)))
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in _LOG_LEARNED:  # checkpoints that stored a learnable constant by its value
+            if f"log_{name}" in self._parameters and prefix + name in state_dict:
+                state_dict[prefix + f"log_{name}"] = state_dict.pop(prefix + name).log()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
+    def _check_input(self, x_seq: Tensor) -> None:
+        _check_seq(type(self).__name__, x_seq)
 
-def scan(step: Callable, x_seq: Tensor, state: Any, *args, record: bool = False) -> tuple[Tensor, Any]:
-    """Run ``step(x_t, state, *args) -> (out_t, state)`` over the first axis of ``x_seq``.
-
-    Args:
-        x_seq: ``[T, B, ...]``.
-        record: if True, return the per-step states stacked to ``[T, B, ...]`` instead of the
-            final state (the final state is then ``last(states)``).
-    Returns:
-        ``(out_seq [T, B, ...], final state or stacked states)``.
-    """
-    outs, states = [], []
-    for x_t in x_seq.unbind(0):
-        out, state = step(x_t, state, *args)
-        outs.append(out)
-        if record:
-            states.append(state)
-    return torch.stack(outs), (_stack_states(states) if record else state)
-
-
-def last(states: Any) -> Any:
-    """The final state ``[B, ...]`` of states recorded with ``record=True`` (``[T, B, ...]``)."""
-    return tree_map_only(Tensor, lambda t: t[-1], states)
-
-
-def detach_state(state: Any) -> Any:
-    """Detach every tensor of a (nested) state, e.g. between chunks of truncated BPTT."""
-    return tree_map_only(Tensor, Tensor.detach, state)
-
-
-def _decay(tau: Tensor) -> Tensor:
-    return torch.exp(-1.0 / tau)  # tau = 0 -> 0, tau = inf -> 1
+    def _describe(self, *names: str) -> str:
+        parts = []
+        for n in names:
+            t = getattr(self, n).detach()
+            parts.append(f"{n}={t.item():g}" if t.numel() == 1 else f"{n}=[{t.min().item():g}..{t.max().item():g}]")
+        return ", ".join(parts)
 
 
-def _check_seq(name: str, x_seq: Tensor) -> None:
+def _learn_flags(who: str, learn_tau: bool | str) -> tuple[bool, bool]:
+    if learn_tau in (True, False):
+        return bool(learn_tau), bool(learn_tau)
+    if learn_tau in ("mem", "syn"):
+        return learn_tau == "mem", learn_tau == "syn"
+    raise ValueError(f"{who}: learn_tau must be True, False, 'mem' or 'syn', got {learn_tau!r}")
+
+
+def _check_seq(who: str, x_seq: Any) -> None:
     if not isinstance(x_seq, Tensor):
-        raise TypeError(f"{name}: x_seq must be a tensor of shape [T, B, ...], got {type(x_seq).__name__}")
+        raise TypeError(f"{who}: x_seq must be a tensor of shape [T, B, ...], got {type(x_seq).__name__}")
     if x_seq.dim() < 2:
-        raise ValueError(f"{name}: x_seq must have shape [T, B, ...] (time first, at least 2 dims), "
+        raise ValueError(f"{who}: x_seq must have shape [T, B, ...] (time first, at least 2 dims), "
                          f"got shape {tuple(x_seq.shape)}; use .step(x_t, state) for a single step")
     if not x_seq.is_floating_point():
-        raise TypeError(f"{name}: x_seq must be a floating-point tensor, got {x_seq.dtype}; "
+        raise TypeError(f"{who}: x_seq must be a floating-point tensor, got {x_seq.dtype}; "
                         "convert spikes with .to(torch.float32)")
+    if x_seq.shape[0] == 0 or x_seq.shape[1] == 0:
+        raise ValueError(f"{who}: x_seq has shape {tuple(x_seq.shape)}: T (steps, axis 0) and B (batch, axis 1) "
+                         "must be at least 1")
 
 
-def _check_state(name: str, state: Any, x_t: Tensor) -> None:
-    if state is not None and tuple(state[0].shape) != tuple(x_t.shape):
-        raise ValueError(f"{name}: state.v has shape {tuple(state[0].shape)} but one input step has shape "
-                         f"{tuple(x_t.shape)}; pass state=None to start a new batch")
+def _check_state(who: str, state: Any, x_t: Tensor, kind: type) -> None:
+    """A state passed in must be the neuron's NamedTuple with ``[B, ...]`` tensors like ``x_t``."""
+    if state is None:
+        return
+    if not isinstance(state, tuple) or len(state) < 2 or not all(isinstance(t, Tensor) for t in state[:2]):
+        raise TypeError(f"{who}: state must be a {kind.__name__} (as returned by a previous call) or None, "
+                        f"got {type(state).__name__}")
+    for field, t in zip(getattr(kind, "_fields", ()), state):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{who}: state.{field} must be a tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(x_t.shape):
+            raise ValueError(f"{who}: state.{field} has shape {tuple(t.shape)} but one input step has shape "
+                             f"{tuple(x_t.shape)}; pass state=None to start a new batch")
+        if t.device != x_t.device:
+            raise ValueError(f"{who}: state.{field} is on {t.device} but the input is on {x_t.device}; "
+                             "move the state with the input")
 
 
-def _constant(module: nn.Module, name: str, value: float, learn: bool, shape) -> None:
-    t = torch.full(tuple(shape) if shape is not None else (), float(value))
-    if learn:
-        module.register_parameter(name, nn.Parameter(t))
-    else:
-        module.register_buffer(name, t)
-
-
-def _check_tau(cls: str, name: str, tau: float, allow_zero: bool) -> None:
-    ok = isinstance(tau, (int, float)) and not math.isnan(tau) and (tau >= 0 if allow_zero else tau > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{cls}: {name} must be a number {bound} (in steps; inf = no decay), got {tau!r}")
-
-
-class LIF(nn.Module):
-    """Current-based leaky integrate-and-fire population (math in :func:`lif_step`).
+class LIF(_Neuron):
+    """Current-based leaky integrate-and-fire population (math in :func:`~spikegrad.functional.lif_step`).
 
     Args:
-        tau_mem: membrane time constant (steps, > 0; ``inf`` = no leak).
+        tau_mem: membrane time constant (steps, > 0; ``inf`` = no leak); a number or a tensor of
+            per-neuron values.
         tau_syn: synaptic time constant (steps, >= 0; 0 = current passed straight through).
         v_th: threshold (threshold units, > 0). v_reset: potential after a spike, ``reset="zero"``.
-        reset: "subtract" | "zero" | "none".
+        reset: one of :data:`~spikegrad.functional.RESET_MODES`: "subtract" | "zero" | "none".
         detach_reset: stop gradients through the reset (default, as in most surrogate-gradient work).
         surrogate: registry name or :class:`~spikegrad.surrogates.Surrogate` (deep-copied).
         refractory: refractory period in steps (0 = none).
-        learn_tau, learn_threshold: make the time constants / threshold ``nn.Parameter``\\ s.
-        shape: shape of the per-neuron constants (e.g. ``(N,)``) for heterogeneous or learnable
-            per-neuron values; None = one scalar for the population.
+        learn_tau: learn the time constants (as ``log tau``): True (both), "mem" or "syn".
+        learn_threshold: learn the threshold (as ``log v_th``, so it stays positive).
+        shape: shape of the per-neuron constants (e.g. ``(N,)``); None = the shape of the tensors
+            given, or one scalar for the population.
         recurrent: number of neurons N to add all-to-all recurrent weights ``W_rec [N, N]`` acting on
-            the previous step's spikes over the last axis; None = feed-forward.
+            the previous step's spikes; the input must then be ``[T, B, N]``. None = feed-forward.
         backend: how ``forward`` runs the time loop, one of :data:`spikegrad.kernels.BACKENDS`:
             "auto" (Triton kernels on CUDA, C kernels on CPU, else the fused PyTorch loop), "torch"
-            (``scan``), "native", "fused", "fused_lowmem", "triton", "triton_lowmem"; falls back to
-            ``scan`` where a fast path does not apply (recurrent, learnable constants); see
-            :mod:`spikegrad.kernels`.
+            (``scan``), "native", "fused", "fused_lowmem", "triton", "triton_lowmem";
+            :func:`spikegrad.kernels.resolve_backend` falls back to ``scan`` where a fast path does
+            not apply (recurrent weights, learnable constants).
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (spikes [T, B, ...], state)``.
     """
 
-    def __init__(self, tau_mem: float = 20.0, tau_syn: float = 5.0, v_th: float = 1.0,
+    def __init__(self, tau_mem: float | Tensor = 20.0, tau_syn: float | Tensor = 5.0, v_th: float | Tensor = 1.0,
                  v_reset: float = 0.0, reset: str = "subtract", detach_reset: bool = True,
                  surrogate: str | Surrogate = "fast_sigmoid", refractory: int = 0,
-                 learn_tau: bool = False, learn_threshold: bool = False,
+                 learn_tau: bool | str = False, learn_threshold: bool = False,
                  shape: tuple[int, ...] | None = None, recurrent: int | None = None, backend: str = "auto"):
         super().__init__()
-        cls = type(self).__name__
-        from .kernels import check_backend
-
-        check_backend(cls, backend)
+        who = type(self).__name__
+        check_backend(who, backend, BACKENDS)
         self.backend = backend
-        _check_tau(cls, "tau_mem", tau_mem, allow_zero=False)
-        _check_tau(cls, "tau_syn", tau_syn, allow_zero=True)
-        if not isinstance(v_th, (int, float)) or not v_th > 0:
-            raise ValueError(f"{cls}: v_th must be a positive number (threshold units), got {v_th!r}")
-        if reset not in RESET_MODES:
-            raise ValueError(f"{cls}: reset must be one of {RESET_MODES}, got {reset!r}")
-        if not isinstance(refractory, int) or refractory < 0:
-            raise ValueError(f"{cls}: refractory must be a non-negative int (steps), got {refractory!r}")
-        if recurrent is not None and (not isinstance(recurrent, int) or recurrent <= 0):
-            raise ValueError(f"{cls}: recurrent must be None or the number of neurons (int > 0), got {recurrent!r}")
-        self.reset, self.detach_reset, self.refractory = reset, bool(detach_reset), refractory
+        self.reset = check_reset(who, reset)
+        self.detach_reset = bool(detach_reset)
+        self.refractory = checks.non_negative_int(who, "refractory", refractory, "steps")
+        if recurrent is not None:
+            recurrent = checks.positive_int(who, "recurrent", recurrent, "number of neurons, or None")
+        learn_mem, learn_syn = _learn_flags(who, learn_tau)
         self.surrogate = make_surrogate(surrogate)
-        _constant(self, "tau_mem", tau_mem, learn_tau, shape)
-        _constant(self, "tau_syn", tau_syn, learn_tau and tau_syn > 0, shape)
-        _constant(self, "v_th", v_th, learn_threshold, shape)
+        self._add_constant("tau_mem", tau_mem, learn_mem, shape)
+        self._add_constant("tau_syn", tau_syn, learn_syn, shape)
+        self._add_constant("v_th", v_th, bool(learn_threshold), shape)
+        checks.real(who, "v_reset", v_reset, math.isfinite, "a finite number (threshold units)")
         self.register_buffer("v_reset", torch.tensor(float(v_reset)))
         self.w_rec = None
         if recurrent is not None:
             self.w_rec = nn.Parameter(torch.empty(recurrent, recurrent).uniform_(-1, 1) / math.sqrt(recurrent))
 
     def params(self, dtype: torch.dtype | None = None) -> LIFParams:
-        """The :class:`LIFParams` for the current constants, cast to ``dtype``."""
+        """The :class:`~spikegrad.functional.LIFParams` for the current constants, cast to ``dtype``."""
         def cast(t):
             return t if dtype is None else t.to(dtype)
-        return LIFParams(cast(_decay(self.tau_mem)), cast(_decay(self.tau_syn)), cast(self.v_th),
+        return LIFParams(cast(decay(self.tau_mem)), cast(decay(self.tau_syn)), cast(self.v_th),
                          cast(self.v_reset), self.reset, self.detach_reset, self.refractory)
 
-    def _step(self, x_t: Tensor, state: LIFState | None, p: LIFParams) -> tuple[Tensor, LIFState]:
-        if self.w_rec is None:
-            return lif_step(x_t, state, p, self.surrogate)
-        if state is not None and state.z is not None:
-            x_t = x_t + state.z @ self.w_rec.to(x_t.dtype).t()
-        spikes, new = lif_step(x_t, state, p, self.surrogate)
-        return spikes, new._replace(z=spikes)
+    def _check_recurrent_input(self, x: Tensor) -> None:
+        n = self.w_rec.shape[0]
+        if x.dim() != 3 or x.shape[-1] != n:
+            raise ValueError(f"{type(self).__name__}: a recurrent layer of {n} neurons takes input [T, B, {n}] "
+                             f"(one step [B, {n}]), got shape {tuple(x.shape)}; flatten other axes first "
+                             "(e.g. x.flatten(2)) or build the layer with recurrent=None")
 
     def step(self, x_t: Tensor, state: LIFState | None = None) -> tuple[Tensor, LIFState]:
         """One step: ``x_t [B, ...] -> (spikes_t [B, ...], state)``."""
-        _check_state(type(self).__name__, state, x_t)
-        return self._step(x_t, state, self.params(x_t.dtype))
+        _check_state(type(self).__name__, state, x_t, LIFState)
+        p = self.params(x_t.dtype)
+        if self.w_rec is None:
+            return lif_step(x_t, state, p, self.surrogate)
+        self._check_recurrent_input(x_t[None])
+        return recurrent_lif_step(x_t, state, p, self.w_rec, self.surrogate)
 
     def forward(self, x_seq: Tensor, state: LIFState | None = None,
                 record: bool = False) -> tuple[Tensor, LIFState]:
         """Run ``T`` steps. With ``record=True`` the returned state holds every step, ``[T, B, ...]``."""
-        _check_seq(type(self).__name__, x_seq)
-        _check_state(type(self).__name__, state, x_seq[0])
-        if self.w_rec is None and self.backend != "torch":
-            from .kernels import lif_sequence
-
-            return lif_sequence(x_seq, state, self.params(x_seq.dtype), self.surrogate, self.backend, record)
-        return scan(self._step, x_seq, state, self.params(x_seq.dtype), record=record)
+        self._check_input(x_seq)
+        if self.w_rec is not None:
+            self._check_recurrent_input(x_seq)
+        _check_state(type(self).__name__, state, x_seq[0], LIFState)
+        return lif_sequence(x_seq, state, self.params(x_seq.dtype), self.surrogate, self.backend, record, self.w_rec)
 
     def extra_repr(self) -> str:
-        return (f"tau_mem={self.tau_mem.detach().mean().item():g}, tau_syn={self.tau_syn.detach().mean().item():g}, "
-                f"v_th={self.v_th.detach().mean().item():g}, reset={self.reset!r}, refractory={self.refractory}, "
+        return (f"{self._describe('tau_mem', 'tau_syn', 'v_th')}, reset={self.reset!r}, refractory={self.refractory}, "
                 f"recurrent={None if self.w_rec is None else self.w_rec.shape[0]}, backend={self.backend!r}")
 
 
@@ -314,10 +252,11 @@ class IF(LIF):
     """Integrate-and-fire neuron: no leak, no synaptic filter (``v[t] = v[t-1] + x[t]``).
 
     The neuron of rate-based ANN-to-SNN conversion; reset by subtraction keeps the residual charge.
+    It is :class:`LIF` with ``tau_mem = inf`` and ``tau_syn = 0`` and runs on the same kernels.
     Shapes as :class:`LIF`.
     """
 
-    def __init__(self, v_th: float = 1.0, reset: str = "subtract", detach_reset: bool = True,
+    def __init__(self, v_th: float | Tensor = 1.0, reset: str = "subtract", detach_reset: bool = True,
                  surrogate: str | Surrogate = "fast_sigmoid", v_reset: float = 0.0,
                  refractory: int = 0, learn_threshold: bool = False, shape: tuple[int, ...] | None = None,
                  backend: str = "auto"):
@@ -326,50 +265,106 @@ class IF(LIF):
                          learn_threshold=learn_threshold, shape=shape, backend=backend)
 
 
-class LI(nn.Module):
-    """Non-spiking leaky integrator readout (math in :func:`li_step`); outputs its membrane trace.
+class ALIF(_Neuron):
+    """Adaptive LIF population (LSNN neuron, Bellec et al. 2018; math in
+    :func:`~spikegrad.functional.alif_step`): every spike raises the threshold by
+    ``beta (1 - exp(-1/tau_ada))``, and the raise decays with ``tau_ada``.
+
+    Args:
+        tau_mem, tau_syn, v_th, v_reset, reset, detach_reset, surrogate, learn_threshold, shape: as
+            :class:`LIF` (with ``reset="subtract"`` a spike subtracts the effective threshold).
+        tau_ada: adaptation time constant (steps, > 0).
+        beta: threshold increase per unit of adaptation (threshold units, >= 0; 0 = plain LIF).
+        learn_tau: learn the time constants (as ``log tau``): True (all three), "mem" or "syn".
+        backend: "auto" or "torch": ALIF runs the reference loop (:func:`~spikegrad.functional.scan`
+            of ``alif_step``, autograd through every step) on every device; no fused kernel yet.
+    Shapes: ``forward(x_seq [T, B, ...], state=None) -> (spikes [T, B, ...], ALIFState)``.
+    """
+
+    def __init__(self, tau_mem: float | Tensor = 20.0, tau_syn: float | Tensor = 5.0,
+                 tau_ada: float | Tensor = 200.0, beta: float | Tensor = 1.8, v_th: float | Tensor = 1.0,
+                 v_reset: float = 0.0, reset: str = "subtract", detach_reset: bool = True,
+                 surrogate: str | Surrogate = "fast_sigmoid", learn_tau: bool | str = False,
+                 learn_threshold: bool = False, shape: tuple[int, ...] | None = None, backend: str = "auto"):
+        super().__init__()
+        who = type(self).__name__
+        check_backend(who, backend, ALIF_BACKENDS)
+        self.backend = backend
+        self.reset = check_reset(who, reset)
+        self.detach_reset = bool(detach_reset)
+        learn_mem, learn_syn = _learn_flags(who, learn_tau)
+        self.surrogate = make_surrogate(surrogate)
+        self._add_constant("tau_mem", tau_mem, learn_mem, shape)
+        self._add_constant("tau_syn", tau_syn, learn_syn, shape)
+        self._add_constant("tau_ada", tau_ada, learn_tau is True, shape)
+        self._add_constant("beta", beta, False, shape)
+        self._add_constant("v_th", v_th, bool(learn_threshold), shape)
+        checks.real(who, "v_reset", v_reset, math.isfinite, "a finite number (threshold units)")
+        self.register_buffer("v_reset", torch.tensor(float(v_reset)))
+
+    def params(self, dtype: torch.dtype | None = None) -> ALIFParams:
+        """The :class:`~spikegrad.functional.ALIFParams` for the current constants, cast to ``dtype``."""
+        def cast(t):
+            return t if dtype is None else t.to(dtype)
+        return ALIFParams(cast(decay(self.tau_mem)), cast(decay(self.tau_syn)), cast(decay(self.tau_ada)),
+                          cast(self.beta), cast(self.v_th), cast(self.v_reset), self.reset, self.detach_reset)
+
+    def step(self, x_t: Tensor, state: ALIFState | None = None) -> tuple[Tensor, ALIFState]:
+        """One step: ``x_t [B, ...] -> (spikes_t [B, ...], state)``."""
+        _check_state(type(self).__name__, state, x_t, ALIFState)
+        return alif_step(x_t, state, self.params(x_t.dtype), self.surrogate)
+
+    def forward(self, x_seq: Tensor, state: ALIFState | None = None,
+                record: bool = False) -> tuple[Tensor, ALIFState]:
+        """Run ``T`` steps. With ``record=True`` the returned state holds every step, ``[T, B, ...]``."""
+        self._check_input(x_seq)
+        _check_state(type(self).__name__, state, x_seq[0], ALIFState)
+        return scan(alif_step, x_seq, state, self.params(x_seq.dtype), self.surrogate, record=record)
+
+    def extra_repr(self) -> str:
+        return f"{self._describe('tau_mem', 'tau_syn', 'tau_ada', 'beta', 'v_th')}, reset={self.reset!r}"
+
+
+class LI(_Neuron):
+    """Non-spiking leaky integrator readout (math in :func:`~spikegrad.functional.li_step`); outputs
+    its membrane trace.
 
     Args:
         tau_mem: membrane time constant (steps, > 0). tau_syn: synaptic time constant (steps, >= 0).
-        learn_tau: learnable time constants. shape: shape of per-neuron constants or None.
+            Numbers or per-neuron tensors.
+        learn_tau: learn the time constants (as ``log tau``): True (both), "mem" or "syn".
+        shape: shape of per-neuron constants or None.
         backend: how ``forward`` runs the time loop, one of :data:`spikegrad.kernels.LI_BACKENDS`:
             ``"auto"`` (C kernel for float32/float64 CPU tensors where built, else ``"torch"``),
-            ``"native"`` or ``"torch"`` (the reference :func:`scan` of :func:`li_step`).
+            ``"native"`` or ``"torch"`` (the reference :func:`~spikegrad.functional.scan`).
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (v_seq [T, B, ...], state)``.
     """
 
-    def __init__(self, tau_mem: float = 20.0, tau_syn: float = 5.0, learn_tau: bool = False,
+    def __init__(self, tau_mem: float | Tensor = 20.0, tau_syn: float | Tensor = 5.0, learn_tau: bool | str = False,
                  shape: tuple[int, ...] | None = None, backend: str = "auto"):
         super().__init__()
-        from .kernels import LI_BACKENDS, check_backend
-
         check_backend("LI", backend, LI_BACKENDS)
         self.backend = backend
-        _check_tau("LI", "tau_mem", tau_mem, allow_zero=False)
-        _check_tau("LI", "tau_syn", tau_syn, allow_zero=True)
-        _constant(self, "tau_mem", tau_mem, learn_tau, shape)
-        _constant(self, "tau_syn", tau_syn, learn_tau and tau_syn > 0, shape)
+        learn_mem, learn_syn = _learn_flags("LI", learn_tau)
+        self._add_constant("tau_mem", tau_mem, learn_mem, shape)
+        self._add_constant("tau_syn", tau_syn, learn_syn, shape)
 
     def params(self, dtype: torch.dtype | None = None) -> LIParams:
-        """The :class:`LIParams` for the current constants, cast to ``dtype``."""
-        dm, ds = _decay(self.tau_mem), _decay(self.tau_syn)
+        """The :class:`~spikegrad.functional.LIParams` for the current constants, cast to ``dtype``."""
+        dm, ds = decay(self.tau_mem), decay(self.tau_syn)
         return LIParams(dm, ds) if dtype is None else LIParams(dm.to(dtype), ds.to(dtype))
 
     def step(self, x_t: Tensor, state: LIState | None = None) -> tuple[Tensor, LIState]:
         """One step: ``x_t [B, ...] -> (v_t [B, ...], state)``."""
-        _check_state("LI", state, x_t)
+        _check_state("LI", state, x_t, LIState)
         return li_step(x_t, state, self.params(x_t.dtype))
 
     def forward(self, x_seq: Tensor, state: LIState | None = None,
                 record: bool = False) -> tuple[Tensor, LIState]:
         """Run ``T`` steps; the output is the membrane trace ``[T, B, ...]``."""
-        _check_seq("LI", x_seq)
-        _check_state("LI", state, x_seq[0])
-        if self.backend == "torch":
-            return scan(li_step, x_seq, state, self.params(x_seq.dtype), record=record)
-        from .kernels import li_sequence
-
+        self._check_input(x_seq)
+        _check_state("LI", state, x_seq[0], LIState)
         return li_sequence(x_seq, state, self.params(x_seq.dtype), self.backend, record)
 
     def extra_repr(self) -> str:
-        return f"tau_mem={self.tau_mem.detach().mean().item():g}, tau_syn={self.tau_syn.detach().mean().item():g}"
+        return self._describe("tau_mem", "tau_syn")

@@ -264,13 +264,45 @@ def test_native_split_over_threads_and_many_backward_chunks(monkeypatch):
         torch.set_num_threads(old)
 
 
+@needs_native
 def test_native_computes_the_rational_surrogates_itself():
-    from spikegrad.kernels.native import _surrogate_code
+    from spikegrad.kernels.native import surrogate_code
 
-    codes = {name: _surrogate_code(SURROGATES[name].grad) for name in BUILTIN}
+    codes = {name: surrogate_code(SURROGATES[name].grad, torch.float32, 3.0) for name in BUILTIN}
     assert codes == {"atan": 2, "boxcar": 4, "exponential": 0, "fast_sigmoid": 1, "gaussian": 0,
                      "sigmoid": 0, "triangle": 3}
-    assert _surrogate_code(_Quadratic.grad) == 0
+    assert surrogate_code(_Quadratic.grad, torch.float32, 3.0) == 0
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("slope", [0.3, 1.0, 4.0, 25.0, 100.0])
+def test_native_surrogate_formulas_equal_the_python_definitions(dtype, slope):
+    # the C formulas, evaluated by the kernels' own code, against each surrogate's grad
+    from spikegrad.kernels.native import SURROGATE_CODES, kernel_surrogate_grad
+
+    z = torch.linspace(-3.0, 3.0, 2001, dtype=torch.float64).to(dtype) / slope
+    for name, code in SURROGATE_CODES.items():
+        want = SURROGATES[name].grad(z, torch.tensor(slope, dtype=dtype))
+        torch.testing.assert_close(kernel_surrogate_grad(code, z, slope), want, rtol=1e-6 if dtype == torch.float32
+                                   else 1e-12, atol=0.0)
+
+
+@needs_native
+def test_native_refuses_a_formula_that_differs_from_the_definition(monkeypatch):
+    # a kernel formula mapped to the wrong surrogate is detected and not used: the derivative is then
+    # computed from the surrogate's own grad, so gradients stay equal to the reference
+    from spikegrad.kernels import native
+
+    monkeypatch.setitem(native.SURROGATE_CODES, "fast_sigmoid", 2)  # the atan formula
+    native._verified.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="differs from FastSigmoid.grad"):
+            assert native.surrogate_code(SURROGATES["fast_sigmoid"].grad, torch.float32, 25.0) == 0
+        kw = dict(dtype=torch.float32, surrogate="fast_sigmoid", T=12)
+        assert_same(run_case("torch", **kw), run_case("native", **kw))
+    finally:
+        native._verified.cache_clear()
 
 
 @needs_native
@@ -321,7 +353,7 @@ def test_li_backend_resolution_and_fallbacks():
     # learnable time constants: the reference scan, with gradients for them
     li = LI(learn_tau=True)
     li(torch.rand(6, 2, 3))[0].sum().backward()
-    assert li.tau_mem.grad is not None and li.tau_mem.grad.abs() > 0
+    assert li.log_tau_mem.grad is not None and li.log_tau_mem.grad.abs() > 0
     with pytest.raises(ValueError, match="backend must be one of"):
         LI(backend="fused")
 
@@ -477,6 +509,14 @@ def test_triton_every_builtin_surrogate(triton_lif, surrogate):
     assert triton_lif.supports_surrogate(make_surrogate(surrogate))
     kw = dict(dtype=torch.float32, surrogate=surrogate, reset="subtract", detach_reset=False, T=16)
     assert_same(run_case("torch", **kw), run_case("triton", **kw))
+
+
+def test_triton_refuses_a_formula_that_differs_from_the_definition(triton_lif, monkeypatch):
+    monkeypatch.setitem(triton_lif.SURROGATE_CODES, "atan", 0)  # the fast_sigmoid formula
+    monkeypatch.setattr(triton_lif, "_verified", {})
+    with pytest.warns(RuntimeWarning, match="differs from ATan.grad"):
+        assert not triton_lif.supports_surrogate(make_surrogate("atan"))
+    assert resolve_backend("triton", torch.rand(6, 2, 3), LIF().params(), make_surrogate("atan")) == "fused"
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

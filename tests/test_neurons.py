@@ -152,7 +152,7 @@ def test_detach_reset_changes_gradient():
 
 def test_learnable_constants_get_gradients():
     n = LIF(learn_tau=True, learn_threshold=True, shape=(5,))
-    assert {name for name, _ in n.named_parameters()} == {"tau_mem", "tau_syn", "v_th"}
+    assert {name for name, _ in n.named_parameters()} == {"log_tau_mem", "log_tau_syn", "log_v_th"}
     n(torch.rand(10, 3, 5) * 0.5)[0].sum().backward()
     for p in n.parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0

@@ -3,8 +3,8 @@
 :class:`~spikegrad.neurons.LIF` (and :class:`~spikegrad.neurons.IF`) call :func:`lif_sequence`
 through their ``backend`` argument; it can also be called directly. Backends:
 
-* ``"torch"``: the reference :func:`~spikegrad.neurons.scan` of :func:`~spikegrad.neurons.lif_step`
-  (autograd records every step).
+* ``"torch"``: the reference :func:`~spikegrad.functional.scan` of
+  :func:`~spikegrad.functional.lif_step` (autograd records every step).
 * ``"native"``: :mod:`spikegrad.kernels.native`, C kernels for CPU tensors (float32/float64, any
   registered surrogate), compiled on first use with the system C compiler: one call runs the
   whole time loop forward, one backward. Same spikes and states as ``"torch"`` bit for bit;
@@ -33,6 +33,13 @@ spike input (latency codes), for the first layer of a network.
 Every fast path falls back to ``"torch"`` where it does not apply: recurrent weights, constants that
 require gradients (``learn_tau`` / ``learn_threshold``), a surrogate with ``spiking=False`` or its
 own ``forward``, or while ``torch.compile`` traces the model (the compiler fuses ``scan`` itself).
+:func:`resolve_backend` is the one place that decides.
+
+The C and Triton kernels evaluate the derivatives of some built-in surrogates themselves. Before a
+kernel's formula is used for a surrogate (per dtype and slope), it is checked against the
+surrogate's own ``grad`` (the one definition, in :mod:`spikegrad.surrogates`) on a grid of points;
+a formula that disagrees is not used (the derivative is then computed from ``grad`` in PyTorch,
+with a warning), so an edit of a surrogate can never leave the kernels computing another one.
 """
 
 from __future__ import annotations
@@ -44,8 +51,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..neurons import LIFParams, LIFState, LIParams, LIState, scan
+from ..functional import LIFParams, LIFState, LIParams, LIState, li_step, lif_step, recurrent_lif_step, scan
 from ..surrogates import Surrogate
+from . import cpu, native
 from ._common import FusedConfig
 from .sparse import SparseInputLinear, sparse_linear
 
@@ -72,8 +80,6 @@ def native_available(warn: bool = False) -> bool:
     Args:
         warn: warn once per process, with the compiler's message, when they cannot be built.
     """
-    from . import native
-
     ok = native.available()
     if not ok and warn and "native" not in _warned:
         _warned.add("native")
@@ -84,8 +90,6 @@ def native_available(warn: bool = False) -> bool:
 
 
 def _native_or_raise(backend: str, x_seq: Tensor) -> None:
-    from . import native
-
     if x_seq.device.type != "cpu":
         raise ValueError(f"backend={backend!r} needs CPU tensors (got device {x_seq.device}); use backend='auto'")
     if not native.available():
@@ -116,14 +120,15 @@ def _fusable_surrogate(spike_fn: Any) -> bool:
 
 
 def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any,
-                    state: LIFState | None = None) -> str:
+                    state: LIFState | None = None, w_rec: Tensor | None = None) -> str:
     """The backend that :func:`lif_sequence` will run: one of ``BACKENDS`` other than ``"auto"``.
 
     Args:
         backend: requested backend (see the module docstring).
-        x_seq: input ``[T, B, ...]``. p: :class:`~spikegrad.neurons.LIFParams`.
+        x_seq: input ``[T, B, ...]``. p: :class:`~spikegrad.functional.LIFParams`.
         spike_fn: the spike function (a :class:`~spikegrad.surrogates.Surrogate` for the fast paths).
-        state: initial state or None.
+        state: initial state or None. w_rec: recurrent weights or None (recurrent layers run
+            ``"torch"``).
     Raises:
         ValueError: unknown ``backend``; ``"triton"`` asked for without Triton installed or for a
             tensor that is not on a CUDA device (unless ``TRITON_INTERPRET=1``).
@@ -131,8 +136,8 @@ def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any,
     check_backend("lif_sequence", backend)
     if backend == "torch":
         return "torch"
-    if (torch.compiler.is_compiling() or not _fusable_surrogate(spike_fn) or _params_need_grad(p)
-            or (state is not None and getattr(state, "z", None) is not None)):
+    if (w_rec is not None or torch.compiler.is_compiling() or not _fusable_surrogate(spike_fn)
+            or _params_need_grad(p) or (state is not None and getattr(state, "z", None) is not None)):
         return "torch"
     lowmem = backend.endswith("_lowmem")
     if backend.startswith("triton"):
@@ -144,48 +149,48 @@ def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any,
                              "backend='auto' or 'fused' on this device, or set TRITON_INTERPRET=1 to debug")
         from .triton_lif import supports_surrogate
 
-        if x_seq.dtype not in _TRITON_DTYPES or not supports_surrogate(spike_fn):
+        if x_seq.dtype not in _TRITON_DTYPES or not supports_surrogate(spike_fn, x_seq.device):
             return "fused_lowmem" if lowmem else "fused"
         return backend
     if backend == "native":
         _native_or_raise(backend, x_seq)
-        from .native import supports
-
-        return "native" if supports(x_seq) else "fused"
+        return "native" if native.supports(x_seq) else "fused"
     if backend == "auto":
         if x_seq.is_cuda and x_seq.dtype in _TRITON_DTYPES and triton_available():
             from .triton_lif import supports_surrogate
 
-            if supports_surrogate(spike_fn):
+            if supports_surrogate(spike_fn, x_seq.device):
                 return "triton"
-        from .native import supports
-
-        if supports(x_seq) and native_available(warn=True):
+        if native.supports(x_seq) and native_available(warn=True):
             return "native"
         return "fused"
     return backend
 
 
 def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: Any,
-                 backend: str = "auto", record: bool = False) -> tuple[Tensor, LIFState]:
-    """Run :func:`~spikegrad.neurons.lif_step` over ``T`` steps with the chosen backend.
+                 backend: str = "auto", record: bool = False,
+                 w_rec: Tensor | None = None) -> tuple[Tensor, LIFState]:
+    """Run :func:`~spikegrad.functional.lif_step` over ``T`` steps with the chosen backend.
 
-    Same contract as ``scan(lambda x, s: lif_step(x, s, p, spike_fn), x_seq, state, record=record)``.
+    Same contract as ``scan(lif_step, x_seq, state, p, spike_fn, record=record)`` (with
+    :func:`~spikegrad.functional.recurrent_lif_step` when ``w_rec`` is given).
 
     Args:
         x_seq: input current ``[T, B, ...]`` (threshold units per step), float dtype.
-        state: :class:`~spikegrad.neurons.LIFState` with ``[B, ...]`` tensors, or None (rest).
-        p: :class:`~spikegrad.neurons.LIFParams` (tensors broadcast against ``[B, ...]``).
+        state: :class:`~spikegrad.functional.LIFState` with ``[B, ...]`` tensors, or None (rest).
+        p: :class:`~spikegrad.functional.LIFParams` (tensors broadcast against ``[B, ...]``).
         spike_fn: a :class:`~spikegrad.surrogates.Surrogate` (others run on ``"torch"``).
         backend: one of :data:`BACKENDS`.
         record: return the per-step states stacked to ``[T, B, ...]`` instead of the final state.
+        w_rec: recurrent weights ``[N, N]`` acting on the previous step's spikes (``x_seq`` then
+            ``[T, B, N]``), or None.
     Returns:
         ``(spikes [T, B, ...] in {0, 1} with the dtype of x_seq, final or recorded LIFState)``.
     """
-    chosen = resolve_backend(backend, x_seq, p, spike_fn, state)
+    chosen = resolve_backend(backend, x_seq, p, spike_fn, state, w_rec)
     if chosen == "torch":
-        from ..neurons import lif_step
-
+        if w_rec is not None:
+            return scan(recurrent_lif_step, x_seq, state, p, w_rec, spike_fn, record=record)
         return scan(lif_step, x_seq, state, p, spike_fn, record=record)
     lowmem = chosen.endswith("_lowmem")
     save_dtype = torch.bfloat16 if lowmem and x_seq.dtype in (torch.float32, torch.float64) else x_seq.dtype
@@ -198,9 +203,9 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
     if chosen.startswith("triton"):
         from .triton_lif import lif_fused_triton as run
     elif chosen == "native":
-        from .native import lif_native as run
+        run = native.lif_native
     else:
-        from .cpu import lif_fused_cpu as run
+        run = cpu.lif_fused_cpu
     spikes, v, i, r, v_seq, i_seq, r_seq = run(x_seq, v0, i0, r0, p.decay_mem, p.decay_syn, p.v_th,
                                                p.v_reset, spike_fn.slope, cfg)
     if record:
@@ -210,28 +215,25 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
 
 def li_sequence(x_seq: Tensor, state: LIState | None, p: LIParams, backend: str = "auto",
                 record: bool = False) -> tuple[Tensor, LIState]:
-    """Run :func:`~spikegrad.neurons.li_step` over ``T`` steps with the chosen backend.
+    """Run :func:`~spikegrad.functional.li_step` over ``T`` steps with the chosen backend.
 
     Same contract as ``scan(li_step, x_seq, state, p, record=record)``.
 
     Args:
-        x_seq: input current ``[T, B, ...]``. state: :class:`~spikegrad.neurons.LIState` or None.
-        p: :class:`~spikegrad.neurons.LIParams`. backend: one of :data:`LI_BACKENDS`; ``"auto"``
+        x_seq: input current ``[T, B, ...]``. state: :class:`~spikegrad.functional.LIState` or None.
+        p: :class:`~spikegrad.functional.LIParams`. backend: one of :data:`LI_BACKENDS`; ``"auto"``
             runs ``"native"`` for float32/float64 CPU tensors when the C kernels are built.
         record: return the per-step states stacked to ``[T, B, ...]`` instead of the final state.
     Returns:
         ``(v_seq [T, B, ...], final or recorded LIState)``.
     """
-    from ..neurons import li_step
-    from .native import li_native, supports
-
     check_backend("li_sequence", backend, LI_BACKENDS)
     if backend == "native":
         _native_or_raise(backend, x_seq)
-    use = (backend != "torch" and supports(x_seq) and not torch.compiler.is_compiling()
+    use = (backend != "torch" and native.supports(x_seq) and not torch.compiler.is_compiling()
            and not _params_need_grad(p) and (backend == "native" or native_available(warn=True)))
     if not use:
         return scan(li_step, x_seq, state, p, record=record)
     v0, i0 = (None, None) if state is None else (state.v, state.i)
-    v_seq, v, i, i_seq = li_native(x_seq, v0, i0, p.decay_mem, p.decay_syn, record)
+    v_seq, v, i, i_seq = native.li_native(x_seq, v0, i0, p.decay_mem, p.decay_syn, record)
     return v_seq, (LIState(v_seq, i_seq) if record else LIState(v, i))

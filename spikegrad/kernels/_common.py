@@ -7,13 +7,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-RESET_CODES = {"subtract": 0, "zero": 1, "none": 2}
+from ..functional import RESET_MODES
+
+RESET_CODES = {mode: code for code, mode in enumerate(RESET_MODES)}  # the kernels' numbers
 
 
 class FusedConfig(NamedTuple):
     """Static (non-tensor) settings of one fused LIF call.
 
-    reset: "subtract" | "zero" | "none". detach_reset: stop the gradient through the reset.
+    reset: one of :data:`~spikegrad.functional.RESET_MODES`. detach_reset: stop the gradient through the reset.
     refractory: refractory period (steps). record: also return the per-step states.
     save_dtype: dtype of the membrane distance ``v - v_th`` kept for backward.
     grad_fn: the surrogate derivative ``grad(x, slope)`` (a Surrogate's static method).
@@ -68,3 +70,12 @@ def unflatten_outputs(outs: tuple, x_seq: Tensor, cfg: FusedConfig) -> tuple:
             None if rec else i.reshape(step_shape), r.reshape(step_shape) if refr else None,
             v_seq.reshape(x_seq.shape) if rec else None, i_seq.reshape(x_seq.shape) if rec else None,
             r_seq.reshape(x_seq.shape) if rec and refr else None)
+
+
+def probe_points(slope: float, dtype: torch.dtype) -> Tensor:
+    """Points ``z`` (CPU, ``dtype``) at which a kernel's surrogate derivative is checked against the
+    surrogate's ``grad``: a dense grid over ``|z| <= 8 / slope`` (where every built-in surrogate
+    varies), a coarse one out to ``+-100 / slope``, and 0."""
+    near = torch.linspace(-8.0, 8.0, 4001, dtype=torch.float64)
+    far = torch.linspace(-100.0, 100.0, 401, dtype=torch.float64)
+    return (torch.cat([near, far, torch.zeros(1, dtype=torch.float64)]) / slope).to(dtype)

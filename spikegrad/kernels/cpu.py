@@ -1,7 +1,7 @@
 """Fused LIF in PyTorch ops: one autograd node for the whole time loop (any device, any dtype).
 
 The forward pass loops over time on flat ``[M]`` buffers without recording an autograd graph,
-with the same elementwise operations, in the same order and dtype, as :func:`~spikegrad.neurons.lif_step`,
+with the same elementwise operations, in the same order and dtype, as :func:`~spikegrad.functional.lif_step`,
 so the spikes and states are bit-identical to the reference ``scan``. Only the distance to
 threshold ``z = v - v_th`` (pre-reset membrane, ``[T, B, F]``) is kept for backward; a step held by
 the refractory period is stored as ``-inf`` (surrogate derivative 0).
@@ -40,7 +40,7 @@ def _forward_loop(x: Tensor, v: Tensor, i: Tensor, r: Tensor | None, dm: Tensor,
     ``[T, m]`` views of ``rec`` (the third only with a refractory period).
 
     Products with a 0/1 spike are exact, so ``u - s * th`` in one ``addcmul`` rounds like the two
-    operations of :func:`~spikegrad.neurons.lif_step`; boolean masks are avoided (slow on CPU).
+    operations of :func:`~spikegrad.functional.lif_step`; boolean masks are avoided (slow on CPU).
     ``u > th`` has the sign of the rounded ``u - th`` (no underflow to 0 between floats).
 
     Returns ``(saved: list of blocks [<=CHUNK, m], saved_u, final v, final i)``. The blocks hold the pre-reset membrane ``u`` in

@@ -6,7 +6,7 @@
  * are processed in blocks whose state stays in cache over the whole time loop; every inner loop
  * is branch-free (selects only), so the compiler vectorizes it.
  *
- * Forward, per neuron and step (the operations and roundings of spikegrad.neurons.lif_step; the
+ * Forward, per neuron and step (the operations and roundings of spikegrad.functional.lif_step; the
  * file is compiled with -ffp-contract=off so that no multiply-add is fused):
  *
  *     i = ds * i + x          u = dm * v + i          (u = v while refractory)
@@ -223,6 +223,12 @@ static inline void surrogate_row_##SFX(int64_t n, const T_ *restrict z, T_ *rest
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
+void surrogate_grad_##SFX(int64_t n, const T_ *z, T_ *out, int sur, T_ slope)                     \
+{                                                                                                    \
+    /* the kernels' surrogate derivative at n points, for checking it against the Python grad */   \
+    surrogate_row_##SFX(n, z, out, sur, slope);                                                      \
+}                                                                                                    \
+                                                                                                     \
 CLONES void lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int64_t t0, int64_t t1, int64_t T,   \
                         const T_ *z, const T_ *sg, int sur, T_ slope, const T_ *g_s, int64_t s_step, \
                         const T_ *g_vseq, int64_t v_step, const T_ *g_iseq, int64_t i_step,          \
@@ -262,4 +268,4 @@ DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; native.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 3; }
+int spikegrad_lif_abi(void) { return 4; }

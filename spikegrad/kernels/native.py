@@ -1,7 +1,7 @@
 """Fused LIF and LI in C for CPU tensors: one forward and one backward call for the whole time loop.
 
 The kernels (``lif.c`` beside this file) run the same operations, in the same order and dtype, as
-:func:`~spikegrad.neurons.lif_step` and :func:`~spikegrad.neurons.li_step`, so spikes and states
+:func:`~spikegrad.functional.lif_step` and :func:`~spikegrad.functional.li_step`, so spikes and states
 are bit-identical to the reference ``scan``; gradients agree to rounding. The membrane distance
 ``z = v - v_th`` (float32 or float64, as the input) is the only ``[T, ...]`` tensor kept for
 backward (4 bytes per neuron-step in float32). The kernels compute the derivative of the rational
@@ -26,18 +26,21 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ._common import RESET_CODES, FusedConfig, compact_param, unflatten_outputs
+from ..surrogates import SURROGATES
+from ._common import RESET_CODES, FusedConfig, compact_param, unflatten_outputs, probe_points
 
-__all__ = ["available", "build_error", "lif_native", "li_native", "load"]
+__all__ = ["available", "build_error", "lif_native", "li_native", "load", "surrogate_code", "kernel_surrogate_grad",
+           "SURROGATE_CODES"]
 
 SOURCE = Path(__file__).with_name("lif.c")
-ABI = 3
+ABI = 4
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")
@@ -78,6 +81,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd.argtypes = [i64, i64, i64, i64, i64, i64, p, p, c_int, real, p, i64, p, i64, p, i64, p, p, p, p,
                         c_int, c_int, p, p, p]
         bwd.restype = None
+        sur = getattr(lib, f"surrogate_grad_{suffix}")
+        sur.argtypes = [i64, p, p, c_int, real]
+        sur.restype = None
 
 
 def load() -> ctypes.CDLL | None:
@@ -156,11 +162,44 @@ def _rows(g: Tensor | None) -> tuple[Tensor | None, int]:
     return g.contiguous(), g.shape[1]
 
 
-def _surrogate_code(grad_fn) -> int:
-    """The C kernels' number for a built-in rational surrogate's ``grad`` (0: computed in PyTorch)."""
-    from ..surrogates import ATan, Boxcar, FastSigmoid, Triangle
+SURROGATE_CODES = {"fast_sigmoid": 1, "atan": 2, "triangle": 3, "boxcar": 4}
+"""Registered surrogates whose derivative the C kernels compute themselves (``lif.c``'s numbers)."""
 
-    return {FastSigmoid.grad: 1, ATan.grad: 2, Triangle.grad: 3, Boxcar.grad: 4}.get(grad_fn, 0)
+
+def kernel_surrogate_grad(code: int, z: Tensor, slope: float) -> Tensor:
+    """The C kernels' surrogate derivative number ``code`` at the points ``z`` (1-D CPU float tensor)."""
+    lib = load()
+    z = z.contiguous()
+    out = torch.empty_like(z)
+    getattr(lib, f"surrogate_grad_{_DTYPES[z.dtype]}")(z.numel(), z.data_ptr(), out.data_ptr(), code, slope)
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _verified(name: str, dtype: torch.dtype, slope: float) -> bool:
+    """Whether the C formula for surrogate ``name`` equals its Python ``grad`` at ``slope`` in ``dtype``."""
+    z = probe_points(slope, dtype)
+    want = SURROGATES[name].grad(z, torch.tensor(slope, dtype=dtype))
+    got = kernel_surrogate_grad(SURROGATE_CODES[name], z, slope)
+    eps = torch.finfo(dtype).eps
+    ok = bool(torch.allclose(got, want, rtol=8 * eps, atol=8 * eps * float(want.abs().max())))
+    if not ok:
+        warnings.warn(f"spikegrad: the C kernels' derivative of surrogate {name!r} differs from "
+                      f"{SURROGATES[name].__name__}.grad (slope {slope:g}, {dtype}); it is computed in PyTorch "
+                      "instead. Update SURROGATE_CODES / lif.c to match the surrogate's definition.",
+                      RuntimeWarning, stacklevel=2)
+    return ok
+
+
+def surrogate_code(grad_fn, dtype: torch.dtype, slope: float) -> int:
+    """The C kernels' number for a surrogate derivative ``grad_fn`` (a registered Surrogate's
+    ``grad``), or 0 (the derivative is then computed in PyTorch): 0 unless the kernel formula is
+    in :data:`SURROGATE_CODES` and agrees with ``grad_fn`` at this slope and dtype."""
+    for name in SURROGATE_CODES:
+        cls = SURROGATES.get(name)
+        if cls is not None and cls.grad is grad_fn:
+            return SURROGATE_CODES[name] if _verified(name, dtype, float(slope)) else 0
+    return 0
 
 
 def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, vr, reset: int, detach: int,
@@ -178,8 +217,8 @@ def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, v
     gx = torch.empty((T, M), dtype=dtype)
     size = torch.finfo(dtype).bits // 8
     consts = [_ptr(t) for t in (dm, ds, th, vr)]
-    sur = 0 if z is None else _surrogate_code(grad_fn)
     slope_value = 0.0 if z is None else float(slope)
+    sur = 0 if z is None else surrogate_code(grad_fn, dtype, slope_value)
     K = T if z is None or sur else max(1, CHUNK_BYTES // (M * size))
     for t1 in range(T, 0, -K):
         t0 = max(0, t1 - K)
@@ -285,7 +324,7 @@ def lif_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor |
 
 def li_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, decay_mem, decay_syn,
               record: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Leaky integrator over ``x_seq [T, B, ...]`` in C (the steps of :func:`~spikegrad.neurons.li_step`).
+    """Leaky integrator over ``x_seq [T, B, ...]`` in C (the steps of :func:`~spikegrad.functional.li_step`).
 
     Returns:
         ``(v_seq [T, B, ...], final v [B, ...], final i [B, ...], i_seq [T, B, ...] or None)``.

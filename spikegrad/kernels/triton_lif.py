@@ -2,7 +2,7 @@
 
 Each program owns ``BLOCK`` neurons (flat index over ``[B, ...]``) and walks all ``T`` steps with
 the state in registers. Arithmetic is float32, rounded to the input dtype after every operation
-exactly where :func:`~spikegrad.neurons.lif_step` rounds (bfloat16 by round-to-nearest-even on the
+exactly where :func:`~spikegrad.functional.lif_step` rounds (bfloat16 by round-to-nearest-even on the
 bits, float16 by conversion), and launched with ``enable_fp_fusion=False`` so no multiply-add is
 contracted: spikes and states are bit-identical to the reference ``scan``.
 
@@ -25,20 +25,63 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..surrogates import ATan, Boxcar, Exponential, FastSigmoid, Gaussian, Sigmoid, Triangle
-from ._common import RESET_CODES, FusedConfig, flat_param
+from ..surrogates import SURROGATES
+from ._common import RESET_CODES, FusedConfig, flat_param, probe_points
 
 BLOCK = 512
 NUM_WARPS = 4
-SURROGATE_CODES = {FastSigmoid.grad: 0, Sigmoid.grad: 1, ATan.grad: 2, Triangle.grad: 3,
-                   Gaussian.grad: 4, Exponential.grad: 5, Boxcar.grad: 6}
+SURROGATE_CODES = {"fast_sigmoid": 0, "sigmoid": 1, "atan": 2, "triangle": 3, "gaussian": 4, "exponential": 5,
+                   "boxcar": 6}
+"""Registered surrogates whose derivative :func:`_surrogate_grad` computes (its ``SURR`` numbers)."""
 _ROUND_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_verified: dict = {}
 
 
-def supports_surrogate(spike_fn) -> bool:
-    """True if the surrogate derivative of ``spike_fn`` has a Triton implementation here."""
-    return type(spike_fn).grad in SURROGATE_CODES
+def surrogate_name(grad_fn) -> str | None:
+    """The registry name of a surrogate derivative that the kernels compute (None: not supported)."""
+    for name in SURROGATE_CODES:
+        cls = SURROGATES.get(name)
+        if cls is not None and cls.grad is grad_fn:
+            return name
+    return None
+
+
+def kernel_surrogate_grad(name: str, z: Tensor, slope: float) -> Tensor:
+    """The kernels' derivative of surrogate ``name`` at the points ``z`` (1-D float32 tensor on the
+    kernels' device), computed by :func:`_surrogate_grad` itself."""
+    z = z.to(torch.float32).contiguous()
+    out = torch.empty_like(z)
+    n = z.numel()
+    _probe_kernel[(triton.cdiv(n, BLOCK),)](z, out, n, slope, SURR=SURROGATE_CODES[name], BLOCK=BLOCK,
+                                             num_warps=NUM_WARPS)
+    return out
+
+
+def supports_surrogate(spike_fn, device: torch.device | str | None = None) -> bool:
+    """True if the kernels compute the derivative of ``spike_fn`` (a registered surrogate), and
+    their formula agrees with the surrogate's ``grad`` at its slope (checked once per slope and
+    device, in float32, on the points of :func:`~spikegrad.kernels._common.probe_points`)."""
+    name = surrogate_name(type(spike_fn).grad)
+    if name is None:
+        return False
+    slope = float(spike_fn.slope)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    key = (name, slope, str(device))
+    if key not in _verified:
+        z = probe_points(slope, torch.float32)
+        want = SURROGATES[name].grad(z.double(), torch.tensor(slope, dtype=torch.float64))
+        got = kernel_surrogate_grad(name, z.to(device), slope).cpu().double()
+        ok = bool(torch.allclose(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max())))
+        if not ok:
+            import warnings
+
+            warnings.warn(f"spikegrad: the Triton kernels' derivative of surrogate {name!r} differs from "
+                          f"{SURROGATES[name].__name__}.grad (slope {slope:g}); the 'fused' PyTorch path runs "
+                          "instead. Update SURROGATE_CODES / _surrogate_grad to match the surrogate's definition.",
+                          RuntimeWarning, stacklevel=2)
+        _verified[key] = ok
+    return _verified[key]
 
 
 @triton.jit
@@ -77,6 +120,14 @@ def _surrogate_grad(z, slope, SURR: tl.constexpr):
     else:            # boxcar
         g = tl.where(tl.abs(z) < 0.5 / slope, slope, 0.0)
     return g
+
+
+@triton.jit
+def _probe_kernel(z_ptr, out_ptr, n, slope, SURR: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, _surrogate_grad(z, slope, SURR), mask=mask)
 
 
 @triton.jit
@@ -294,7 +345,7 @@ class _LIFTritonFn(torch.autograd.Function):
             z, arg(g_spikes), arg(g_vseq), arg(g_iseq), arg(g_v), arg(g_i), gx, gv0, gi0,
             dm, ds, th, vr, slope, M, T, P,
             BLOCK=BLOCK, RESET=RESET_CODES[cfg.reset], DETACH=cfg.detach_reset,
-            REFRAC=cfg.refractory > 0, SURR=SURROGATE_CODES[cfg.grad_fn], PARAM_VEC=P > 1,
+            REFRAC=cfg.refractory > 0, SURR=SURROGATE_CODES[surrogate_name(cfg.grad_fn)], PARAM_VEC=P > 1,
             HAS_GS=g_spikes is not None, HAS_GVREC=g_vseq is not None, HAS_GIREC=g_iseq is not None,
             HAS_GVT=g_v is not None, HAS_GIT=g_i is not None, WANT_G0=want_g0,
             num_warps=NUM_WARPS, enable_fp_fusion=True)

@@ -1,0 +1,274 @@
+"""The functional core: neuron states, constants and pure step functions, and the time loop.
+
+Everything that defines what a neuron computes lives here, once. The fast paths of
+:mod:`spikegrad.kernels` compute the same maths (and are tested against :func:`scan` of these
+steps); the ``nn.Module``\\ s of :mod:`spikegrad.neurons` own the constants and call them. This
+module imports only :mod:`spikegrad.checks` and torch; spike functions are passed in.
+
+Conventions (project-wide):
+
+* tensors are time-first, ``[T, B, ...]``; one step is ``[B, ...]``; any trailing shape works, so
+  the neurons can follow a ``Linear`` ([T, B, N]) or a ``Conv2d`` ([T, B, C, H, W]);
+* time is counted in steps: a time constant ``tau`` gives the per-step decay ``exp(-1 / tau)``;
+  ``tau_syn = 0`` removes the synaptic filter, ``tau_mem = inf`` removes the leak;
+* voltages are in threshold units (``v_th = 1`` by default); a neuron spikes iff ``v - v_th > 0``.
+
+The current-based LIF neuron (as trained on BrainScaleS-2 with surrogate gradients) is, per step::
+
+    i[t] = decay_syn * i[t-1] + x[t]                  # synaptic current
+    v[t] = decay_mem * v[t-1] + i[t]                  # membrane (before reset)
+    s[t] = H(v[t] - v_th)                             # spike, surrogate gradient in backward
+    v[t] <- v[t] - s v_th        (reset="subtract")
+            v[t] (1 - s) + s v_reset    (reset="zero")
+            v[t]                  (reset="none")
+
+with ``s`` detached in the reset when ``detach_reset`` (the default). With ``refractory = n > 0``
+a neuron that spiked holds its membrane and cannot spike for the next ``n`` steps. The IF neuron
+is the LIF neuron with ``decay_mem = 1`` and ``decay_syn = 0``.
+
+The adaptive LIF neuron (ALIF, the LSNN neuron of Bellec et al. 2018) adds a threshold that rises
+with every spike and relaxes with its own time constant::
+
+    th[t] = v_th + beta * a[t-1]                      # effective threshold
+    s[t]  = H(v[t] - th[t])
+    v[t] <- v[t] - s th[t]       (reset="subtract"; "zero" and "none" as above)
+    a[t]  = decay_ada * a[t-1] + (1 - decay_ada) s[t]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "RESET_MODES", "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState",
+    "decay", "lif_step", "recurrent_lif_step", "alif_step", "li_step", "scan", "last", "detach_state",
+    "stack_states", "check_reset",
+]
+
+RESET_MODES = ("subtract", "zero", "none")
+"""What a spike does to the membrane: subtract the threshold, set it to ``v_reset``, or nothing."""
+
+SpikeFn = Callable[[Tensor], Tensor]
+
+
+def check_reset(who: str, reset: Any) -> str:
+    """``reset`` if it is one of :data:`RESET_MODES`; else a ValueError naming ``who``."""
+    if not isinstance(reset, str) or reset not in RESET_MODES:
+        raise ValueError(f"{who}: reset must be one of {RESET_MODES}, got {reset!r}")
+    return reset
+
+
+class LIFParams(NamedTuple):
+    """Constants of :func:`lif_step`; tensors broadcast against ``[B, ...]``.
+
+    decay_mem, decay_syn: per-step decays in [0, 1] (``exp(-1 / tau)``).
+    v_th: threshold (threshold units, > 0). v_reset: reset potential for ``reset="zero"``.
+    reset: one of :data:`RESET_MODES`. detach_reset: stop the gradient through the reset.
+    refractory: refractory period in steps (0 = none).
+    """
+
+    decay_mem: Tensor | float
+    decay_syn: Tensor | float
+    v_th: Tensor | float = 1.0
+    v_reset: Tensor | float = 0.0
+    reset: str = "subtract"
+    detach_reset: bool = True
+    refractory: int = 0
+
+
+class LIFState(NamedTuple):
+    """State of a LIF population, each ``[B, ...]``.
+
+    v: membrane potential (threshold units, after reset). i: synaptic current.
+    r: remaining refractory steps (only with ``refractory > 0``, else None).
+    z: spikes of the previous step (only for recurrent layers, else None).
+    """
+
+    v: Tensor
+    i: Tensor
+    r: Tensor | None = None
+    z: Tensor | None = None
+
+
+class ALIFParams(NamedTuple):
+    """Constants of :func:`alif_step`: those of :class:`LIFParams` (no refractory period) plus
+    ``decay_ada`` (per-step decay of the adaptation, ``exp(-1 / tau_ada)``) and ``beta`` (threshold
+    increase per unit of adaptation, threshold units)."""
+
+    decay_mem: Tensor | float
+    decay_syn: Tensor | float
+    decay_ada: Tensor | float
+    beta: Tensor | float
+    v_th: Tensor | float = 1.0
+    v_reset: Tensor | float = 0.0
+    reset: str = "subtract"
+    detach_reset: bool = True
+
+
+class ALIFState(NamedTuple):
+    """State of an ALIF population, each ``[B, ...]``: membrane ``v``, synaptic current ``i`` and
+    adaptation ``a`` (a low-pass filter of the neuron's spikes, spikes/step)."""
+
+    v: Tensor
+    i: Tensor
+    a: Tensor
+
+
+class LIParams(NamedTuple):
+    """Constants of :func:`li_step`: per-step decays of membrane and synaptic current."""
+
+    decay_mem: Tensor | float
+    decay_syn: Tensor | float
+
+
+class LIState(NamedTuple):
+    """State of a leaky integrator, each ``[B, ...]``: membrane ``v`` and synaptic current ``i``."""
+
+    v: Tensor
+    i: Tensor
+
+
+def decay(tau: Tensor) -> Tensor:
+    """Per-step decay ``exp(-1 / tau)`` of a time constant in steps (``tau = 0 -> 0``, ``inf -> 1``)."""
+    return torch.exp(-1.0 / tau)
+
+
+def _reset(v: Tensor, s: Tensor, v_th: Tensor | float, v_reset: Tensor | float, reset: str) -> Tensor:
+    if reset == "subtract":
+        return v - s * v_th
+    if reset == "zero":
+        return v * (1 - s) + s * v_reset
+    return v
+
+
+def lif_step(x: Tensor, state: LIFState | None, p: LIFParams, spike_fn: SpikeFn) -> tuple[Tensor, LIFState]:
+    """One step of the current-based LIF neuron (equations in the module docstring).
+
+    Args:
+        x: input current ``[B, ...]`` (threshold units per step).
+        state: previous :class:`LIFState`, or None for a neuron at rest (zeros like ``x``).
+        p: :class:`LIFParams`.
+        spike_fn: maps ``v - v_th`` to spikes (Heaviside forward, surrogate backward).
+    Returns:
+        ``(spikes [B, ...] in {0, 1} with the dtype of x, new state)``.
+    """
+    if state is None:
+        zero = torch.zeros_like(x)
+        state = LIFState(zero, zero, zero if p.refractory > 0 else None)
+    i = p.decay_syn * state.i + x
+    v = p.decay_mem * state.v + i
+    if p.refractory > 0:
+        active = state.r <= 0
+        v = torch.where(active, v, state.v)
+        spikes = spike_fn(v - p.v_th) * active.to(x.dtype)
+    else:
+        spikes = spike_fn(v - p.v_th)
+    s = spikes.detach() if p.detach_reset else spikes
+    v = _reset(v, s, p.v_th, p.v_reset, p.reset)
+    r = None
+    if p.refractory > 0:
+        r = torch.where(spikes.detach() > 0, torch.full_like(state.r, p.refractory), (state.r - 1).clamp(min=0))
+    return spikes, LIFState(v, i, r)
+
+
+def recurrent_lif_step(x: Tensor, state: LIFState | None, p: LIFParams, w_rec: Tensor,
+                       spike_fn: SpikeFn) -> tuple[Tensor, LIFState]:
+    """One step of a LIF layer with all-to-all recurrent weights on the previous step's spikes.
+
+    Args:
+        x: input current ``[B, N]``. w_rec: recurrent weights ``[N, N]`` (row = target neuron).
+        state, p, spike_fn: as :func:`lif_step`; ``state.z`` holds the previous spikes ``[B, N]``.
+    Returns:
+        ``(spikes [B, N], new state with z = spikes)``.
+    """
+    if state is not None and state.z is not None:
+        x = x + state.z @ w_rec.to(x.dtype).t()
+    spikes, new = lif_step(x, state, p, spike_fn)
+    return spikes, new._replace(z=spikes)
+
+
+def alif_step(x: Tensor, state: ALIFState | None, p: ALIFParams, spike_fn: SpikeFn) -> tuple[Tensor, ALIFState]:
+    """One step of the adaptive LIF neuron (equations in the module docstring).
+
+    Args:
+        x: input current ``[B, ...]``. state: previous :class:`ALIFState` or None (rest).
+        p: :class:`ALIFParams`. spike_fn: maps ``v - th`` to spikes.
+    Returns:
+        ``(spikes [B, ...] in {0, 1}, new state)``.
+    """
+    if state is None:
+        zero = torch.zeros_like(x)
+        state = ALIFState(zero, zero, zero)
+    i = p.decay_syn * state.i + x
+    v = p.decay_mem * state.v + i
+    th = p.v_th + p.beta * state.a
+    spikes = spike_fn(v - th)
+    s = spikes.detach() if p.detach_reset else spikes
+    v = _reset(v, s, th, p.v_reset, p.reset)
+    a = p.decay_ada * state.a + (1 - p.decay_ada) * s
+    return spikes, ALIFState(v, i, a)
+
+
+def li_step(x: Tensor, state: LIState | None, p: LIParams) -> tuple[Tensor, LIState]:
+    """One step of the non-spiking leaky integrator: ``i = ds i + x``, ``v = dm v + i``.
+
+    Args:
+        x: input current ``[B, ...]``. state: previous :class:`LIState` or None (rest).
+    Returns:
+        ``(v [B, ...], new state)``: the membrane is the output.
+    """
+    if state is None:
+        zero = torch.zeros_like(x)
+        state = LIState(zero, zero)
+    i = p.decay_syn * state.i + x
+    v = p.decay_mem * state.v + i
+    return v, LIState(v, i)
+
+
+def stack_states(states: list) -> Any:
+    """Stack a list of per-step states (NamedTuples of ``[B, ...]`` tensors or None) to ``[T, B, ...]``."""
+    first = states[0]
+    return type(first)(*(None if f is None else torch.stack([s[k] for s in states])
+                         for k, f in enumerate(first)))
+
+
+def scan(step: Callable, x_seq: Tensor, state: Any, *args, record: bool = False) -> tuple[Tensor, Any]:
+    """Run ``step(x_t, state, *args) -> (out_t, state)`` over the first axis of ``x_seq``.
+
+    Args:
+        x_seq: ``[T, B, ...]``.
+        record: if True, return the per-step states stacked to ``[T, B, ...]`` instead of the
+            final state (the final state is then ``last(states)``).
+    Returns:
+        ``(out_seq [T, B, ...], final state or stacked states)``.
+    """
+    outs, states = [], []
+    for x_t in x_seq.unbind(0):
+        out, state = step(x_t, state, *args)
+        outs.append(out)
+        if record:
+            states.append(state)
+    return torch.stack(outs), (stack_states(states) if record else state)
+
+
+def _map_tensors(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple state
+        return type(tree)(*(_map_tensors(fn, t) for t in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_map_tensors(fn, t) for t in tree)
+    return tree
+
+
+def last(states: Any) -> Any:
+    """The final state ``[B, ...]`` of states recorded with ``record=True`` (``[T, B, ...]``)."""
+    return _map_tensors(lambda t: t[-1], states)
+
+
+def detach_state(state: Any) -> Any:
+    """Detach every tensor of a (nested) state, e.g. between chunks of truncated BPTT."""
+    return _map_tensors(Tensor.detach, state)
