@@ -9,7 +9,8 @@ Layers, from the bottom up:
 - :func:`read_idx` reads one IDX file (gzip or plain) into a numpy array, validating it.
 - :func:`area_resize` downsamples images by exact area averaging (also used by the encoders).
 - :func:`download` fetches missing files into ``root`` (temp file, MD5 check, atomic rename).
-- :func:`load_split` returns ``(images, labels)`` tensors for one split, resized and cached.
+- :func:`load_split` returns ``(images, labels)`` tensors for one split, resized and cached in
+  :func:`cache_root` (never in the data folder), keyed by the raw files' content.
 - :func:`shift_images` / :class:`RandomShift` translate images (training-set augmentation).
 - :func:`make_loaders` returns ``(train, val, test)`` DataLoaders; :class:`IDXData` holds the
   same arguments for Hydra (``_target_: spikegrad.data.IDXData``) and builds them with
@@ -43,7 +44,7 @@ from tqdm import tqdm
 
 __all__ = [
     "DATASETS", "SPLIT_FILES", "DatasetInfo", "IDXData", "RandomShift", "area_matrix", "area_resize",
-    "default_root", "download", "load_split", "make_loaders", "read_idx", "shift_images",
+    "cache_root", "default_root", "download", "load_split", "make_loaders", "read_idx", "shift_images",
 ]
 
 SPLIT_FILES: dict[str, tuple[str, str]] = {  # split -> (images file, labels file)
@@ -82,6 +83,8 @@ DATASETS: dict[str, DatasetInfo] = {
          "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134"}),
     "folder": DatasetInfo((), {}),
 }
+
+N_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "kmnist": 10}  # "folder": any labels
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x0803, 0x0801  # 2051: uint8 [N, rows, cols]; 2049: uint8 [N]
@@ -184,6 +187,26 @@ def default_root(name: str) -> Path:
     _check_name(name)
     base = os.environ.get("SPIKEGRAD_DATA")
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "spikegrad") / name
+
+
+def cache_root() -> Path:
+    """Folder of the resized-image caches.
+
+    Returns:
+        ``$SPIKEGRAD_CACHE`` if that variable is set, else ``~/.cache/spikegrad/resized``.
+    """
+    base = os.environ.get("SPIKEGRAD_CACHE")
+    return Path(base).expanduser() if base else Path.home() / ".cache" / "spikegrad" / "resized"
+
+
+def _sha256(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _md5(path: Path) -> str:
@@ -294,13 +317,17 @@ def _ensure_files(name: str, root: Path, files: Sequence[str], download_: bool,
 # ---------------------------------------------------------------------------------- splits
 def load_split(name: str = "mnist", root: str | os.PathLike | None = None, split: str = "train",
                size: int | None = None, download: bool = True,
-               mirrors: Sequence[str] | None = None, cache: bool = True) -> tuple[Tensor, Tensor]:
+               mirrors: Sequence[str] | None = None, cache: bool = True,
+               cache_dir: str | os.PathLike | None = None,
+               num_classes: int | None = None) -> tuple[Tensor, Tensor]:
     """Loads one split of an IDX dataset into memory.
 
     The raw files are checked (MD5 when published, else IDX structure) and, if ``download`` is
-    set, fetched when missing or corrupt. With ``size`` the images are area-resized once and
-    cached in ``root`` as ``cache_<split>_<size>px_area.pt``; the cache is reused while the raw
-    files keep their size and mtime (a read-only ``root`` only skips caching, with a warning).
+    set, fetched when missing or corrupt; labels outside the data set's classes are an error that
+    names the file. With ``size`` the images are area-resized once and cached in ``cache_dir``
+    under a name holding the SHA-256 of the raw files' content, so replaced files are never served
+    from a stale cache (an unwritable ``cache_dir`` only skips caching, with a warning). Nothing is
+    written into ``root`` except downloaded files.
 
     Args:
         name: ``"mnist"``, ``"fashion_mnist"``, ``"kmnist"`` or ``"folder"``.
@@ -312,6 +339,9 @@ def load_split(name: str = "mnist", root: str | os.PathLike | None = None, split
             ``mirrors`` is given).
         mirrors: base URLs replacing the dataset's default mirrors.
         cache: read/write the resized-image cache file.
+        cache_dir: folder of the cache files; None means :func:`cache_root`.
+        num_classes: labels must lie in ``[0, num_classes)``; None: 10 for the MNIST family, no
+            check for ``"folder"``.
     Returns:
         images float32 [N, H, W] in [0, 1] (H = W = ``size`` if given) and labels int64 [N].
     Raises:
@@ -327,21 +357,27 @@ def load_split(name: str = "mnist", root: str | os.PathLike | None = None, split
     files = SPLIT_FILES[split]
     _ensure_files(name, root, files, download, mirrors)
 
-    source = [[f, (st := (root / f).stat()).st_size, st.st_mtime_ns] for f in files]
-    cache_file = root / f"cache_{split}_{size}px_{_RESIZE_METHOD}.pt"
-    if size is not None and cache and cache_file.is_file():
-        try:
-            cached = torch.load(cache_file, weights_only=True)
-            if cached["source"] == source:
-                return cached["images"], cached["labels"]
-        except Exception as e:  # unreadable cache: rebuild it
-            warnings.warn(f"Ignoring unreadable cache {cache_file}: {e}", stacklevel=2)
+    n_classes = num_classes if num_classes is not None else N_CLASSES.get(name)
+    cache_file = digest = None
+    if size is not None and cache:
+        digest = _sha256([root / f for f in files])
+        cache_file = (Path(cache_dir).expanduser() if cache_dir is not None else cache_root()) / \
+            f"{name}_{split}_{size}px_{_RESIZE_METHOD}_{digest[:24]}.pt"
+        if cache_file.is_file():
+            try:
+                cached = torch.load(cache_file, weights_only=True)
+                if cached["sha256"] == digest:
+                    _check_labels(cached["labels"], n_classes, root / files[1])
+                    return cached["images"], cached["labels"]
+            except Exception as e:  # unreadable cache: rebuild it
+                warnings.warn(f"Ignoring unreadable cache {cache_file}: {e}", stacklevel=2)
 
     images, labels = _read_pair(root, files)
+    _check_labels(labels, n_classes, root / files[1])
     if size is not None and images.shape[1:] != (size, size):
         images = area_resize(images, size).clamp_(0.0, 1.0)  # float64 rounding can overshoot 1 by 1 ulp
-        if cache:
-            _save_atomic({"images": images, "labels": labels, "source": source}, cache_file)
+        if cache_file is not None:
+            _save_atomic({"images": images, "labels": labels, "sha256": digest}, cache_file)
     return images, labels
 
 
@@ -357,11 +393,23 @@ def _read_pair(root: Path, files: tuple[str, str]) -> tuple[Tensor, Tensor]:
     if len(x) != len(y):
         raise ValueError(f"{root}: {files[0]} has {len(x)} images but {files[1]} has "
                          f"{len(y)} labels.")
+
     return torch.from_numpy(x).to(torch.float32) / 255, torch.from_numpy(y).to(torch.int64)
+
+
+def _check_labels(labels: Tensor, n_classes: int | None, path: Path) -> None:
+    """Labels int64 [N] must lie in ``[0, n_classes)`` (no check for None); the error names the file."""
+    if n_classes is None or not len(labels) or int(labels.max()) < n_classes:
+        return
+    i = int((labels >= n_classes).nonzero()[0, 0])
+    raise ValueError(f"{path}: label {int(labels[i])} at index {i} is outside the {n_classes} classes "
+                     f"(0..{n_classes - 1}); the file is corrupt or belongs to another data set. Replace it, or "
+                     "set data.num_classes (num_classes=) to the number of classes of your data")
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     except OSError as e:
         warnings.warn(f"Not caching resized images in {path.parent} ({e}).", stacklevel=3)
@@ -429,7 +477,7 @@ def make_loaders(name: str = "mnist", root: str | os.PathLike | None = None,
                  download: bool = True, size: int | None = None, val_size: int = 5000,
                  subset: int | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
                  seed: int = 0, mirrors: Sequence[str] | None = None, drop_last: bool = False,
-                 shift: int = 0) -> tuple[DataLoader, DataLoader | None, DataLoader]:
+                 shift: int = 0, num_classes: int | None = None) -> tuple[DataLoader, DataLoader | None, DataLoader]:
     """Train / validation / test DataLoaders over in-memory tensors.
 
     A permutation of the training set drawn from ``seed`` holds out its first ``val_size``
@@ -448,14 +496,17 @@ def make_loaders(name: str = "mnist", root: str | os.PathLike | None = None,
         drop_last: drop the last incomplete training batch (constant shapes for compiled models).
         shift: augment the training set by random translations of up to ``shift`` pixels per
             axis (:class:`RandomShift`); 0: none. Validation and test images are never shifted.
+        num_classes: as in :func:`load_split`.
     Returns:
         (train_loader, val_loader or None when ``val_size == 0``, test_loader).
     """
     _check_loader_args(val_size, subset, batch_size, eval_batch_size, seed)
     if not _is_int(shift) or shift < 0:
         raise ValueError(f"shift must be an int >= 0 (pixels of random translation), got {shift!r}.")
-    x, y = load_split(name, root, "train", size, download, mirrors)
-    x_test, y_test = load_split(name, root, "test", size, download, mirrors)
+    if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}.")
+    x, y = load_split(name, root, "train", size, download, mirrors, num_classes=num_classes)
+    x_test, y_test = load_split(name, root, "test", size, download, mirrors, num_classes=num_classes)
     x, x_test = x.unsqueeze(1), x_test.unsqueeze(1)  # [N, 1, H, W]
     n = len(y)
     if val_size >= n:
@@ -501,6 +552,7 @@ class IDXData:
     mirrors: Sequence[str] | None = None
     drop_last: bool = False
     shift: int = 0
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name)

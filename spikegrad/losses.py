@@ -28,6 +28,13 @@ def _readout(output) -> Tensor:
 def _check_labels(scores: Tensor, y: Tensor) -> None:
     if y.dim() != 1 or y.shape[0] != scores.shape[0]:
         raise ValueError(f"labels must have shape [B] = [{scores.shape[0]}], got {tuple(y.shape)}")
+    n_classes = scores.shape[-1]
+    outside = (y < 0) | (y >= n_classes)
+    if bool(outside.any()):
+        bad = int(y[outside][0])
+        raise ValueError(f"label {bad} is outside the {n_classes} classes of the model output (0..{n_classes - 1}); "
+                         "check the labels of the data set or give the model one output per class "
+                         f"(model.sizes: last entry >= {bad + 1})")
 
 
 class CrossEntropy:

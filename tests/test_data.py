@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import os
 import shutil
 import socket
 import struct
@@ -372,9 +373,8 @@ def test_area_resize_rejects_bad_input():
 # ----------------------------------------------------------------------------------- cache
 def test_resize_cache_written_once_and_reused(tmp_path, monkeypatch):
     write_folder(tmp_path)
-    x0, y0 = load_split("folder", tmp_path, "train", size=16)
-    cache = tmp_path / "cache_train_16px_area.pt"
-    assert cache.is_file()
+    x0, y0 = load_split("folder", tmp_path, "train", size=16, cache_dir=tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").glob("folder_train_16px_area_*.pt")
     mtime = cache.stat().st_mtime_ns
     ref = area_resize(torch.from_numpy(read_idx(tmp_path / ALL_FILES[0])).double() / 255, 16)
     torch.testing.assert_close(x0, ref.to(torch.float32))
@@ -384,20 +384,56 @@ def test_resize_cache_written_once_and_reused(tmp_path, monkeypatch):
         raise AssertionError("raw files re-read despite a valid cache")
 
     monkeypatch.setattr(data, "read_idx", fail)
-    x1, y1 = load_split("folder", tmp_path, "train", size=16)
+    x1, y1 = load_split("folder", tmp_path, "train", size=16, cache_dir=tmp_path / "cache")
     assert cache.stat().st_mtime_ns == mtime
     assert torch.equal(x0, x1) and torch.equal(y0, y1)
     with pytest.raises(AssertionError, match="re-read"):  # another size is another cache entry
-        load_split("folder", tmp_path, "train", size=8)
+        load_split("folder", tmp_path, "train", size=8, cache_dir=tmp_path / "cache")
+
+
+def test_cache_goes_to_the_cache_folder_never_into_the_data_folder(tmp_path, monkeypatch):
+    write_folder(tmp_path / "data")
+    monkeypatch.setenv("SPIKEGRAD_CACHE", str(tmp_path / "c"))
+    assert data.cache_root() == tmp_path / "c"
+    before = sorted(p.name for p in (tmp_path / "data").iterdir())
+    load_split("folder", tmp_path / "data", "test", size=16)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 1
 
 
 def test_resize_cache_invalidated_by_new_raw_files(tmp_path):
     write_folder(tmp_path)
-    load_split("folder", tmp_path, "test", size=16)
+    load_split("folder", tmp_path, "test", size=16, cache_dir=tmp_path / "cache")
     imgs = np.full((20, 28, 28), 255, np.uint8)
     (tmp_path / TEST_FILES[0]).write_bytes(gzip.compress(idx_bytes(imgs)))
-    x, _ = load_split("folder", tmp_path, "test", size=16)
+    x, _ = load_split("folder", tmp_path, "test", size=16, cache_dir=tmp_path / "cache")
     torch.testing.assert_close(x, torch.ones(20, 16, 16))  # stale cache would give ~0.5
+
+
+def test_replaced_labels_with_same_size_and_mtime_are_not_served_from_the_cache(tmp_path):
+    write_folder(tmp_path)
+    labels = tmp_path / TEST_FILES[1]  # plain (not gzip) IDX: a replacement has exactly the same size
+    labels.write_bytes(idx_bytes(np.arange(20, dtype=np.uint8)))
+    _, y0 = load_split("folder", tmp_path, "test", size=16, cache_dir=tmp_path / "cache")
+    st = labels.stat()
+    new = np.arange(20, dtype=np.uint8)[::-1].copy()
+    labels.write_bytes(idx_bytes(new))
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (labels.stat().st_size, labels.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    _, y1 = load_split("folder", tmp_path, "test", size=16, cache_dir=tmp_path / "cache")
+    assert torch.equal(y1, torch.from_numpy(new).long()) and not torch.equal(y0, y1)
+
+
+def test_labels_outside_the_classes_are_named_at_load(tmp_path):
+    write_folder(tmp_path)
+    y = read_idx(tmp_path / TEST_FILES[1])
+    y[7] = 25  # the test labels are 0..19
+    (tmp_path / TEST_FILES[1]).write_bytes(gzip.compress(idx_bytes(y)))
+    with pytest.raises(ValueError, match=rf"{TEST_FILES[1]}: label 25 at index 7 is outside the 20 classes"):
+        load_split("folder", tmp_path, "test", size=16, num_classes=20, cache_dir=tmp_path / "cache")
+    load_split("folder", tmp_path, "test", size=16, num_classes=26, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="label 25 at index 7"):  # also when the images come from the cache
+        load_split("folder", tmp_path, "test", size=16, num_classes=20, cache_dir=tmp_path / "cache")
 
 
 def test_resize_without_cache_and_native_size(tmp_path):

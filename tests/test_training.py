@@ -74,7 +74,7 @@ class InterruptingLoader(DataLoader):
         self.seen += 1
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, capsys):
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, caplog):
     full, _ = run_fit(tmp_path / "full", epochs=3)
     tr, _, _ = loaders()
     bad = InterruptingLoader(tr.dataset, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0),
@@ -82,7 +82,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, capsys):
     with pytest.raises(KeyboardInterrupt):
         run_fit(tmp_path / "cut", epochs=3, train=bad)
     ckpt = tmp_path / "cut" / "interrupted.pt"
-    assert ckpt.exists() and f"resume={ckpt}" in capsys.readouterr().out
+    assert ckpt.exists() and f"resume={ckpt}" in caplog.text
     resumed, res = run_fit(tmp_path / "cut", epochs=3, resume=ckpt)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
