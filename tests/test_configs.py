@@ -67,3 +67,39 @@ def test_unknown_choice_is_rejected_with_the_options():
         cfg_for("surrogate=nope")
     with pytest.raises(Exception, match="epoch"):
         cfg_for("trainer.epoch=3")
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("whetstone")])
+def test_whetstone_experiments_are_published_whetstone(experiment):
+    cfg = cfg_for(f"experiment={experiment}")
+    model = instantiate(cfg.model)
+    sharpener = instantiate(cfg.sharpen)(model)
+    acts = [m for m in model.modules() if hasattr(m, "min_width")]
+    assert acts and all(a.min_width == 0.0 for a in acts)        # exact gradient of the current activation
+    assert sharpener.stop_when_sharp                              # training ends once every layer is sharp
+    assert type(model.decoder).__name__ == "SoftmaxDecoder"       # softmax((2o - 1)(2K - 1)^T), random key
+    key = model.decoder.key
+    assert key.shape == (10, 100) and key.sum(1).tolist() == [10.0] * 10 and key.sum(0).max() > 1  # overlapping
+    ste = cfg_for(f"experiment={experiment}", "sharpen.gradient=ste", "sharpen.stop_when_sharp=false",
+                  "model.decoder=nhot")
+    model = instantiate(ste.model)
+    sharpener = instantiate(ste.sharpen)(model)
+    assert all(a.min_width == 1.0 for a in model.modules() if hasattr(a, "min_width"))
+    assert not sharpener.stop_when_sharp and type(model.decoder).__name__ == "NHotDecoder"
+
+
+def test_every_sharpen_choice_builds_on_a_whetstone_model():
+    for name in ("simple", "scheduled", "adaptive"):
+        cfg = cfg_for("experiment=whetstone_mnist", f"sharpen={name}")
+        sharpener = instantiate(cfg.sharpen)(instantiate(cfg.model))
+        assert type(sharpener).__name__.lower().startswith(name) and sharpener.gradient == "exact"
+    cfg = cfg_for("experiment=whetstone_mnist", "sharpen=adaptive")
+    assert (cfg.sharpen.cz_rate, cfg.sharpen.sig_increase, cfg.sharpen.patience) == (0.126, 0.15, 1)  # Whetstone's
+
+
+def test_lower_rate_regularizer_is_per_sample_by_default():
+    for experiment in ("mnist16", "mnist16_sparse"):
+        lower = instantiate(cfg_for(f"experiment={experiment}").regularizer.lower)
+        assert lower.form == "per_sample"
+    cfg = cfg_for("experiment=mnist16", "regularizer.lower.form=batch_mean")
+    assert instantiate(cfg.regularizer.lower).form == "batch_mean"

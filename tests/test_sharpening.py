@@ -10,10 +10,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spikegrad.neurons import LIF
-from spikegrad.sharpening import (AdaptiveSharpener, NHotDecoder, ScheduledSharpener, SharpBReLU, SharpSigmoid,
-                                  SimpleSharpener, SurrogateAnnealer, ThresholdLayer, WhetstoneConvNet, WhetstoneMLP,
-                                  activation_figure, agreement, compare, export_binary, log_activation_figure,
-                                  log_sharpness, sharpen_act, sharpenable_layers, whetstone_analysis)
+from spikegrad.sharpening import (AdaptiveSharpener, NHotDecoder, ScheduledSharpener, SharpBReLU, Sharpenable,
+                                  SharpSigmoid, SimpleSharpener, SoftmaxDecoder, SurrogateAnnealer, ThresholdLayer,
+                                  WhetstoneConvNet, WhetstoneMLP, activation_figure, agreement, compare, export_binary,
+                                  log_activation_figure, log_sharpness, random_key, sharpen_act, sharpenable_layers,
+                                  whetstone_analysis)
 from spikegrad.sharpening.export import fold_threshold
 from spikegrad.surrogates import ATan
 
@@ -33,61 +34,114 @@ def values(schedule):
 
 
 # ------------------------------------------------------------------------------ activations
+def whetstone_brelu(x: float, s: float) -> float:
+    """Spiking_BRelu of Severa et al. (2019), written out for one number (step strict, as spikegrad's)."""
+    if s == 1.0:
+        return float(x > 0.5)
+    return min(max((x - 0.5) / (1.0 - s + 0.001) + 0.5, 0.0), 1.0)
+
+
+def whetstone_sigmoid(x: float, s: float) -> float:
+    """Spiking_Sigmoid of Severa et al. (2019), written out for one number (step strict, as spikegrad's)."""
+    if s == 1.0:
+        return float(x > 0.0)
+    k = 4.0 * math.log(2.0 + 3.0 ** 0.5) / (1.0 - s + 0.001)
+    return 1.0 / (1.0 + math.exp(min(max(-x * k, -40.0), 40.0)))
+
+
+REFERENCE = {SharpBReLU: whetstone_brelu, SharpSigmoid: whetstone_sigmoid}
+
+
+@pytest.mark.parametrize("cls", ACTS)
+@pytest.mark.parametrize("s", [0.0, 0.3, 0.5, 0.9, 0.999, 1.0])
+def test_activations_match_whetstone_formulas(cls, s):
+    x = torch.linspace(-1.5, 2.0, 351, dtype=torch.float64)
+    act = cls(sharpness=s).double()
+    stored = act.get_sharpness()  # the float32 buffer's value of s
+    ref = torch.tensor([REFERENCE[cls](v, stored) for v in x.tolist()], dtype=torch.float64)
+    y = act(x)
+    torch.testing.assert_close(y, ref, atol=1e-15, rtol=1e-12)
+
+
 def test_brelu_hand_values():
     act = SharpBReLU()
-    x = torch.tensor([-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 2.0])
-    assert act(x).tolist() == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]        # s = 0: clamp(x, 0, 1)
-    act.set_sharpness(0.5)                                                   # ramp from 0.25 to 0.75
-    x = torch.tensor([0.0, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0])
-    assert act(x).tolist() == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    x = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+    assert act(x).tolist() == pytest.approx([0.0, 0.5 - 0.5 / 1.001, 0.5, 0.5 + 0.5 / 1.001, 1.0])
+    act.set_sharpness(0.5)                                                   # ramp of width 0.5 + eps
+    x = torch.tensor([0.0, 0.2495, 0.375, 0.5, 0.625, 0.7505, 1.0], dtype=torch.float64)
+    assert act(x).tolist() == pytest.approx([0.0, 0.0, 0.5 - 0.125 / 0.501, 0.5, 0.5 + 0.125 / 0.501, 1.0, 1.0])
+
+
+def test_sigmoid_hand_values():
+    act = SharpSigmoid().double()
+    knee = math.log(2 + math.sqrt(3))           # k x at the roots of the sigmoid's third derivative
+    w = 1.0 + 1e-3                               # s = 0: width 1 + eps, knees at x = +-w / 4
+    y = act(torch.tensor([-w / 4, 0.0, w / 4], dtype=torch.float64)).tolist()
+    assert y == pytest.approx([sig(-knee), 0.5, sig(knee)], abs=1e-12)
+    assert sig(knee) == pytest.approx((3 + math.sqrt(3)) / 6)
+    act.set_sharpness(0.75)                      # k = 4 ln(2 + sqrt 3) / 0.251
+    y = act(torch.tensor([-0.1, 0.0, 0.05], dtype=torch.float64)).tolist()
+    assert y == pytest.approx([sig(-0.4 * knee / 0.251), 0.5, sig(0.2 * knee / 0.251)], abs=1e-12)
 
 
 @pytest.mark.parametrize("cls", ACTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_full_sharpness_is_exact_step(cls, dtype):
     act = cls(sharpness=1.0)
-    up, down = 0.5 + torch.finfo(dtype).eps / 2, 0.5 - torch.finfo(dtype).eps / 4  # neighbours of 0.5
-    x = torch.tensor([-3.0, 0.0, down, 0.5, up, 1.0, 7.0], dtype=dtype)
-    assert x[2] < 0.5 < x[4]
+    c = cls.center
+    if c == 0.5:
+        down, up = 0.5 - torch.finfo(dtype).eps / 4, 0.5 + torch.finfo(dtype).eps / 2  # neighbours of 0.5
+    else:
+        down, up = -torch.finfo(dtype).tiny, torch.finfo(dtype).tiny
+    x = torch.tensor([c - 3.0, c - 0.5, down, c, up, c + 0.5, c + 7.0], dtype=dtype)
+    assert x[2] < c < x[4]
     y = act(x)
     assert y.dtype == dtype
-    assert y.tolist() == (x > 0.5).to(dtype).tolist()
-    assert y.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]                 # 0.5 itself maps to 0
-
-
-def test_sigmoid_hand_values():
-    act = SharpSigmoid()
-    y = act(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)).tolist()
-    assert y == pytest.approx([sig(-2.0), 0.5, sig(2.0)], abs=1e-12)         # sigmoid(4 (x - 0.5))
-    act.set_sharpness(0.75)                                                  # slope 4 / 0.25 = 16
-    y = act(torch.tensor([0.25, 0.5, 0.625], dtype=torch.float64)).tolist()
-    assert y == pytest.approx([sig(-4.0), 0.5, sig(2.0)], abs=1e-12)
+    assert y.tolist() == (x > c).to(dtype).tolist()
+    assert y.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]                 # the center itself maps to 0
 
 
 @pytest.mark.parametrize("kind", ["brelu", "sigmoid"])
-def test_gradient_is_exact_below_min_width(kind):
-    # s = 0.3: ramp edges at 0.15 and 0.85; probe away from the kinks
-    x = torch.tensor([-0.3, 0.05, 0.3, 0.5, 0.62, 0.8, 0.9, 1.4], dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(sharpen_act(x, 0.3, kind, min_width=0.0).sum(), x)
-    h = 1e-6
+@pytest.mark.parametrize("s", [0.0, 0.3, 0.9, 0.999])
+def test_exact_gradient_is_the_derivative_of_the_current_activation(kind, s):
+    c = 0.5 if kind == "brelu" else 0.0
+    x = c + torch.tensor([-0.9, -0.3, -0.2, -0.1, 0.0, 0.07, 0.2, 0.45, 1.4], dtype=torch.float64) * (1 - s + 1e-3)
+    x.requires_grad_(True)
+    (g,) = torch.autograd.grad(sharpen_act(x, s, kind).sum(), x)             # default min_width 0: exact
+    h = 1e-7 * (1 - s + 1e-3)
     with torch.no_grad():
-        fd = (sharpen_act(x + h, 0.3, kind, 0.0) - sharpen_act(x - h, 0.3, kind, 0.0)) / (2 * h)
-    torch.testing.assert_close(g, fd, atol=1e-6, rtol=1e-6)
-    if kind == "brelu":
-        assert g.tolist() == pytest.approx([0, 0, 1 / 0.7, 1 / 0.7, 1 / 0.7, 1 / 0.7, 0, 0])
+        fd = (sharpen_act(x + h, s, kind) - sharpen_act(x - h, s, kind)) / (2 * h)
+    torch.testing.assert_close(g, fd, atol=1e-5 / (1 - s + 1e-3), rtol=1e-5)
+    if kind == "brelu":  # ramp of width 1 - s + eps: edges at +-0.5 (1 - s + eps); probes at -0.9 ... 1.4 of it
+        slope = 1 / (1 - s + 1e-3)
+        assert g.tolist() == pytest.approx([0, slope, slope, slope, slope, slope, slope, slope, 0])
 
 
 def test_gradient_at_full_sharpness_uses_min_width():
     x = torch.tensor([0.35, 0.45, 0.5, 0.55, 0.65], requires_grad=True)
-    for s in (0.9, 1.0):  # width 1 - s <= min_width: a boxcar of width 0.2 and height 1 / 0.2
+    for s in (0.9, 1.0):  # width 1 - s <= min_width: a boxcar of width 0.2 + eps and height 1 / (0.2 + eps)
         (g,) = torch.autograd.grad(SharpBReLU(sharpness=s, min_width=0.2)(x).sum(), x)
-        assert g.tolist() == pytest.approx([0.0, 5.0, 5.0, 5.0, 0.0])
-    (g,) = torch.autograd.grad(SharpBReLU(sharpness=1.0)(x).sum(), x)         # default: STE of the s = 0 ramp
-    assert g.tolist() == pytest.approx([1.0] * 5)
-    (g,) = torch.autograd.grad(SharpBReLU(sharpness=1.0, min_width=0.0)(x).sum(), x)
-    assert g.tolist() == [0.0] * 5                                           # exact: no gradient, no NaN
-    (g,) = torch.autograd.grad(SharpSigmoid(sharpness=1.0, min_width=0.5)(x).sum(), x)
-    assert g.tolist() == pytest.approx([8 * sig(8 * (v - 0.5)) * (1 - sig(8 * (v - 0.5))) for v in x.tolist()])
+        assert g.tolist() == pytest.approx([0.0, 1 / 0.201, 1 / 0.201, 1 / 0.201, 0.0])
+    (g,) = torch.autograd.grad(SharpBReLU(sharpness=1.0)(x).sum(), x)         # default: exact, no gradient
+    assert g.tolist() == [0.0] * 5
+    (g,) = torch.autograd.grad(SharpSigmoid(sharpness=1.0)(x - 0.5).sum(), x)
+    assert g.tolist() == [0.0] * 5
+    (g,) = torch.autograd.grad(SharpBReLU(sharpness=1.0, min_width="ste")(x).sum(), x)  # STE of the s = 0 ramp
+    assert g.tolist() == pytest.approx([1 / 1.001] * 5)
+    k = 4 * math.log(2 + math.sqrt(3)) / 0.501
+    (g,) = torch.autograd.grad(SharpSigmoid(sharpness=1.0, min_width=0.5)(x - 0.5).sum(), x)
+    assert g.tolist() == pytest.approx([k * sig(k * (v - 0.5)) * (1 - sig(k * (v - 0.5))) for v in x.tolist()])
+
+
+def test_gradient_names():
+    act = SharpBReLU(min_width="ste")
+    assert act.min_width == 1.0
+    act.set_gradient("exact")
+    assert act.min_width == 0.0
+    act.set_gradient(0.25)
+    assert act.min_width == 0.25
+    with pytest.raises(ValueError, match="gradient must be one of \\['exact', 'ste'\\]"):
+        act.set_gradient("straight")
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf"), "0.5", True])
@@ -222,58 +276,142 @@ def test_scheduled_rejects_uniform():
         ScheduledSharpener(layers(2), mode="uniform")
 
 
-ADAPTIVE = dict(min_init_epochs=2, patience=2, improvement=0.1, degradation=0.2, rate=0.5, critical=0.5,
-                critical_rate=0.25)
-# epoch: loss, and the expected phase and sharpness after its end (worked by hand from the docstring)
-SCRIPT = [
-    (1.00, "waiting", [0, 0]),          # best 1.0; before min_init_epochs
-    (0.80, "waiting", [0, 0]),          # improved (0.8 < 0.9): stale 0
-    (0.78, "waiting", [0, 0]),          # 0.78 >= 0.72: stale 1 < patience
-    (0.77, "sharpening", [0.5, 0]),     # stale 2: start, ref 0.77, +rate
-    (0.85, "sharpening", [0.75, 0]),    # 0.85 <= 0.924: ref 0.85, past critical: +critical_rate
-    (1.20, "paused", [0.75, 0]),        # 1.2 > 1.02: pause, best 1.2
-    (1.05, "paused", [0.75, 0]),        # improved (1.05 < 1.08), not recovered (> 1.02)
-    (1.00, "sharpening", [1, 0]),       # recovered (1.0 <= 1.02): resume, layer 0 complete
-    (1.10, "sharpening", [1, 0.5]),     # 1.1 <= 1.2: next layer
-    (1.50, "paused", [1, 0.5]),         # 1.5 > 1.32
-    (1.45, "paused", [1, 0.5]),         # no improvement (>= 1.35): stale 1
-    (1.44, "sharpening", [1, 0.75]),    # stale 2: plateau, resume
-    (1.40, "done", [1, 1]),
-    (5.00, "done", [1, 1]),             # done stays done
+# Port of the logic of Whetstone's AdaptiveSharpener Keras callback (sandialabs/Whetstone,
+# whetstone/callbacks.py), written for these tests as one loop over epochs and batches: it yields the
+# per-layer sharpness after every batch and the epoch at whose end Keras would stop training.
+def whetstone_adaptive(losses, n_batches, n_layers, bottom_up=True, min_init_epochs=10, rate=0.25, cz_rate=0.126,
+                       critical=0.75, first_layer_relative_rate=1.0, patience=1, sig_increase=0.15,
+                       sig_decrease=0.15):
+    sharpness = [0.0] * n_layers
+    on, reference, without_improvement, batches_per_epoch, hold = False, 1e6, 0, None, False
+    trace, stop_epoch = [], None
+    for epoch, loss in enumerate(losses):
+        for batch in range(n_batches):                       # on_batch_end
+            if on:
+                open_layers = [i for i in range(n_layers) if sharpness[i] < 1.0]
+                if not open_layers:
+                    on = False
+                elif bottom_up and not hold:
+                    i = open_layers[0]
+                    step = cz_rate if sharpness[i] >= critical else rate
+                    step *= first_layer_relative_rate if i == 0 else 1.0
+                    sharpness[i] = min(1.0, sharpness[i] + step * (1.0 / float(batches_per_epoch)))
+                    sharpness[i] = 1.0 if 1.0 - sharpness[i] < 0.001 else sharpness[i]
+                    hold = sharpness[i] == 1.0
+                elif not bottom_up:
+                    step = cz_rate if sharpness[0] >= critical else rate
+                    common = min(1.0, sharpness[0] + step * (1.0 / float(batches_per_epoch)))
+                    sharpness = [1.0 if 1.0 - common < 1e-6 else common] * n_layers
+            trace.append(list(sharpness))
+        if all(s == 1.0 for s in sharpness):                 # on_epoch_end: the base class stops training
+            stop_epoch = epoch
+            break
+        hold = False
+        relative = (loss - reference) / reference
+        worse, better = relative >= sig_increase, relative < sig_increase and relative <= -sig_decrease
+        if epoch + 1 >= min_init_epochs:
+            without_improvement = 0 if better else without_improvement + 1
+            reference = loss if better else reference
+            if on and worse:
+                on, reference, without_improvement = False, loss, 0
+            elif not on and without_improvement > patience:
+                on, reference, without_improvement = True, loss, 0
+        else:
+            reference = loss
+        if epoch == 0:
+            batches_per_epoch = n_batches
+    return trace, stop_epoch
+
+
+def run_adaptive(sharpener, losses, n_batches):
+    """Drive a spikegrad schedule like fit does; same outputs as :func:`whetstone_adaptive`."""
+    trace, stop_epoch = [], None
+    for epoch, loss in enumerate(losses):
+        for b in range(n_batches):
+            sharpener.on_batch_end(epoch, b, loss)
+            trace.append(sharpener.values())
+            assert sharpener.sharpness == pytest.approx(trace[-1], abs=1e-7)  # applied to the layers (float32)
+        sharpener.on_epoch_end(epoch, {"train_loss": loss, "val_loss": None, "val_accuracy": 0.5})
+        if sharpener.stop_training:
+            stop_epoch = epoch
+            break
+    return trace, stop_epoch
+
+
+E = 60
+LOSS_SCRIPTS = {
+    "flat": [1.0] * E,
+    "falling": [2.0 * 0.8 ** e for e in range(E)],                                 # improves 20% per epoch
+    "slowly_rising": [1.0 * 1.04 ** e for e in range(E)],                          # degrades every ~4 epochs
+    "spiking": [1.0 + (0.5 if e % 5 == 4 else 0.0) for e in range(E)],             # a 50% spike every 5th epoch
+    "recovering": [2.0 - 0.12 * e if e < 10 else 0.8 + 0.1 * (e - 10) if e < 16 else max(1.4 - 0.15 * (e - 16), 0.3)
+                   for e in range(E)],                                             # falls, rises, falls again
+    "noisy": (torch.rand(E, generator=torch.Generator().manual_seed(5)) + 0.5).tolist(),
+}
+ADAPTIVE_SETTINGS = [
+    dict(),                                                                         # Whetstone's defaults
+    dict(min_init_epochs=3, patience=0, rate=0.4, cz_rate=0.2, critical=0.6, first_layer_relative_rate=0.5),
+    dict(min_init_epochs=2, patience=2, sig_increase=0.3, sig_decrease=0.05),
 ]
 
 
-def test_adaptive_state_machine_follows_script():
-    sh = AdaptiveSharpener(layers(2), **ADAPTIVE)
-    for epoch, (loss, phase, expected) in enumerate(SCRIPT):
-        assert not sh.done
-        sh.on_epoch_end(epoch, {"train_loss": loss, "val_loss": None, "val_accuracy": 0.5})
-        assert (sh.phase, values(sh)) == (phase, expected), f"epoch {epoch}"
-        if sh.done:
-            break
-    assert sh.done
-    assert sh.before["epoch"] == 3.0  # the last epoch trained and evaluated with all layers at 0
+@pytest.mark.parametrize("script", sorted(LOSS_SCRIPTS))
+@pytest.mark.parametrize("settings", range(len(ADAPTIVE_SETTINGS)))
+@pytest.mark.parametrize("mode", ["bottom_up", "uniform"])
+def test_adaptive_matches_whetstone_callback(script, settings, mode):
+    kw = ADAPTIVE_SETTINGS[settings]
+    losses, n_batches = LOSS_SCRIPTS[script], 7
+    want, want_stop = whetstone_adaptive(losses, n_batches, 3, bottom_up=mode == "bottom_up", **kw)
+    got, got_stop = run_adaptive(AdaptiveSharpener(layers(3), mode=mode, **kw), losses, n_batches)
+    assert got_stop == want_stop
+    assert len(got) == len(want)
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert a == pytest.approx(b, abs=1e-12), f"batch {k} (epoch {k // n_batches})"
+    if script in ("flat", "noisy"):
+        assert got_stop is not None  # these finish within the script
 
 
-def test_adaptive_uniform_and_max_init():
-    sh = AdaptiveSharpener(layers(3), mode="uniform", min_init_epochs=0, max_init_epochs=2, patience=5,
-                           rate=0.5, critical=1.0)
-    assert feed(sh, [3.0, 2.0, 1.0]) == [[0] * 3, [0.5] * 3, [1] * 3]  # forced start after 2 epochs
-    assert sh.done
+def test_adaptive_flat_loss_by_hand():
+    """Flat loss, min_init_epochs=3, patience=1: watched from epoch 2; 2 stale epochs > 1 start it at epoch 3."""
+    sh = AdaptiveSharpener(layers(2), min_init_epochs=3, patience=1, rate=0.5, cz_rate=0.25, critical=0.5)
+    trace, stop = run_adaptive(sh, [1.0] * 12, 4)
+    assert trace[4 * 4 - 1] == [0.0, 0.0]                           # epochs 0-3 train unsharpened
+    assert trace[4 * 4:4 * 5] == [[0.125, 0], [0.25, 0], [0.375, 0], [0.5, 0]]     # epoch 4: rate / 4 per batch
+    assert trace[4 * 5:4 * 6] == [[0.5625, 0], [0.625, 0], [0.6875, 0], [0.75, 0]]  # critical zone: cz_rate / 4
+    assert trace[4 * 7 - 1] == [1.0, 0.0]                          # layer 0 completes on epoch 6's last batch
+    assert trace[4 * 7] == [1.0, 0.125]                            # the next layer starts in epoch 7
+    assert trace[4 * 10 - 1] == [1.0, 1.0] and stop == 9 and sh.done and sh.stop_training  # epochs 7-9: layer 1
 
 
-def test_adaptive_per_batch_holds_at_layer_end():
-    sh = AdaptiveSharpener(layers(2), min_init_epochs=0, patience=0, rate=0.75, critical=1.0, per_batch=True)
-    trace = []
-    for epoch in range(4):
-        for b in range(4):
-            sh.on_batch_end(epoch, b, 1.0)
-            trace.append(values(sh))
-        sh.on_epoch_end(epoch, {"train_loss": 1.0})
-    assert trace[:4] == [[0, 0]] * 4                                # epoch 0: waiting
-    assert trace[4:8] == [[0.1875, 0], [0.375, 0], [0.5625, 0], [0.75, 0]]
-    assert trace[8:12] == [[0.9375, 0], [1, 0], [1, 0], [1, 0]]     # completes, next layer waits
-    assert trace[12:16] == [[1, 0.1875], [1, 0.375], [1, 0.5625], [1, 0.75]]
+def test_adaptive_waits_for_epoch_end_after_a_layer():
+    sh = AdaptiveSharpener(layers(2), min_init_epochs=1, patience=0, rate=0.75, cz_rate=0.75, critical=1.0)
+    trace, _ = run_adaptive(sh, [1.0] * 6, 4)
+    # epoch 0 ends: improved on 1e6; epoch 1 ends: stale 1 > 0, start; epoch 2 sharpens 0.1875 per batch
+    assert trace[8:12] == [[0.1875, 0], [0.375, 0], [0.5625, 0], [0.75, 0]]
+    assert trace[12:16] == [[0.9375, 0], [1, 0], [1, 0], [1, 0]]        # completes, the next layer waits
+    assert trace[16:20] == [[1, 0.1875], [1, 0.375], [1, 0.5625], [1, 0.75]]
+
+
+def test_adaptive_degradation_stops_until_the_next_plateau():
+    sh = AdaptiveSharpener(layers(1), min_init_epochs=1, patience=1, rate=0.1, cz_rate=0.1)
+    losses = [1.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.2, 1.2]
+    seen = []
+    for epoch, loss in enumerate(losses):
+        sh.on_batch_end(epoch, 0, loss)
+        sh.on_epoch_end(epoch, {"train_loss": loss})
+        seen.append((sh.sharpening, round(sh.values()[0], 10), sh.reference_loss))
+    assert seen == [(False, 0, 1.0), (False, 0, 1.0), (True, 0, 1.0),       # 2 stale epochs > patience 1: start
+                    (True, 0.1, 1.0),                                       # flat: keep going (ref stays 1.0)
+                    (False, 0.2, 1.2),                                      # +20% >= 15%: stop, ref 1.2
+                    (False, 0.2, 1.2), (True, 0.2, 1.2), (True, 0.3, 1.2)]  # plateau again: resume
+
+
+def test_adaptive_invalid_arguments():
+    for kw, match in (({"min_init_epochs": 0}, "min_init_epochs"), ({"cz_rate": 0.0}, "cz_rate"),
+                      ({"first_layer_relative_rate": -1.0}, "first_layer_relative_rate"),
+                      ({"sig_increase": 0}, "sig_increase"), ({"patience": -1}, "patience")):
+        with pytest.raises(ValueError, match=match):
+            AdaptiveSharpener(layers(2), **kw)
 
 
 def test_adaptive_missing_monitor():
@@ -284,8 +422,8 @@ def test_adaptive_missing_monitor():
 
 @pytest.mark.parametrize("make", [
     lambda acts: SimpleSharpener(acts, start_epoch=1, duration=1.5, per_batch=True),
-    lambda acts: AdaptiveSharpener(acts, min_init_epochs=1, patience=0, rate=0.3, critical=0.6, critical_rate=0.2),
-    lambda acts: AdaptiveSharpener(acts, min_init_epochs=0, patience=1, rate=0.6, per_batch=True),
+    lambda acts: AdaptiveSharpener(acts, min_init_epochs=1, patience=0, rate=0.9, critical=0.6, cz_rate=0.7),
+    lambda acts: AdaptiveSharpener(acts, min_init_epochs=1, patience=1, rate=0.6, sig_increase=0.5),
 ])
 def test_bottom_up_order_holds_for_any_losses(make):
     sh = make(layers(4))
@@ -303,11 +441,11 @@ def test_bottom_up_order_holds_for_any_losses(make):
 @pytest.mark.parametrize("make", [
     lambda m: SimpleSharpener(m, start_epoch=1, duration=1.5, per_batch=True),
     lambda m: ScheduledSharpener(m, windows=[(0, 2), (3, 4), (4, 6)], per_batch=True, batches_per_epoch=3),
-    lambda m: AdaptiveSharpener(m, **ADAPTIVE),
-    lambda m: AdaptiveSharpener(m, min_init_epochs=0, patience=0, rate=0.5, per_batch=True, mode="uniform"),
+    lambda m: AdaptiveSharpener(m, min_init_epochs=2, patience=0, rate=0.5, cz_rate=0.3, critical=0.5),
+    lambda m: AdaptiveSharpener(m, min_init_epochs=1, patience=0, rate=0.5, mode="uniform"),
 ])
 def test_state_round_trips_through_checkpoint(make):
-    losses = [s[0] for s in SCRIPT] * 2
+    losses = LOSS_SCRIPTS["recovering"]
 
     def run(sh, epochs):
         out = []
@@ -341,6 +479,59 @@ def test_load_state_dict_mismatch():
         SimpleSharpener(layers(3)).load_state_dict(state)
 
 
+@pytest.mark.parametrize("make", [
+    lambda acts, **kw: SimpleSharpener(acts, **kw),
+    lambda acts, **kw: ScheduledSharpener(acts, **kw),
+    lambda acts, **kw: AdaptiveSharpener(acts, **kw),
+])
+def test_schedules_set_the_gradient_of_their_layers(make):
+    acts = [SharpBReLU(min_width=0.3), SharpSigmoid(min_width=0.3)]
+    make(acts)
+    assert [a.min_width for a in acts] == [0.0, 0.0]            # default: Whetstone's exact gradient
+    make(acts, gradient="ste")
+    assert [a.min_width for a in acts] == [1.0, 1.0]
+    acts[0].set_gradient(0.3)
+    make(acts, gradient=None)                                    # None: left as built
+    assert [a.min_width for a in acts] == [0.3, 1.0]
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        make(acts, gradient="straight_through")
+
+
+def test_stop_training_once_every_layer_is_sharp():
+    sh = SimpleSharpener(layers(2), start_epoch=1, duration=1)
+    stops = []
+    for epoch in range(4):
+        sh.on_epoch_end(epoch, {"train_loss": 1.0})
+        stops.append(sh.stop_training)
+    assert stops == [False, False, True, True] and sh.done      # epochs 1 and 2 sharpen the two layers
+    keep = SimpleSharpener(layers(2), start_epoch=1, duration=1, stop_when_sharp=False)
+    feed(keep, [1.0] * 4)
+    assert keep.done and not keep.stop_training
+    model = nn.Sequential(LIF(surrogate=ATan(slope=2.0)))
+    annealer = SurrogateAnnealer(model, partial(SimpleSharpener, duration=1), 1.0, 4.0)
+    annealer.on_epoch_end(0, {"train_loss": 1.0})
+    assert annealer.done and not annealer.stop_training        # annealing never ends training
+
+
+def test_fit_stops_when_sharp():
+    from spikegrad.losses import CrossEntropy
+    from spikegrad.training import fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 6, generator=g), torch.randint(0, 2, (64,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    model = WhetstoneMLP([6, 8], n_classes=2, n_hot=2)
+    sharpener = SimpleSharpener(model, start_epoch=1, duration=0.5, per_batch=True)
+    res = fit(model, loader, loader, None, torch.optim.Adam(model.parameters(), 1e-2), CrossEntropy(), epochs=10,
+              sharpener=sharpener, progress=False, log_samples=0)
+    assert res["epochs"] == 2 and sharpener.done                # 2 layers x 0.5 epochs from epoch 1: done in epoch 1
+    model = WhetstoneMLP([6, 8], n_classes=2, n_hot=2)
+    sharpener = SimpleSharpener(model, start_epoch=1, duration=0.5, per_batch=True, stop_when_sharp=False)
+    res = fit(model, loader, loader, None, torch.optim.Adam(model.parameters(), 1e-2), CrossEntropy(), epochs=4,
+              sharpener=sharpener, progress=False, log_samples=0)
+    assert res["epochs"] == 4
+
+
 def test_schedule_needs_sharpenable_layers():
     with pytest.raises(ValueError, match="no sharpenable layers"):
         SimpleSharpener(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
@@ -360,9 +551,47 @@ def test_nhot_decoder():
         NHotDecoder(3, 0)
 
 
+def test_random_key():
+    key = random_key(10, 100, generator=torch.Generator().manual_seed(0))
+    assert key.shape == (10, 100) and key.dtype == torch.float32
+    assert set(key.unique().tolist()) == {0.0, 1.0} and key.sum(1).tolist() == [10.0] * 10
+    assert torch.equal(key, random_key(10, 100, generator=torch.Generator().manual_seed(0)))   # seeded
+    assert not torch.equal(key, random_key(10, 100, generator=torch.Generator().manual_seed(1)))
+    assert key.sum(0).max() > 1   # overlapping (Whetstone's default): some unit serves two classes
+    disjoint = random_key(10, 105, overlapping=False, generator=torch.Generator().manual_seed(0))
+    assert disjoint.sum(1).tolist() == [10.0] * 10 and disjoint.sum(0).max() == 1   # 105 // 10 = 10 per class
+    assert torch.linalg.matrix_rank(disjoint) == 10
+    with pytest.raises(ValueError, match="width=3 < n_classes=4"):
+        random_key(4, 3)
+
+
+def test_softmax_decoder_known_values():
+    key = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    dec = SoftmaxDecoder(key)
+    code = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    # each unit adds +1 where code and key agree and -1 where they differ
+    ref = [[sum(1.0 if o == k else -1.0 for o, k in zip(row, kr)) for kr in key.tolist()] for row in code.tolist()]
+    assert ref == [[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]]
+    assert dec(code).tolist() == ref
+    with pytest.raises(ValueError, match="width 5 but the key has 4 columns"):
+        dec(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="0s and 1s"):
+        SoftmaxDecoder(torch.full((2, 3), 0.5))
+
+
+def test_softmax_decoder_with_contiguous_key_is_a_4x_sharper_nhot_decoder():
+    nhot = NHotDecoder(3, 4)
+    key = torch.eye(3).repeat_interleave(4, dim=1)            # class c owns units [4c, 4c + 4)
+    code = (torch.rand(50, 12) < 0.4).float()
+    diff = SoftmaxDecoder(key)(code) - 4 * nhot(code)          # logits = 4 * block sums + a per-sample constant
+    torch.testing.assert_close(diff, diff[:, :1].expand(-1, 3), atol=0, rtol=0)
+    torch.testing.assert_close(SoftmaxDecoder(key)(code).softmax(-1), (4 * nhot(code)).softmax(-1))
+
+
 def test_models_shapes_and_binary_outputs():
     mlp = WhetstoneMLP([784, 32, 16], n_classes=10, n_hot=3, dropout=0.1)
-    conv = WhetstoneConvNet(in_shape=(1, 28, 28), channels=(4, 8), hidden=(16,), n_classes=10, n_hot=2)
+    conv = WhetstoneConvNet(in_shape=(1, 28, 28), channels=(4, 8), hidden=(16,), n_classes=10, n_hot=2,
+                            decoder="nhot")
     for model, x in ((mlp, torch.rand(6, 28, 28)), (conv, torch.rand(6, 1, 28, 28))):
         for a in sharpenable_layers(model):
             a.set_sharpness(1.0)
@@ -371,7 +600,17 @@ def test_models_shapes_and_binary_outputs():
         assert scores.shape == (6, 10)
         code = model.code(x)
         assert set(code.unique().tolist()) <= {0.0, 1.0}
-        assert torch.equal(scores, code.unflatten(-1, (10, -1)).sum(-1))
+        if model is conv:
+            assert torch.equal(scores, code.unflatten(-1, (10, -1)).sum(-1))
+        else:
+            assert torch.equal(scores, (2 * code - 1) @ (2 * mlp.decoder.key - 1).T)
+    assert isinstance(mlp.decoder, SoftmaxDecoder) and mlp.decoder.key.sum(1).tolist() == [3.0] * 10
+    other = WhetstoneMLP([784, 32, 16], n_classes=10, n_hot=3, dropout=0.1, key_seed=1)
+    assert not torch.equal(other.decoder.key, mlp.decoder.key)
+    other.load_state_dict(mlp.state_dict())                  # checkpoints carry the key
+    assert torch.equal(other.decoder.key, mlp.decoder.key)
+    with pytest.raises(ValueError, match="unknown decoder 'sum'; known: softmax, nhot"):
+        WhetstoneMLP([4, 3], decoder="sum")
     with pytest.raises(ValueError, match="784 values per sample"):
         mlp(torch.rand(2, 16, 16))
 
@@ -405,6 +644,7 @@ def randomize_bn(model, g):
 
 @pytest.mark.parametrize("build", [
     lambda: WhetstoneMLP([12, 9, 7], n_classes=3, n_hot=2, dropout=0.2),
+    lambda: WhetstoneMLP([12, 9, 7], n_classes=3, n_hot=2, activation="sigmoid", decoder="nhot"),
     lambda: WhetstoneConvNet(in_shape=(2, 8, 8), channels=(3, 4), kernel_size=3, hidden=(6,), n_classes=2, n_hot=3),
 ])
 def test_export_matches_model_exactly(build):
@@ -421,7 +661,7 @@ def test_export_matches_model_exactly(build):
     codes = [x]
     for m in ref.layers:  # the model's own binary activations, one per sharpenable block
         codes.append(m(codes[-1]))
-    spikes_model = [c for m, c in zip(ref.layers, codes[1:]) if isinstance(m, SharpBReLU)]
+    spikes_model = [c for m, c in zip(ref.layers, codes[1:]) if isinstance(m, Sharpenable)]
     scores, spikes_net = net.run(x)
     assert len(spikes_net) == len(spikes_model)
     for a, b in zip(spikes_model, spikes_net):
@@ -585,8 +825,11 @@ def test_tensorboard_helpers(tmp_path):
     assert len(fig.axes) == 3
     line = fig.axes[2].lines[0]
     assert set(line.get_ydata().tolist()) == {0.0, 1.0}
+    x = torch.as_tensor(line.get_xdata())
     torch.testing.assert_close(torch.as_tensor(fig.axes[0].lines[0].get_ydata()),
-                               torch.as_tensor(line.get_xdata()).clamp(0, 1))
+                               ((x - 0.5) / 1.001 + 0.5).clamp(0, 1))
+    x_sigmoid = fig.axes[1].lines[0].get_xdata()             # the sigmoid's panel is centered on its step at 0
+    assert (x_sigmoid.min(), x_sigmoid.max()) == pytest.approx((-0.75, 0.75))
     writer = SummaryWriter(str(tmp_path))
     log_sharpness(writer, acts, step=3)
     log_activation_figure(writer, acts, step=3)

@@ -62,9 +62,11 @@ def surrogate_slopes(model: nn.Module, slope_min: float, slope_max: float) -> li
 class SurrogateAnnealer:
     """Anneal a surrogate-gradient network from smooth to sharp surrogates with any schedule.
 
-    Every surrogate in ``model`` gets a :class:`SurrogateSlope` handle; ``schedule(handles)`` builds
-    the schedule (a schedule class or a ``functools.partial`` of one, as Hydra's ``_partial_: true``
-    gives), whose sharpness ``s`` sets ``slope = slope_min * (slope_max / slope_min) ** s``. The
+    Every surrogate in ``model`` gets a :class:`SurrogateSlope` handle; ``schedule(handles,
+    gradient=None, stop_when_sharp=False)`` builds the schedule (a schedule class or a
+    ``functools.partial`` of one, as Hydra's ``_partial_: true`` gives), whose sharpness ``s`` sets
+    ``slope = slope_min * (slope_max / slope_min) ** s``. The surrogates keep their own gradients, and
+    training goes on after the last slope is reached (:attr:`stop_training` is always False). The
     annealer forwards the training-loop hooks, so it is passed to ``fit`` as the ``sharpener``.
 
     Args:
@@ -76,7 +78,7 @@ class SurrogateAnnealer:
     def __init__(self, model: nn.Module, schedule: Callable[[list], Sharpener], slope_min: float = 1.0,
                  slope_max: float = 25.0):
         self.handles = surrogate_slopes(model, slope_min, slope_max)
-        self.schedule = schedule(self.handles)
+        self.schedule = schedule(self.handles, gradient=None, stop_when_sharp=False)
         if not isinstance(self.schedule, Sharpener):
             raise TypeError(f"SurrogateAnnealer: schedule(handles) must return a Sharpener, got "
                             f"{type(self.schedule).__name__}")
@@ -84,6 +86,11 @@ class SurrogateAnnealer:
     @property
     def done(self) -> bool:
         return self.schedule.done
+
+    @property
+    def stop_training(self) -> bool:
+        """Always False: annealing does not end training."""
+        return False
 
     @property
     def slopes(self) -> list[float]:

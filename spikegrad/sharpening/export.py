@@ -2,11 +2,12 @@
 
 At sharpness 1 a block ``Linear/Conv2d (W, b) -> BatchNorm -> act`` computes, in eval mode,
 
-    y = H(a (W x + b) + c - 0.5),   a = gamma / sqrt(running_var + eps),   c = beta - a * running_mean
+    y = H(a (W x + b) + c - m),   a = gamma / sqrt(running_var + eps),   c = beta - a * running_mean
 
-(``H`` strict: 1 iff the argument is > 0). Folding everything into the weights,
+(``H`` strict: 1 iff the argument is > 0; ``m`` is the activation's step position, 0.5 for the
+bounded ReLU and 0 for the sigmoid). Folding everything into the weights,
 
-    W' = a W (per output unit),   b' = a b + c - 0.5,   y = H(W' x + b'),
+    W' = a W (per output unit),   b' = a b + c - m,   y = H(W' x + b'),
 
 holds for either sign of ``a`` (a negative BN scale flips the inequality on ``W x``, and ``W'``
 carries that sign); ``a = 0`` gives a constant unit. Each unit becomes a threshold neuron that
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from ..neurons import LIFParams, lif_step
 from ..surrogates import heaviside
 from .activations import Sharpenable, sharpenable_layers
-from .models import ImageInput, NHotDecoder
+from .models import ImageInput, NHotDecoder, SoftmaxDecoder
 
 __all__ = ["ThresholdLayer", "BinaryNet", "fold_threshold", "export_binary", "compare", "agreement"]
 
@@ -79,7 +80,7 @@ class BinaryNet(nn.Module):
     ``forward(x) -> scores [B, n_classes]``; :meth:`run` also returns every threshold layer's spikes.
     """
 
-    def __init__(self, layers: Iterable[nn.Module], decoder: NHotDecoder):
+    def __init__(self, layers: Iterable[nn.Module], decoder: SoftmaxDecoder | NHotDecoder):
         super().__init__()
         self.layers = nn.Sequential(*layers)
         self.decoder = decoder
@@ -99,8 +100,10 @@ class BinaryNet(nn.Module):
 
 @torch.no_grad()
 def fold_threshold(layer: nn.Linear | nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm | None,
-                   dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
-    """Fold ``layer -> bn -> step at 0.5`` into ``(W', b')`` with ``y = H(W' x + b')`` (eval-mode BN).
+                   dtype: torch.dtype = torch.float64, center: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Fold ``layer -> bn -> step at center`` into ``(W', b')`` with ``y = H(W' x + b')`` (eval-mode BN).
+
+    ``center`` is the activation's step position: 0.5 for :class:`SharpBReLU`, 0 for :class:`SharpSigmoid`.
 
     Returns:
         ``W'`` of the layer weight's shape and ``b' [N]``, in ``dtype``.
@@ -117,7 +120,7 @@ def fold_threshold(layer: nn.Linear | nn.Conv2d, bn: nn.modules.batchnorm._Batch
         a = (bn.weight.to(dtype) if bn.affine else w.new_ones(n)) / torch.sqrt(bn.running_var.to(dtype) + bn.eps)
         c = (bn.bias.to(dtype) if bn.affine else w.new_zeros(n)) - a * bn.running_mean.to(dtype)
     w_folded = a.reshape(n, *([1] * (w.dim() - 1))) * w
-    return w_folded, a * b + c - 0.5
+    return w_folded, a * b + c - center
 
 
 def _conv_kwargs(conv: nn.Conv2d) -> dict:
@@ -133,7 +136,7 @@ def export_binary(model: nn.Module, dtype: torch.dtype = torch.float64, force: b
 
     The model must have ``layers`` (an ``nn.Sequential`` of ``Linear/Conv2d [-> BatchNorm] ->
     Sharpenable`` blocks, ``MaxPool2d``, ``Flatten``, ``ImageInput``, ``Dropout``) and ``decoder``
-    (an :class:`NHotDecoder`), as the models of :mod:`spikegrad.sharpening.models` have.
+    (a :class:`SoftmaxDecoder` or :class:`NHotDecoder`), as the models of :mod:`spikegrad.sharpening.models` have.
 
     Args:
         model: the sharpened model (its BatchNorm running statistics are used).
@@ -146,9 +149,9 @@ def export_binary(model: nn.Module, dtype: torch.dtype = torch.float64, force: b
         ValueError: a layer is not fully sharp (without ``force``) or the structure is not supported.
     """
     layers, decoder = getattr(model, "layers", None), getattr(model, "decoder", None)
-    if not isinstance(layers, nn.Sequential) or not isinstance(decoder, NHotDecoder):
+    if not isinstance(layers, nn.Sequential) or not isinstance(decoder, (SoftmaxDecoder, NHotDecoder)):
         raise ValueError(f"export_binary: {type(model).__name__} needs .layers (nn.Sequential) and .decoder "
-                         "(NHotDecoder), as WhetstoneMLP and WhetstoneConvNet have")
+                         "(SoftmaxDecoder or NHotDecoder), as WhetstoneMLP and WhetstoneConvNet have")
     soft = [(k, a.get_sharpness()) for k, a in enumerate(sharpenable_layers(model)) if not a.fully_sharp]
     if soft and not force:
         raise ValueError(f"export_binary: activations {[k for k, _ in soft]} have sharpness "
@@ -165,7 +168,7 @@ def export_binary(model: nn.Module, dtype: torch.dtype = torch.float64, force: b
             if j >= len(mods) or not isinstance(mods[j], Sharpenable):
                 raise ValueError(f"export_binary: layer {k} ({type(m).__name__}) must be followed by an optional "
                                  "BatchNorm and a Sharpenable activation")
-            w, b = fold_threshold(m, bn, dtype)
+            w, b = fold_threshold(m, bn, dtype, mods[j].center)
             out.append(ThresholdLayer(w, -b, _conv_kwargs(m) if isinstance(m, nn.Conv2d) else None))
             k = j + 1
         elif isinstance(m, _KEEP):

@@ -19,7 +19,8 @@ def activation_figure(layers: Sequence[Sharpenable], x_min: float = -0.25, x_max
 
     Args:
         layers: sharpenable activations, input to output.
-        x_min, x_max, points: the pre-activation grid (input units).
+        x_min, x_max, points: the pre-activation grid (input units) for a step at 0.5; shifted by
+            ``center - 0.5`` for activations with another step position (the sigmoid's is 0).
     Returns:
         a matplotlib ``Figure`` (no pyplot state), e.g. for ``writer.add_figure``.
     """
@@ -31,14 +32,15 @@ def activation_figure(layers: Sequence[Sharpenable], x_min: float = -0.25, x_max
     x = torch.linspace(x_min, x_max, points, dtype=torch.float64)
     for k, act in enumerate(layers):
         ax = fig.add_subplot(rows, cols, k + 1)
+        xk = x + (act.center - 0.5)
         with torch.enable_grad():
-            xg = x.clone().requires_grad_(True)
+            xg = xk.clone().requires_grad_(True)
             y = sharpen_act(xg, act.get_sharpness(), act.kind, act.min_width)
             (g,) = torch.autograd.grad(y.sum(), xg)
-        ax.plot(x.numpy(), y.detach().numpy(), color="C0", label="forward")
-        ax.plot(x.numpy(), g.numpy() / max(float(g.max()), 1e-12), color="C1", linestyle="--",
+        ax.plot(xk.numpy(), y.detach().numpy(), color="C0", label="forward")
+        ax.plot(xk.numpy(), g.numpy() / max(float(g.max()), 1e-12), color="C1", linestyle="--",
                 linewidth=0.8, label="backward (scaled)")
-        ax.axvline(0.5, color="k", linewidth=0.5, linestyle=":")
+        ax.axvline(act.center, color="k", linewidth=0.5, linestyle=":")
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(f"layer {k} ({act.kind}): s = {act.get_sharpness():.3f}", fontsize=9)
         ax.set_xlabel("pre-activation")

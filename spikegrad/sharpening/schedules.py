@@ -19,6 +19,11 @@ previous epoch). Schedules (in the hooks of :func:`spikegrad.training.fit`):
 * :class:`ScheduledSharpener`: explicit per-layer windows ``(start, end)`` in epochs.
 * :class:`AdaptiveSharpener`: Whetstone's loss-driven state machine (see its docstring).
 
+As in Whetstone, every schedule by default sets its layers to the exact gradient of the current
+sharpened activation (``gradient="exact"``; ``"ste"`` for the straight-through variant, None to leave
+the layers as built) and asks the training loop to stop once every layer is fully sharp
+(:attr:`Sharpener.stop_training`, checked by :func:`spikegrad.training.fit` after every epoch).
+
 ``state_dict()`` holds only plain Python values (``torch.load(weights_only=True)`` reads it back);
 ``load_state_dict`` restores the schedule and re-applies the sharpness to the layers. Every schedule
 also remembers the metrics of the last epoch that ended with every layer at sharpness 0
@@ -32,7 +37,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from .activations import check_sharpness, sharpenable_layers
+from .activations import check_min_width, check_sharpness, sharpenable_layers
 
 __all__ = ["MODES", "Sharpener", "SimpleSharpener", "ScheduledSharpener", "AdaptiveSharpener"]
 
@@ -81,11 +86,18 @@ class Sharpener:
         per_batch: advance after every batch (smooth) instead of once per epoch.
         batches_per_epoch: batches in one epoch, needed only to sharpen per batch inside the first
             epoch; afterwards the count of the previous epoch is used.
+        gradient: backward pass of the layers: ``"exact"`` (Whetstone: derivative of the current
+            sharpened activation, none once fully sharp), ``"ste"`` (derivative of the unsharpened
+            ramp, a straight-through estimator), a ``min_width`` in [0, 1], or None (keep the layers'
+            own ``min_width``).
+        stop_when_sharp: :attr:`stop_training` turns True once every layer is fully sharp (Whetstone
+            ends training there); False keeps training to the last epoch (fine-tuning).
     Construction applies the schedule's initial sharpness (all zero) to the layers.
     """
 
     def __init__(self, layers: nn.Module | Sequence, mode: str = "bottom_up", per_batch: bool = False,
-                 batches_per_epoch: int | None = None):
+                 batches_per_epoch: int | None = None, gradient: str | float | None = "exact",
+                 stop_when_sharp: bool = True):
         who = type(self).__name__
         self.layers = _resolve_layers(layers, who)
         if mode not in MODES:
@@ -93,6 +105,16 @@ class Sharpener:
         if batches_per_epoch is not None and (not _is_int(batches_per_epoch) or batches_per_epoch < 1):
             raise ValueError(f"{who}: batches_per_epoch must be a positive int (len(train_loader)) or None, "
                              f"got {batches_per_epoch!r}")
+        if gradient is not None:
+            check_min_width(gradient, who)
+            for k, h in enumerate(self.layers):
+                if not callable(getattr(h, "set_gradient", None)):
+                    raise TypeError(f"{who}: layer {k} ({type(h).__name__}) has no set_gradient; pass gradient=None "
+                                    "for handles that are not Sharpenable activations (e.g. surrogate slopes)")
+                h.set_gradient(gradient)
+        if not isinstance(stop_when_sharp, bool):
+            raise ValueError(f"{who}: stop_when_sharp must be true or false, got {stop_when_sharp!r}")
+        self.gradient, self.stop_when_sharp = gradient, stop_when_sharp
         self.mode, self.per_batch = mode, bool(per_batch)
         self.batches_per_epoch = batches_per_epoch
         self.before: dict[str, float] | None = None
@@ -117,6 +139,11 @@ class Sharpener:
     def done(self) -> bool:
         """True once every layer is fully sharp."""
         return all(s >= 1.0 for s in self.values())
+
+    @property
+    def stop_training(self) -> bool:
+        """True once every layer is fully sharp and ``stop_when_sharp`` is set: the loop should stop."""
+        return self.stop_when_sharp and self.done
 
     def apply(self) -> None:
         """Write :meth:`values` to the layers."""
@@ -228,7 +255,7 @@ class SimpleSharpener(_ClockSharpener):
     """Linear ramp: progress ``u = clamp((clock - start_epoch) / duration, 0, n_stages)``.
 
     Args:
-        layers, mode, per_batch, batches_per_epoch: see :class:`Sharpener`.
+        layers, mode, per_batch, batches_per_epoch, gradient, stop_when_sharp: see :class:`Sharpener`.
         start_epoch: epoch (0-based) at whose start sharpening begins; 0 is allowed (epoch mode: the
             first step is applied when epoch 0 ends; per-batch: during epoch 0).
         duration: epochs for one stage, i.e. per layer bottom-up (the whole net then takes
@@ -236,8 +263,9 @@ class SimpleSharpener(_ClockSharpener):
     """
 
     def __init__(self, layers: nn.Module | Sequence, start_epoch: int = 0, duration: float = 5.0,
-                 mode: str = "bottom_up", per_batch: bool = False, batches_per_epoch: int | None = None):
-        super().__init__(layers, mode, per_batch, batches_per_epoch)
+                 mode: str = "bottom_up", per_batch: bool = False, batches_per_epoch: int | None = None,
+                 gradient: str | float | None = "exact", stop_when_sharp: bool = True):
+        super().__init__(layers, mode, per_batch, batches_per_epoch, gradient, stop_when_sharp)
         if not _is_int(start_epoch) or start_epoch < 0:
             raise ValueError(f"SimpleSharpener: start_epoch must be an int >= 0 (0-based epoch), got {start_epoch!r}")
         if not _is_number(duration) or duration <= 0:
@@ -262,7 +290,7 @@ class ScheduledSharpener(_ClockSharpener):
     ``start_i = start + i (duration + gap)``, ``end_i = start_i + duration``.
 
     Args:
-        layers, per_batch, batches_per_epoch: see :class:`Sharpener`.
+        layers, per_batch, batches_per_epoch, gradient, stop_when_sharp: see :class:`Sharpener`.
         windows: one ``(start, end)`` pair per layer, input to output; or None to generate them.
         start, duration, gap: generator settings (epochs), used only when ``windows`` is None.
         mode: only ``"bottom_up"`` (non-overlapping windows); use :class:`SimpleSharpener` for uniform.
@@ -270,8 +298,9 @@ class ScheduledSharpener(_ClockSharpener):
 
     def __init__(self, layers: nn.Module | Sequence, windows: Sequence[Sequence[float]] | None = None,
                  start: float = 0, duration: float = 2, gap: float = 0, mode: str = "bottom_up",
-                 per_batch: bool = False, batches_per_epoch: int | None = None):
-        super().__init__(layers, mode, per_batch, batches_per_epoch)
+                 per_batch: bool = False, batches_per_epoch: int | None = None,
+                 gradient: str | float | None = "exact", stop_when_sharp: bool = True):
+        super().__init__(layers, mode, per_batch, batches_per_epoch, gradient, stop_when_sharp)
         if mode != "bottom_up":
             raise ValueError("ScheduledSharpener: mode must be 'bottom_up' (its windows may not overlap); "
                              "for uniform sharpening use SimpleSharpener(mode='uniform')")
@@ -322,148 +351,138 @@ class ScheduledSharpener(_ClockSharpener):
 
 
 class AdaptiveSharpener(Sharpener):
-    """Whetstone's loss-driven sharpening, as a state machine over epochs.
+    """Whetstone's adaptive sharpening: the training loss decides when to sharpen, per batch.
 
-    Phases (decisions at every epoch end, on ``loss = metrics[monitor]``):
+    At every epoch end the loss ``metrics[monitor]`` is compared with a *reference* loss ``ref``
+    (initially ``1e6``): ``change = (loss - ref) / ref`` counts as *degraded* if
+    ``change >= sig_increase`` and as *improved* if ``change <= -sig_decrease``. Then:
 
-    * ``waiting``: the loss counts as *improved* if ``loss < best * (1 - improvement)`` (then
-      ``best = loss``, ``stale = 0``; else ``stale += 1``). Sharpening starts once
-      ``epoch + 1 >= min_init_epochs`` and ``stale >= patience`` (the loss stopped improving), or
-      at ``epoch + 1 >= max_init_epochs``. Then ``ref = loss``.
-    * ``sharpening``: if ``loss > ref * (1 + degradation)`` the loss degraded: go to ``paused``
-      (``best = loss``, ``stale = 0``). Otherwise ``ref = loss`` and sharpen one epoch's amount.
-    * ``paused``: track improvement as in ``waiting``; resume (``ref = loss``) when the loss has
-      recovered, ``loss <= ref * (1 + degradation)`` with the ``ref`` of before the degradation, or
-      when it stopped improving (``stale >= patience``), whichever comes first.
-    * ``done``: every layer is fully sharp.
+    * before epoch ``min_init_epochs - 1`` (0-based): ``ref = loss``, nothing else;
+    * from then on: improved -> ``ref = loss``, ``stale = 0``; otherwise ``stale += 1``. If sharpening
+      and degraded: stop sharpening (``ref = loss``, ``stale = 0``). If not sharpening and
+      ``stale > patience`` (a plateau): start sharpening (``ref = loss``, ``stale = 0``).
 
-    One epoch's amount of progress is ``rate``, or ``critical_rate`` once the sharpness of the stage
-    being sharpened (the current layer bottom-up, all layers uniform) is ``>= critical``. A step
-    never crosses into the next layer: the step that completes a layer stops there. In epoch mode the
-    amount is applied at the epoch end that decided it; in per-batch mode it is spread over the next
-    epoch's batches (``1 / batches_per_epoch`` of it per batch; once a layer completes inside an epoch
-    the next one waits for the epoch end).
+    While sharpening, every batch adds ``rate / batches_per_epoch`` to one layer's sharpness, or
+    ``cz_rate / batches_per_epoch`` once that layer's sharpness is ``>= critical`` (the critical
+    zone). Bottom-up, the layer is the first one not fully sharp, the first layer's amounts are
+    scaled by ``first_layer_relative_rate``, a sharpness within ``1e-3`` of 1 is set to 1, and once a
+    layer completes no layer sharpens until the epoch ends. Uniform, all layers share one sharpness
+    (critical zone judged on it, snapped to 1 within ``1e-6``; ``first_layer_relative_rate`` unused).
+    :attr:`done` (every layer at 1) ends training when ``stop_when_sharp``.
+
+    ``batches_per_epoch`` is counted in each epoch (Whetstone counts it in epoch 0); sharpening can
+    only start at an epoch end, so the count is always known when it is needed.
 
     Args:
-        layers, mode, per_batch, batches_per_epoch: see :class:`Sharpener`.
-        min_init_epochs: epochs to train before sharpening may start (0 and 1: after epoch 0).
-        max_init_epochs: start at the latest after this many epochs (None: wait for the plateau).
-        patience: non-improving epochs that count as a plateau (0: no wait).
-        improvement: relative loss decrease that counts as an improvement (> 0).
-        degradation: relative loss increase, in one sharpening epoch, that pauses sharpening (> 0).
-        rate: sharpness added per epoch below ``critical`` (in (0, 1]).
-        critical: stage sharpness beyond which ``critical_rate`` applies (in [0, 1]).
-        critical_rate: sharpness added per epoch past ``critical`` (in (0, 1]).
+        layers, mode, batches_per_epoch, gradient, stop_when_sharp: see :class:`Sharpener`
+            (sharpening is always per batch).
+        min_init_epochs: epochs to train before the loss is watched for a plateau (>= 1).
+        rate: sharpness added per epoch of sharpening below ``critical`` (in (0, 1]).
+        cz_rate: sharpness added per epoch of sharpening from ``critical`` on (in (0, 1]).
+        critical: sharpness where the critical zone starts (in [0, 1]).
+        first_layer_relative_rate: factor on the first layer's amounts, bottom-up (> 0).
+        patience: a plateau is more than ``patience`` epochs without improvement (>= 0).
+        sig_increase: relative loss increase over ``ref`` that counts as degraded (> 0).
+        sig_decrease: relative loss decrease under ``ref`` that counts as improved (> 0).
         monitor: metric that drives it: ``"train_loss"`` (Whetstone) or ``"val_loss"``.
     """
 
-    PHASES = ("waiting", "sharpening", "paused", "done")
+    INITIAL_REFERENCE = 1e6  # Whetstone's starting reference loss (any loss below ~1e6 "improves" on it)
 
     def __init__(self, layers: nn.Module | Sequence, mode: str = "bottom_up", min_init_epochs: int = 10,
-                 max_init_epochs: int | None = None, patience: int = 1, improvement: float = 0.15,
-                 degradation: float = 0.15, rate: float = 0.25, critical: float = 0.75,
-                 critical_rate: float = 0.125, monitor: str = "train_loss", per_batch: bool = False,
-                 batches_per_epoch: int | None = None):
-        super().__init__(layers, mode, per_batch, batches_per_epoch)
-        for name, v in (("min_init_epochs", min_init_epochs), ("patience", patience)):
-            if not _is_int(v) or v < 0:
-                raise ValueError(f"AdaptiveSharpener: {name} must be an int >= 0 (epochs), got {v!r}")
-        if max_init_epochs is not None and (not _is_int(max_init_epochs) or max_init_epochs < min_init_epochs):
-            raise ValueError(f"AdaptiveSharpener: max_init_epochs must be None or an int >= min_init_epochs "
-                             f"({min_init_epochs}), got {max_init_epochs!r}")
-        for name, v in (("improvement", improvement), ("degradation", degradation)):
-            if not _is_number(v) or v <= 0:
-                raise ValueError(f"AdaptiveSharpener: {name} must be a relative change > 0 (0.1 = 10%), "
-                                 f"got {v!r}")
-        for name, v in (("rate", rate), ("critical_rate", critical_rate)):
+                 rate: float = 0.25, cz_rate: float = 0.126, critical: float = 0.75,
+                 first_layer_relative_rate: float = 1.0, patience: int = 1, sig_increase: float = 0.15,
+                 sig_decrease: float = 0.15, monitor: str = "train_loss", batches_per_epoch: int | None = None,
+                 gradient: str | float | None = "exact", stop_when_sharp: bool = True):
+        super().__init__(layers, mode, True, batches_per_epoch, gradient, stop_when_sharp)
+        if not _is_int(min_init_epochs) or min_init_epochs < 1:
+            raise ValueError(f"AdaptiveSharpener: min_init_epochs must be an int >= 1 (epochs), got {min_init_epochs!r}")
+        if not _is_int(patience) or patience < 0:
+            raise ValueError(f"AdaptiveSharpener: patience must be an int >= 0 (epochs), got {patience!r}")
+        for name, v in (("rate", rate), ("cz_rate", cz_rate)):
             if not _is_number(v) or not 0 < v <= 1:
                 raise ValueError(f"AdaptiveSharpener: {name} must be in (0, 1] (sharpness per epoch), got {v!r}")
+        for name, v in (("first_layer_relative_rate", first_layer_relative_rate), ("sig_increase", sig_increase),
+                        ("sig_decrease", sig_decrease)):
+            if not _is_number(v) or v <= 0:
+                raise ValueError(f"AdaptiveSharpener: {name} must be a number > 0 (relative; 0.15 = 15%), got {v!r}")
         critical = check_sharpness(critical, "AdaptiveSharpener: critical")
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"AdaptiveSharpener: monitor must be a metric name such as 'train_loss', got {monitor!r}")
-        self.min_init_epochs, self.max_init_epochs, self.patience = min_init_epochs, max_init_epochs, patience
-        self.improvement, self.degradation = float(improvement), float(degradation)
-        self.rate, self.critical, self.critical_rate = float(rate), critical, float(critical_rate)
+        self.min_init_epochs, self.patience = min_init_epochs, patience
+        self.rate, self.cz_rate, self.critical = float(rate), float(cz_rate), critical
+        self.first_layer_relative_rate = float(first_layer_relative_rate)
+        self.sig_increase, self.sig_decrease = float(sig_increase), float(sig_decrease)
         self.monitor = monitor
-        self.phase = "waiting"
-        self.progress = 0.0  # u in [0, n_stages]
-        self.ref: float | None = None
-        self.best: float | None = None
-        self.stale = 0
-        self.hold = False  # per-batch: a layer completed inside this epoch
+        self.levels = [0.0] * len(self.layers)  # per-layer sharpness, input to output
+        self.sharpening = False
+        self.reference_loss = self.INITIAL_REFERENCE
+        self.epochs_no_improvement = 0
+        self.wait = False  # bottom-up: a layer completed in this epoch
         self.apply()
 
     def values(self) -> list[float]:
-        return _stage_values(self.progress, len(self.layers), self.mode)
+        return list(self.levels)
 
-    @property
-    def done(self) -> bool:
-        return self.phase == "done"
-
-    def _advance(self, fraction: float) -> None:
-        """Add ``fraction`` of one epoch's amount, stopping at the end of the current stage."""
-        stage = math.floor(self.progress)
-        current = self.progress - stage
-        amount = (self.rate if current < self.critical else self.critical_rate) * fraction
-        end = stage + 1.0
-        self.progress = min(self.progress + amount, end)
-        if end - self.progress < _SNAP:
-            self.progress = end
-            self.hold = self.per_batch
-        if self.progress >= self.n_stages:
-            self.progress, self.phase = float(self.n_stages), "done"
-
-    def _track(self, loss: float) -> None:
-        if self.best is None or loss < self.best * (1 - self.improvement):
-            self.best, self.stale = loss, 0
+    def _batch_step(self, epoch: int, batch: int, loss: float) -> None:
+        if not self.sharpening:
+            return
+        unfinished = [k for k, s in enumerate(self.levels) if s < 1.0]
+        if not unfinished:
+            self.sharpening = False
+            return
+        per_batch = 1.0 / self._need_batches(epoch)
+        if self.mode == "bottom_up":
+            if self.wait:
+                return
+            k = unfinished[0]
+            amount = self.cz_rate if self.levels[k] >= self.critical else self.rate
+            if k == 0:
+                amount *= self.first_layer_relative_rate
+            level = min(1.0, self.levels[k] + amount * per_batch)
+            if 1.0 - level < 1e-3:
+                level = 1.0
+            self.levels[k] = level
+            self.wait = level == 1.0
         else:
-            self.stale += 1
-
-    def _start(self, loss: float) -> None:
-        self.phase, self.ref = "sharpening", loss
-        if not self.per_batch:
-            self._advance(1.0)
+            amount = self.cz_rate if self.levels[0] >= self.critical else self.rate
+            level = min(1.0, self.levels[0] + amount * per_batch)
+            if 1.0 - level < 1e-6:
+                level = 1.0
+            self.levels = [level] * len(self.layers)
 
     def _epoch_step(self, epoch: int, metrics: dict) -> None:
-        self.hold = False
-        if self.phase == "done":
-            return
+        self.wait = False
         if self.monitor not in metrics or metrics[self.monitor] is None:
             raise ValueError(f"AdaptiveSharpener: monitor={self.monitor!r} is not among the epoch metrics "
                              f"{sorted(k for k, v in metrics.items() if v is not None)}; set monitor to one of them")
         loss = float(metrics[self.monitor])
-        if not math.isfinite(loss):
-            loss = math.inf
-        if self.phase == "waiting":
-            self._track(loss)
-            plateau = epoch + 1 >= self.min_init_epochs and self.stale >= self.patience
-            forced = self.max_init_epochs is not None and epoch + 1 >= self.max_init_epochs
-            if plateau or forced:
-                self._start(loss)
-        elif self.phase == "sharpening":
-            if loss > self.ref * (1 + self.degradation):
-                self.phase, self.best, self.stale = "paused", loss, 0
-            else:
-                self._start(loss)
-        elif self.phase == "paused":
-            self._track(loss)
-            if loss <= self.ref * (1 + self.degradation) or self.stale >= self.patience:
-                self._start(loss)
-
-    def _batch_step(self, epoch: int, batch: int, loss: float) -> None:
-        if self.phase == "sharpening" and not self.hold:
-            self._advance(1.0 / self._need_batches(epoch))
+        ref = self.reference_loss
+        change = (loss - ref) / ref if ref != 0 else (0.0 if loss == 0 else math.inf)  # ref 0: any loss degrades
+        degraded = change >= self.sig_increase
+        improved = not degraded and change <= -self.sig_decrease
+        if epoch < self.min_init_epochs - 1:
+            self.reference_loss = loss
+            return
+        if improved:
+            self.reference_loss, self.epochs_no_improvement = loss, 0
+        else:
+            self.epochs_no_improvement += 1
+        if self.sharpening:
+            if degraded:
+                self.reference_loss, self.epochs_no_improvement, self.sharpening = loss, 0, False
+        elif self.epochs_no_improvement > self.patience:
+            self.reference_loss, self.epochs_no_improvement, self.sharpening = loss, 0, True
 
     def scalars(self) -> dict[str, float]:
-        return {**super().scalars(), "phase": float(self.PHASES.index(self.phase))}
+        return {**super().scalars(), "sharpening": float(self.sharpening)}
 
     def _state(self) -> dict:
-        return {"phase": self.phase, "progress": self.progress, "ref": self.ref, "best": self.best,
-                "stale": self.stale, "hold": self.hold}
+        return {"levels": list(self.levels), "sharpening": self.sharpening, "reference_loss": self.reference_loss,
+                "epochs_no_improvement": self.epochs_no_improvement, "wait": self.wait}
 
     def _load_state(self, state: dict) -> None:
-        if state["phase"] not in self.PHASES:
-            raise ValueError(f"AdaptiveSharpener.load_state_dict: unknown phase {state['phase']!r}")
-        self.phase, self.progress = state["phase"], float(state["progress"])
-        self.ref, self.best = state["ref"], state["best"]
-        self.stale, self.hold = int(state["stale"]), bool(state["hold"])
+        self.levels = [float(s) for s in state["levels"]]
+        self.sharpening, self.wait = bool(state["sharpening"]), bool(state["wait"])
+        self.reference_loss = float(state["reference_loss"])
+        self.epochs_no_improvement = int(state["epochs_no_improvement"])
