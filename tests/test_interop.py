@@ -1,0 +1,334 @@
+"""NIR export/import: the discretization contract by hand numbers, exact round trips of every
+supported node and neuron, metadata, and every refused case."""
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+nir = pytest.importorskip("nir")
+
+from spikegrad import kernels  # noqa: E402
+from spikegrad.interop import (NIRNetwork, Scale, Threshold, export_constants, from_nir, import_decay,  # noqa: E402
+                               load_nir, save_nir, to_nir)
+from spikegrad.models import SeqWise, SpikingConvNet, SpikingMLP  # noqa: E402
+from spikegrad.neurons import ALIF, IF, LI, LIF  # noqa: E402
+from spikegrad.surrogates import make_surrogate  # noqa: E402
+
+DT = 1e-3
+
+
+def spikes(*shape, p=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(*shape, generator=g) < p).float()
+
+
+def mlp(neuron, readout=LI, sizes=(12, 16, 5), seed=0, **kw):
+    torch.manual_seed(seed)
+    return SpikingMLP(list(sizes), neuron=neuron, readout=readout, record_v=False, **kw)
+
+
+def same_output(a, b):
+    assert torch.equal(a.readout, b.readout)
+    assert len(a.spikes) == len(b.spikes)
+    for s, t in zip(a.spikes, b.spikes):
+        assert torch.equal(s, t)
+
+
+# --- the contract, by hand -----------------------------------------------------------------
+
+TAU_HALF = 1 / math.log(2)  # steps: per-step decay exactly 0.5
+
+
+def test_exact_contract_hand_numbers():
+    tau, r = export_constants(np.array([TAU_HALF]), DT, "exact")
+    assert tau[0] == pytest.approx(1e-3 / math.log(2), rel=1e-12)   # 1.4427 ms
+    assert r[0] == pytest.approx(2.0, rel=1e-12)                    # 1 / (1 - 0.5)
+    d, f = import_decay(tau, DT, "exact")
+    assert d[0] == pytest.approx(0.5, rel=1e-12)
+    assert (r * f)[0] == pytest.approx(1.0, rel=1e-12)
+    # a forward-Euler importer (snnTorch beta = 1 - dt/tau; Norse LIFBox 1 - dt * tau_mem_inv)
+    assert 1 - DT / tau[0] == pytest.approx(1 - math.log(2), rel=1e-12)  # 0.3069: the decay changes
+
+
+def test_euler_contract_hand_numbers():
+    tau, r = export_constants(np.array([TAU_HALF]), DT, "euler")
+    assert tau[0] == pytest.approx(2e-3, rel=1e-12)                 # dt / (1 - 0.5)
+    assert r[0] == pytest.approx(2.0, rel=1e-12)                    # tau / dt
+    # snnTorch's importer: beta = 1 - dt/tau, input gain r dt/tau; Norse's LIFBox the same
+    assert 1 - DT / tau[0] == pytest.approx(0.5, rel=1e-12)
+    assert r[0] * DT / tau[0] == pytest.approx(1.0, rel=1e-12)
+    # SpikingJelly's LIFNode: v += (x - v) / tau_sj with tau_sj = tau / dt steps
+    assert 1 - 1 / (tau[0] / DT) == pytest.approx(0.5, rel=1e-12)
+    d, f = import_decay(tau, DT, "euler")
+    assert (d[0], (r * f)[0]) == (pytest.approx(0.5, rel=1e-12), pytest.approx(1.0, rel=1e-12))
+    # the same graph integrated exactly: exp(-0.5)
+    assert import_decay(tau, DT, "exact")[0][0] == pytest.approx(math.exp(-0.5), rel=1e-12)
+
+
+def test_euler_refuses_tau_shorter_than_dt():
+    with pytest.raises(ValueError, match="shorter than dt"):
+        import_decay(np.array([0.5e-3]), DT, "euler")
+
+
+@pytest.mark.parametrize("disc", ["exact", "euler"])
+def test_exported_constants_of_a_lif_layer(disc):
+    m = mlp(functools.partial(LIF, tau_mem=TAU_HALF, tau_syn=0.0, v_th=0.7, reset="zero"))
+    g = to_nir(m, dt=DT, discretization=disc)
+    node = g.nodes["neurons.0"]
+    assert isinstance(node, nir.LIF)
+    np.testing.assert_allclose(node.tau, 2e-3 if disc == "euler" else 1e-3 / math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(node.r, 2.0, rtol=1e-6)
+    np.testing.assert_array_equal(node.v_threshold, np.float32(0.7))
+    np.testing.assert_array_equal(node.v_leak, 0.0)
+    assert node.tau.dtype == np.float64 and node.v_threshold.dtype == np.float32
+
+
+def test_if_resistance_is_per_second():
+    m = mlp(functools.partial(IF, v_th=1.0, reset="zero"))
+    for disc in ("exact", "euler"):
+        node = to_nir(m, dt=DT, discretization=disc).nodes["neurons.0"]
+        assert isinstance(node, nir.IF)
+        np.testing.assert_allclose(node.r, 1000.0)  # dv/dt = r I over dt: r = 1 / dt
+
+
+# --- exact round trips -------------------------------------------------------------------------
+
+NEURONS = {
+    "LIF": (functools.partial(LIF, tau_mem=6.0, tau_syn=0.0, reset="zero"), nir.LIF),
+    "CubaLIF": (functools.partial(LIF, tau_mem=6.0, tau_syn=3.0, reset="zero", v_reset=-0.2), nir.CubaLIF),
+    "IF": (functools.partial(IF, v_th=1.5, reset="zero"), nir.IF),
+    "LIF_no_reset": (functools.partial(LIF, tau_mem=6.0, tau_syn=0.0, reset="none"), nir.LI),
+    "CubaLIF_no_reset": (functools.partial(LIF, tau_mem=6.0, tau_syn=2.0, reset="none"), nir.CubaLI),
+    "IF_no_reset": (functools.partial(IF, reset="none"), nir.I),
+    "per_neuron": (functools.partial(LIF, tau_mem=torch.linspace(2, 30, 16), tau_syn=torch.linspace(1, 5, 16),
+                                     v_th=torch.linspace(0.5, 1.5, 16), reset="zero"), nir.CubaLIF),
+}
+READOUTS = {"LI": (functools.partial(LI, tau_mem=6.0, tau_syn=0.0), nir.LI),
+            "CubaLI": (functools.partial(LI, tau_mem=8.0, tau_syn=4.0), nir.CubaLI),
+            "I": (functools.partial(LI, tau_mem=math.inf, tau_syn=0.0), nir.I)}
+
+
+@pytest.mark.parametrize("disc", ["exact", "euler"])
+@pytest.mark.parametrize("kind", list(NEURONS))
+def test_round_trip_neurons(kind, disc, tmp_path):
+    neuron, node_type = NEURONS[kind]
+    m = mlp(neuron, readout=READOUTS["CubaLI"][0])
+    path = tmp_path / "m.nir"
+    g = save_nir(m, path, dt=DT, discretization=disc)
+    assert isinstance(g.nodes["neurons.0"], node_type)
+    if "no_reset" in kind:
+        assert isinstance(g.nodes["neurons.0.threshold"], nir.Threshold)
+    net = load_nir(path)
+    x = spikes(30, 4, 12)
+    out = m(x)
+    assert out.spikes[0].sum() > 0
+    same_output(out, net(x))
+
+
+@pytest.mark.parametrize("kind", list(READOUTS))
+def test_round_trip_readouts(kind):
+    readout, node_type = READOUTS[kind]
+    m = mlp(functools.partial(LIF, reset="zero"), readout=readout)
+    g = to_nir(m, dt=DT)
+    assert isinstance(g.nodes["neurons.1"], node_type)
+    x = spikes(20, 3, 12)
+    same_output(m(x), from_nir(g)(x))
+
+
+def test_round_trip_affine_sparse_input_and_twice():
+    m = mlp(functools.partial(LIF, reset="zero"), bias=True, sparse_input=True, sizes=(12, 16, 8, 5))
+    g = to_nir(m, dt=DT, discretization="euler")
+    assert isinstance(g.nodes["layers.0"], nir.Affine)
+    net = from_nir(g)
+    assert type(net.layers[0].module).__name__ == "SparseInputLinear"
+    again = from_nir(to_nir(net, dt=DT, discretization="euler"))
+    x = spikes(25, 3, 12)
+    same_output(m(x), net(x))
+    same_output(m(x), again(x))
+
+
+def test_round_trip_conv_net(tmp_path):
+    torch.manual_seed(1)
+    m = SpikingConvNet(in_shape=(1, 8, 8), channels=(4, 6), hidden=(10,), n_classes=3,
+                       neuron=functools.partial(LIF, reset="zero"), record_v=False)
+    g = save_nir(m, tmp_path / "c.nir", dt=DT)
+    kinds = [type(g.nodes[n]).__name__ for n in ("blocks.0", "neurons.0", "pool.0", "pool.0.max", "head.flatten")]
+    assert kinds == ["Conv2d", "CubaLIF", "SumPool2d", "Threshold", "Flatten"]
+    net = load_nir(tmp_path / "c.nir")
+    x = spikes(12, 2, 1, 8, 8, p=0.4)
+    out = m(x)
+    assert out.spikes[0].sum() > 0 and out.spikes[-1].sum() > 0
+    same_output(out, net(x))
+
+
+def test_round_trip_sequential_of_stateless_nodes():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(2, 3, 3, stride=1, padding=1, bias=True)
+    seq = nn.Sequential(SeqWise(conv), IF(reset="zero"), SeqWise(nn.AvgPool2d(2)), Scale(torch.full((3, 2, 2), 0.5)),
+                        Threshold(torch.full((3, 2, 2), 0.2)), SeqWise(nn.Flatten(1)), SeqWise(nn.Linear(12, 4)),
+                        LIF(reset="zero"))
+    g = to_nir(seq, dt=DT, input_shape=(2, 4, 4))
+    assert [type(n).__name__ for n in list(g.nodes.values())[1:-1]] == [
+        "Conv2d", "IF", "AvgPool2d", "Scale", "Threshold", "Flatten", "Affine", "CubaLIF"]
+    x = spikes(10, 2, 2, 4, 4, p=0.5)
+    h = x
+    for layer in seq:
+        h = layer(h)
+        h = h[0] if isinstance(h, tuple) else h
+    assert torch.equal(from_nir(g)(x).readout, h)
+
+
+def test_metadata_written_and_read_back(tmp_path):
+    m = mlp(functools.partial(LIF, reset="zero", surrogate=make_surrogate("atan", slope=3.0), detach_reset=False))
+    save_nir(m, tmp_path / "m.nir", dt=2e-4, discretization="euler")
+    g = nir.read(str(tmp_path / "m.nir"))
+    assert float(g.metadata["dt"]) == 2e-4 and g.metadata["discretization"] == "euler"
+    assert g.metadata["reset"] == "zero" and g.metadata["producer"].startswith("spikegrad")
+    net = from_nir(g)
+    assert net.metadata["dt"] == 2e-4 and net.metadata["discretization"] == "euler"
+    lif = net.layers[1]
+    assert type(lif.surrogate).__name__ == "ATan" and float(lif.surrogate.slope) == 3.0
+    assert lif.detach_reset is False
+    assert torch.equal(lif.tau_mem, m.neurons[0].tau_mem) and torch.equal(lif.tau_syn, m.neurons[0].tau_syn)
+
+
+def test_explicit_arguments_override_metadata_with_a_warning():
+    g = to_nir(mlp(functools.partial(LIF, reset="zero")), dt=DT, discretization="exact")
+    with pytest.warns(UserWarning, match="overrides"):
+        net = from_nir(g, discretization="euler")
+    assert net.metadata["discretization"] == "euler"
+
+
+def test_export_from_any_device_and_dtype():
+    m = mlp(functools.partial(LIF, reset="zero")).to(torch.float64)
+    g = to_nir(m, dt=DT)
+    assert g.nodes["layers.0"].weight.dtype == np.float32
+    m16 = mlp(functools.partial(LIF, reset="zero")).to(torch.bfloat16)
+    assert to_nir(m16, dt=DT).nodes["layers.0"].weight.dtype == np.float32
+    assert to_nir(m, dt=DT, dtype=torch.float64).nodes["layers.0"].weight.dtype == np.float64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_export_from_cuda():
+    m = mlp(functools.partial(LIF, reset="zero"))
+    x = spikes(10, 2, 12)
+    ref = m(x)
+    g = to_nir(m.cuda(), dt=DT)
+    same_output(ref, from_nir(g)(x))
+
+
+def test_import_uses_fast_kernels():
+    net = from_nir(to_nir(mlp(functools.partial(LIF, reset="zero")), dt=DT))
+    lif = net.layers[1]
+    x = torch.zeros(3, 2, 16)
+    assert kernels.resolve_backend(lif.backend, x, lif.params(x.dtype), lif.surrogate) != "torch"
+
+
+def test_foreign_gain_becomes_a_scale():
+    # a Norse-style LIF node: r = 1, so one Euler step adds dt/tau * I
+    g = nir.NIRGraph.from_list(nir.Linear(weight=np.eye(3, dtype=np.float32)),
+                               nir.LIF(tau=np.full(3, 2e-3), r=np.ones(3), v_leak=np.zeros(3),
+                                       v_threshold=np.full(3, 0.1), v_reset=np.zeros(3)))
+    net = from_nir(g, dt=1e-3, discretization="euler")
+    scale = [m for m in net.layers if isinstance(m, Scale)]
+    assert len(scale) == 1 and torch.allclose(scale[0].scale, torch.tensor(0.5))
+    out = net(torch.tensor([[[1.0, 0.0, 0.0]]] * 2)).readout  # v = 0.5, then 0.5 * 0.5 + 0.5
+    assert out[:, 0, 0].tolist() == [1.0, 1.0]
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+def test_subtract_reset_is_refused_with_the_options():
+    m = mlp(functools.partial(LIF, reset="subtract"))
+    with pytest.raises(ValueError, match=r"subtraction.*reset='zero'.*lossy_reset=True"):
+        to_nir(m, dt=DT)
+
+
+def test_lossy_reset_exports_reset_to_zero_with_a_warning():
+    m = mlp(functools.partial(LIF, reset="subtract"))
+    with pytest.warns(UserWarning, match="reset to zero"):
+        g = to_nir(m, dt=DT, lossy_reset=True)
+    assert "lossy" in g.metadata["reset"]
+    with pytest.warns(UserWarning, match="lossy"):
+        net = from_nir(g)
+    assert net.layers[1].reset == "zero"
+    ref = mlp(functools.partial(LIF, reset="zero"))
+    x = spikes(30, 3, 12)
+    same_output(ref(x), net(x))
+
+
+@pytest.mark.parametrize("neuron, match", [
+    (functools.partial(LIF, reset="zero", refractory=2), "refractory"),
+    (functools.partial(ALIF, reset="zero"), "adaptive"),
+    (functools.partial(LIF, reset="zero", surrogate=make_surrogate("fast_sigmoid", spiking=False)), "spiking"),
+    (functools.partial(LIF, reset="zero", tau_mem=math.inf, tau_syn=3.0), "tau_mem=inf"),
+    (functools.partial(LIF, reset="zero", tau_syn=torch.tensor([0.0] * 8 + [2.0] * 8)), "mixes tau_syn"),
+])
+def test_unrepresentable_neurons_are_refused(neuron, match):
+    with pytest.raises(ValueError, match=match):
+        to_nir(mlp(neuron), dt=DT)
+
+
+def test_recurrent_layer_is_refused():
+    seq = nn.Sequential(SeqWise(nn.Linear(4, 6)), LIF(reset="zero", recurrent=6))
+    with pytest.raises(ValueError, match="recurrent"):
+        to_nir(seq, dt=DT, input_shape=(4,))
+
+
+@pytest.mark.parametrize("seq, match", [
+    (nn.Sequential(SeqWise(nn.Linear(4, 4)), SeqWise(nn.BatchNorm1d(4))), "no NIR mapping"),
+    (nn.Sequential(SeqWise(nn.Conv2d(1, 2, 3, padding=1)), SeqWise(nn.MaxPool2d(2))), "not spikes"),
+    (nn.Sequential(SeqWise(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"))), "padding_mode"),
+])
+def test_unsupported_layers_are_refused(seq, match):
+    with pytest.raises(ValueError, match=match):
+        to_nir(seq, dt=DT, input_shape=(1, 4, 4) if isinstance(seq[0].module, nn.Conv2d) else (4,))
+
+
+@pytest.mark.parametrize("kw, match", [({"dt": 0.0}, "dt must be"), ({"dt": DT, "discretization": "rk4"},
+                                                                        "discretization must be")])
+def test_bad_contract_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        to_nir(mlp(functools.partial(LIF, reset="zero")), **kw)
+
+
+def test_input_shape_needed_for_sequential():
+    with pytest.raises(ValueError, match="input_shape"):
+        to_nir(nn.Sequential(SeqWise(nn.Linear(4, 4))), dt=DT)
+
+
+def _lif_graph(**lif):
+    kw = dict(tau=np.full(2, 5e-3), r=np.ones(2), v_leak=np.zeros(2), v_threshold=np.ones(2), v_reset=np.zeros(2))
+    return nir.NIRGraph.from_list(nir.Linear(weight=np.eye(2, dtype=np.float32)), nir.LIF(**{**kw, **lif}))
+
+
+def test_import_needs_dt_and_discretization():
+    with pytest.raises(ValueError, match=r"dt and discretization.*euler"):
+        from_nir(_lif_graph())
+
+
+def test_import_refuses_leak_potential():
+    with pytest.raises(ValueError, match="v_leak"):
+        from_nir(_lif_graph(v_leak=np.full(2, 0.1)), dt=DT, discretization="exact")
+
+
+def test_import_refuses_branches_and_subgraphs():
+    g = _lif_graph()
+    g.edges.append(("input", "lif"))
+    with pytest.raises(ValueError, match="feed-forward chains"):
+        from_nir(g, dt=DT, discretization="exact")
+    g = nir.NIRGraph.from_list(nir.Linear(weight=np.eye(2, dtype=np.float32)), nir.Delay(delay=np.ones(2)))
+    with pytest.raises(ValueError, match="Delay"):
+        from_nir(g, dt=DT, discretization="exact")
+
+
+def test_network_checks_its_input():
+    net = from_nir(to_nir(mlp(functools.partial(LIF, reset="zero")), dt=DT))
+    assert isinstance(net, NIRNetwork) and net.input_shape == (12,)
+    with pytest.raises(ValueError, match=r"\[T, B, 12\]"):
+        net(torch.zeros(3, 2, 13))
