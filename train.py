@@ -5,6 +5,7 @@ from spikegrad.malloc import retain_freed_memory
 retain_freed_memory()  # before torch allocates: reuse freed tensor memory instead of faulting it in again
 
 import json
+import logging
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from spikegrad.training import fit, resolve_device
+from spikegrad.sweep import check_objective
+from spikegrad.training import fit, load_checkpoint, resolve_device
+
+log = logging.getLogger("train")
 
 
 def hparams(cfg: DictConfig) -> dict:
@@ -30,12 +34,15 @@ def hparams(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     out = Path(HydraConfig.get().runtime.output_dir)
+    logging.captureWarnings(True)  # warnings go to train.log too
+    log.info(f"overrides: {' '.join(HydraConfig.get().overrides.task) or '(none)'}\n{OmegaConf.to_yaml(cfg)}")
+    check_objective(cfg.objective, has_validation=bool(cfg.data.get("val_size", 1)))
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     train_loader, val_loader, test_loader = instantiate(cfg.data).loaders(cfg.seed)
     model = instantiate(cfg.model)
     if cfg.get("ann_checkpoint"):
-        model.load_state_dict(torch.load(cfg.ann_checkpoint, map_location="cpu", weights_only=False)["model"])
+        load_checkpoint(cfg.ann_checkpoint, model)
     optimizer = instantiate(cfg.optim)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler else None
     sharpener = instantiate(cfg.sharpen)(model) if cfg.sharpen else None
@@ -55,9 +62,9 @@ def main(cfg: DictConfig) -> float:
     writer.add_hparams(hparams(cfg), scalars, run_name=".")
     writer.close()
     spikes = metrics.get("spikes_per_input")
-    print(f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}"
-          + (f", spikes/input {spikes:.1f}" if spikes is not None else "") + f"; results in {out}")
-    return metrics.get(cfg.objective, float("nan"))
+    log.info(f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}"
+             + (f", spikes/input {spikes:.1f}" if spikes is not None else "") + f"; results in {out}")
+    return metrics[cfg.objective]
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """End-to-end runs of train.py (subprocesses, a few hundred real MNIST samples)."""
 
+import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.subset=200", "data.val_size=100", "data.batch_size=50", "data.eval_batch_size=2000", "T=8",
@@ -35,8 +39,12 @@ def train(*args, cwd):
 
 def test_single_run_writes_metrics_checkpoints_and_tensorboard(data_root, tmp_path):
     out = tmp_path / "run"
-    r = train("experiment=mnist16", f"data.root={data_root}", f"hydra.run.dir={out}", *TINY, cwd=tmp_path)
+    r = train("experiment=mnist16", f"data.root={data_root}", f"hydra.run.dir={out}", *TINY,
+              "trainer.progress=true", cwd=tmp_path)  # later overrides win: a progress bar, but no terminal
     assert r.returncode == 0, r.stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert "overrides: experiment=mnist16" in log and "epoch 1/1: train loss" in log and "test accuracy" in log
+    assert "it/s" not in r.stderr + r.stdout + log and "\r" not in r.stderr + log  # no progress-bar refreshes
     m = json.loads((out / "metrics.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "test_loss", "spikes_per_input", "epochs", "train_seconds",
                 "train_samples_per_second"):
@@ -58,6 +66,45 @@ def test_single_run_writes_metrics_checkpoints_and_tensorboard(data_root, tmp_pa
               f"resume={out / 'last.pt'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+    assert "overridden: epochs 1 -> 2" in (out / "train.log").read_text()
+
+
+def test_failed_job_is_listed_in_the_sweep_summary(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = train("-m", "experiment=mnist16", "data.subset=200,100000", f"data.root={data_root}",
+              f"hydra.sweep.dir={sweep}", *TINY[1:], cwd=tmp_path)
+    assert r.returncode != 0
+    rows = {row["job"]: row for row in csv.DictReader((sweep / "summary.csv").open())}
+    assert rows["0"]["status"] == "ok" and float(rows["0"]["val_accuracy"]) > 0
+    assert rows["1"]["status"] == "failed" and "subset=100000 exceeds" in rows["1"]["error"]
+    assert "data.subset=100000" in rows["1"]["overrides"]
+    assert "run failed: ValueError: subset=100000" in (sweep / "1" / "train.log").read_text()
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(data_root, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["experiment=mnist16", f"data.root={data_root}", f"hydra.run.dir={out}", *TINY[:-6], "trainer.epochs=500",
+            "trainer.progress=false", "model.sizes=[256,32,10]", "data.download=false", "device=cpu"]
+    p = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while not (out / "last.pt").exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 143, stderr[-3000:]
+    ckpt = out / "interrupted.pt"
+    assert f"resume={ckpt}" in stdout and f"resume={ckpt}" in (out / "train.log").read_text()
+    assert 1 <= torch.load(ckpt, weights_only=False)["state"]["epoch"] < 500
+
+
+def test_objective_must_be_a_validation_metric(tmp_path):
+    r = train("experiment=mnist16", "objective=test_accuracy", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert r.returncode != 0 and "would select hyperparameters on the test set" in r.stderr
 
 
 def test_multirun_joblib_two_workers_writes_summary(data_root, tmp_path):
