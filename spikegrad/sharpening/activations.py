@@ -173,14 +173,14 @@ class Sharpenable(nn.Module):
 
 
 class SharpBReLU(Sharpenable):
-    """Whetstone's ``Spiking_BRelu``: ``clamp((x - 0.5) / (1 - s + eps) + 0.5, 0, 1)``, step ``1[x > 0.5]`` at ``s = 1``."""
+    """Whetstone's ``Spiking_BRelu``: ``clamp((x - 0.5) / (1 - s + eps) + 0.5, 0, 1)``; ``1[x > 0.5]`` at ``s = 1``."""
 
     kind = "brelu"
     center = 0.5
 
 
 class SharpSigmoid(Sharpenable):
-    """Whetstone's ``Spiking_Sigmoid``: ``sigmoid(4 ln(2 + sqrt 3) x / (1 - s + eps))``, step ``1[x > 0]`` at ``s = 1``."""
+    """Whetstone's ``Spiking_Sigmoid``: ``sigmoid(4 ln(2 + sqrt 3) x / (1 - s + eps))``; ``1[x > 0]`` at ``s = 1``."""
 
     kind = "sigmoid"
     center = 0.0

@@ -6,9 +6,10 @@ activations of a model (:func:`sharpenable_layers`), or the surrogate slopes of 
 surrogate-gradient network (:mod:`spikegrad.sharpening.annealing`).
 
 Modes: ``"uniform"`` sharpens all layers together; ``"bottom_up"`` sharpens one layer at a time from
-the input, the next starting only once the previous one is fully sharp. Both are expressed through
-one *progress* ``u`` in ``[0, n_stages]`` (``n_stages`` = number of layers bottom-up, 1 uniform):
-layer ``i`` has sharpness ``clamp(u - i, 0, 1)`` bottom-up and ``clamp(u, 0, 1)`` uniform.
+the input, the next starting only once the previous one is fully sharp. The clock-driven schedules
+express both through one *progress* ``u`` in ``[0, n_stages]`` (``n_stages`` = number of layers
+bottom-up, 1 uniform): layer ``i`` has sharpness ``clamp(u - i, 0, 1)`` bottom-up and
+``clamp(u, 0, 1)`` uniform. :class:`AdaptiveSharpener` keeps per-layer sharpness values.
 
 Time is counted in epochs. After epoch ``e`` (0-based) has ended the *clock* reads ``e + 1``; in
 per-batch mode it advances by ``1 / batches_per_epoch`` after every batch, so sharpening can happen
@@ -105,6 +106,8 @@ class Sharpener:
         if batches_per_epoch is not None and (not _is_int(batches_per_epoch) or batches_per_epoch < 1):
             raise ValueError(f"{who}: batches_per_epoch must be a positive int (len(train_loader)) or None, "
                              f"got {batches_per_epoch!r}")
+        if not isinstance(stop_when_sharp, bool):
+            raise ValueError(f"{who}: stop_when_sharp must be true or false, got {stop_when_sharp!r}")
         if gradient is not None:
             check_min_width(gradient, who)
             for k, h in enumerate(self.layers):
@@ -112,8 +115,6 @@ class Sharpener:
                     raise TypeError(f"{who}: layer {k} ({type(h).__name__}) has no set_gradient; pass gradient=None "
                                     "for handles that are not Sharpenable activations (e.g. surrogate slopes)")
                 h.set_gradient(gradient)
-        if not isinstance(stop_when_sharp, bool):
-            raise ValueError(f"{who}: stop_when_sharp must be true or false, got {stop_when_sharp!r}")
         self.gradient, self.stop_when_sharp = gradient, stop_when_sharp
         self.mode, self.per_batch = mode, bool(per_batch)
         self.batches_per_epoch = batches_per_epoch
@@ -396,7 +397,8 @@ class AdaptiveSharpener(Sharpener):
                  gradient: str | float | None = "exact", stop_when_sharp: bool = True):
         super().__init__(layers, mode, True, batches_per_epoch, gradient, stop_when_sharp)
         if not _is_int(min_init_epochs) or min_init_epochs < 1:
-            raise ValueError(f"AdaptiveSharpener: min_init_epochs must be an int >= 1 (epochs), got {min_init_epochs!r}")
+            raise ValueError(f"AdaptiveSharpener: min_init_epochs must be an int >= 1 (epochs), "
+                             f"got {min_init_epochs!r}")
         if not _is_int(patience) or patience < 0:
             raise ValueError(f"AdaptiveSharpener: patience must be an int >= 0 (epochs), got {patience!r}")
         for name, v in (("rate", rate), ("cz_rate", cz_rate)):
