@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
@@ -36,7 +37,8 @@ def main(cfg: DictConfig) -> float:
     out = Path(HydraConfig.get().runtime.output_dir)
     logging.captureWarnings(True)  # warnings go to train.log too
     log.info(f"overrides: {' '.join(HydraConfig.get().overrides.task) or '(none)'}\n{OmegaConf.to_yaml(cfg)}")
-    check_objective(cfg.objective, has_validation=bool(cfg.data.get("val_size", 1)))
+    check_objective(cfg.objective, has_validation=bool(cfg.data.get("val_size", 1)),
+                    sweep=HydraConfig.get().mode == RunMode.MULTIRUN)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     train_loader, val_loader, test_loader = instantiate(cfg.data).loaders(cfg.seed)
@@ -64,7 +66,7 @@ def main(cfg: DictConfig) -> float:
     spikes = metrics.get("spikes_per_input")
     log.info(f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}"
              + (f", spikes/input {spikes:.1f}" if spikes is not None else "") + f"; results in {out}")
-    return metrics[cfg.objective]
+    return metrics.get(cfg.objective)
 
 
 if __name__ == "__main__":

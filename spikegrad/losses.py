@@ -28,6 +28,8 @@ def _readout(output) -> Tensor:
 def _check_labels(scores: Tensor, y: Tensor) -> None:
     if y.dim() != 1 or y.shape[0] != scores.shape[0]:
         raise ValueError(f"labels must have shape [B] = [{scores.shape[0]}], got {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices (int64), got {y.dtype}; convert them with y.long()")
     n_classes = scores.shape[-1]
     outside = (y < 0) | (y >= n_classes)
     if bool(outside.any()):

@@ -29,12 +29,13 @@ COLUMNS = ("status", "val_accuracy", "test_accuracy", "test_loss", "spikes_per_i
 OBJECTIVES = ("val_accuracy",)
 
 
-def check_objective(objective: str, has_validation: bool) -> None:
+def check_objective(objective: str, has_validation: bool, sweep: bool = True) -> None:
     """Raise a ``ValueError`` unless ``objective`` is a validation metric the run will produce.
 
     Args:
         objective: name of the metric ``train.py`` returns to sweepers.
         has_validation: whether the run has a validation set (``data.val_size > 0``).
+        sweep: part of a multirun; a single run without validation set is fine (nothing selects on it).
     """
     if objective.startswith("test_"):
         raise ValueError(f"objective={objective} would select hyperparameters on the test set, which makes the "
@@ -42,7 +43,7 @@ def check_objective(objective: str, has_validation: bool) -> None:
                          "The test set is evaluated once per run and reported in metrics.json")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} is not a metric a run returns; choose one of {list(OBJECTIVES)}")
-    if not has_validation:
+    if sweep and not has_validation:
         raise ValueError(f"objective={objective} needs a validation set, but data.val_size=0; hold out samples "
                          "(data.val_size=5000)")
 

@@ -314,6 +314,13 @@ def _regularization(regularizers: Sequence, out) -> Tensor | float:
     return sum(r(spikes=list(out.spikes), v=list(out.v)) for r in regularizers)
 
 
+def _pair(batch, what: str) -> tuple[Tensor, Tensor]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        got = f"a {type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+        raise TypeError(f"the {what} loader must yield (x, y) pairs (inputs, integer labels), got {got}")
+    return batch[0], batch[1]
+
+
 def _progress(progress: bool) -> bool | None:
     return None if progress else True  # tqdm's disable=None: no bar when the output is not a terminal
 
@@ -349,12 +356,13 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     watch = _StateWatch(model)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=_progress(progress), dynamic_ncols=True)
     try:
-        for k, (x, y) in enumerate(bar):
+        for k, batch in enumerate(bar):
             if k < start_batch:
                 if k == start_batch - 1 and resume_rng is not None:
                     _set_rng_state(resume_rng, None, generator)
                 continue
             _check_stop(should_stop)
+            x, y = _pair(batch, "train")
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x_seq = _encode(encoder, x, generator)
             out = model(x_seq)
@@ -400,7 +408,9 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     finally:
         bar.close()
         watch.remove()
-    n = max(t["n"], 1)
+    if not t["n"]:
+        raise ValueError("the train loader yielded no samples; check the data split sizes (data.subset, data.val_size)")
+    n = t["n"]
     return {"train_loss": t["loss_sum"] / n, "train_accuracy": t["correct"] / n,
             "train_spikes_per_input": t["spike_sum"] / n if t["spiking"] else None, "train_samples": int(t["n"])}
 
@@ -423,9 +433,10 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
     watch = _StateWatch(model)
     try:
         with eval_mode(model):
-            for k, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=_progress(progress),
-                                            dynamic_ncols=True)):
+            for k, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=_progress(progress),
+                                           dynamic_ncols=True)):
                 _check_stop(should_stop)
+                x, y = _pair(batch, desc)
                 x, y = x.to(device), y.to(device)
                 x_seq = _encode(encoder, x, generator)
                 out = model(x_seq)
@@ -524,9 +535,10 @@ def _console_log() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------- resuming
-def _settings(epochs: int, optimizer, scheduler, grad_clip) -> dict:
+def _settings(epochs: int, optimizer, scheduler, grad_clip, train_loader) -> dict:
     """The settings a checkpoint records, to tell an exact continuation from an overridden one."""
-    return {"epochs": epochs, "optimizer": type(optimizer).__name__,
+    batches = len(train_loader) if hasattr(train_loader, "__len__") else None
+    return {"epochs": epochs, "batches_per_epoch": batches, "optimizer": type(optimizer).__name__,
             "hyper": [{k: v for k, v in g.items() if k not in ("params", "initial_lr")} for g in optimizer.param_groups],
             "scheduler": None if scheduler is None else type(scheduler).__name__,
             "scheduler_params": None if scheduler is None else
@@ -547,6 +559,8 @@ def _changes(saved: dict, now: dict) -> list[str]:
         changed.append(f"scheduler {saved['scheduler']} -> {now['scheduler']}")
     elif repr(saved["scheduler_params"]) != repr(now["scheduler_params"]):
         changed.append(f"scheduler settings {saved['scheduler_params']} -> {now['scheduler_params']}")
+    if saved.get("batches_per_epoch") != now["batches_per_epoch"]:
+        changed.append(f"batches per epoch {saved.get('batches_per_epoch')} -> {now['batches_per_epoch']}")
     if saved["grad_clip"] != now["grad_clip"]:
         changed.append(f"grad_clip {saved['grad_clip']} -> {now['grad_clip']}")
     return changed
@@ -558,9 +572,15 @@ def _resume(path, ckpt: dict, optimizer, scheduler, sharpener, epochs: int, sett
     if epochs < done:
         raise ResumeError(f"checkpoint {path} has completed {done} epochs, so epochs={epochs} cannot apply; pass "
                           f"epochs >= {done} (trainer.epochs={done} only runs the test, more extends the run)")
+    saved = ckpt.get("settings")
+    if ckpt["state"]["batch"] > 0 and saved is not None and saved.get("batches_per_epoch") != settings["batches_per_epoch"]:
+        raise ResumeError(f"checkpoint {path} stopped after batch {ckpt['state']['batch']} of an epoch of "
+                          f"{saved.get('batches_per_epoch')} batches, but this run's train loader has "
+                          f"{settings['batches_per_epoch']} batches per epoch (other data.batch_size, data.subset or "
+                          "data.val_size?), so the position cannot be found again. Resume with the data settings of "
+                          "the checkpoint's run, or from its last.pt (an epoch boundary)")
     fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     _load_optimizer(optimizer, ckpt, path)
-    saved = ckpt.get("settings")
     changed = [] if saved is None else _changes(saved, settings)
     restored = ["weights", f"{type(optimizer).__name__} state", "random generators", "history"]
     if ckpt.get("best_model") is not None:
@@ -633,6 +653,9 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
                                   or not 0 < grad_clip < math.inf):
         raise ValueError(f"grad_clip must be a positive finite number (the maximum gradient norm) or None for no "
                          f"clipping, got {grad_clip!r} (trainer.grad_clip=1.0 or trainer.grad_clip=null)")
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ValueError("fit steps the scheduler once per epoch without a metric, so ReduceLROnPlateau cannot be "
+                         "used; choose an epoch-based scheduler (scheduler=cosine, scheduler=step)")
     if not isinstance(log_samples, int) or isinstance(log_samples, bool) or log_samples < 0:
         raise ValueError(f"log_samples must be an int >= 0 (test samples drawn to TensorBoard), got {log_samples!r}")
     device = resolve_device(device)
@@ -643,7 +666,7 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         if not os.access(out_dir, os.W_OK):
             raise PermissionError(f"cannot write checkpoints to {out_dir}; choose a writable output folder "
                                   "(hydra.run.dir=...)")
-    settings = _settings(epochs, optimizer, scheduler, grad_clip)
+    settings = _settings(epochs, optimizer, scheduler, grad_clip, train_loader)
     eval_seed = generator.initial_seed() if generator is not None else 0
     with _console_log(), _StopRequest() as stop:
         return _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs, encoder, scheduler,

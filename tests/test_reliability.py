@@ -139,7 +139,8 @@ COMPONENTS = {
 def test_sigint_inside_a_batch_then_resume_is_exact(tmp_path, component):
     kw = COMPONENTS[component]
     full, ref = run(tmp_path / "full", **kw)
-    # SIGINT arrives after the encoder drew for the 7th batch (epoch 2, batch 3): that batch is redone
+    # SIGINT arrives while the 7th batch (epoch 2, batch 3) runs, after the encoder drew for it: the batch
+    # completes and the run stops before the next one
     ckpt = interrupted(tmp_path / "cut", signal.SIGINT, loss=SignalAt(signal.SIGINT, 7), **kw)
     resumed, res = run(tmp_path / "cut", resume=ckpt, **kw)
     assert_same_weights(full, resumed)
@@ -468,3 +469,29 @@ def test_importing_plots_leaves_the_matplotlib_backend_alone():
             "print(matplotlib.get_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "pdf"
+
+
+def test_malformed_loaders_labels_and_schedulers_are_named(tmp_path):
+    model, opt = build()
+    x, y = torch.rand(8, 4, 9), torch.tensor([0, 1, 2, 0])
+    args = (None, None, opt, MaxOverTime())
+    with pytest.raises(ValueError, match="train loader yielded no samples"):  # was: train_loss 0.0
+        fit(model, [], *args, epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"must yield \(x, y\) pairs.*got a tuple of 1 items"):
+        fit(model, [(x,)], *args, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="labels must be integer class indices"):
+        fit(model, [(x, y.float())], *args, epochs=1, progress=False)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    with pytest.raises(ValueError, match="ReduceLROnPlateau cannot be used"):
+        fit(model, [(x, y)], *args, epochs=1, scheduler=plateau, progress=False)
+
+
+def test_mid_epoch_resume_with_other_batches_per_epoch_is_an_error(tmp_path):
+    ckpt = interrupted(tmp_path, signal.SIGINT, loss=SignalAt(signal.SIGINT, 3))
+    assert torch.load(ckpt, weights_only=False)["state"]["batch"] == 3  # the batch in flight completes
+
+    def bigger_batches(tr, va, te):
+        return DataLoader(tr.dataset, batch_size=32, shuffle=True, generator=tr.generator), va, te
+
+    with pytest.raises(ResumeError, match=r"stopped after batch 3 of an epoch of 4 batches.*has 2 batches"):
+        run(tmp_path, resume=ckpt, wrap=bigger_batches)
