@@ -10,6 +10,7 @@ from torch import nn
 from spikegrad.conversion import (ConversionError, LeNet, SpikingNetwork, ann_to_snn, calibrate, conversion_analysis,
                                   convert, evaluate_ann, fold_batchnorm, forward_ann, gated_max_pool2d, if_step,
                                   normalize, percentile, run_ann, simulate, spike_max_pool2d, trace)
+from spikegrad.conversion.graph import apply_stateless, eval_call, gained
 from spikegrad.neurons import IF
 
 # random test networks have dead channels; test_dead_layer_warns checks the warning itself
@@ -299,6 +300,64 @@ def test_rates_converge_to_ann_activations_like_one_over_T():
         err.append(np.mean([float((c / T - a).abs().mean()) for c, a in zip(counts, target)]))
     assert err[1] < 0.01
     assert 2.5 < err[0] / err[1] < 6.5  # error ~ 1/T: 4x the steps, ~1/4 the error
+
+
+def reference_run(snn, x: torch.Tensor, T: int, reset: str) -> tuple[torch.Tensor, list]:
+    """A slow, obvious per-step simulation of a converted network (analog input): returns the
+    membrane readout [T, B, C] and the spike counts of every IF layer."""
+    nodes = snn.nodes()
+    v, count, pool_sum, out, readout = {}, {}, {}, 0.0, []
+    for _ in range(T):
+        vals = [None] * len(nodes)
+        for i, n in enumerate(nodes):
+            if n.kind == "input":
+                vals[i] = x
+            elif n.kind == "call":
+                vals[i] = eval_call(n, [t.contiguous() if isinstance(t, torch.Tensor) else t for t in vals])
+            elif n.kind == "relu":
+                cur = gained(n, vals)[0]
+                v[i] = v.get(i, torch.zeros_like(cur)) + cur
+                s = (v[i] > 1.0).to(x.dtype)
+                v[i] = v[i] - s if reset == "subtract" else v[i] * (1 - s)
+                count[i] = count.get(i, torch.zeros_like(s)) + s
+                vals[i] = s
+            elif n.kind == "maxpool":
+                src, cur = n.inputs[0], gained(n, vals)[0]
+                if nodes[src].kind == "relu" and n.gains[0] is None:  # most spikes before this step; ties: a spike now
+                    key = 2 * (count[src] - vals[src]) + vals[src]
+                else:  # the largest summed input so far
+                    pool_sum[i] = pool_sum.get(i, 0.0) + cur
+                    key = pool_sum[i]
+                _, idx = F.max_pool2d(key, **n.conf, return_indices=True)
+                vals[i] = cur.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+            else:
+                vals[i] = apply_stateless(n, gained(n, vals), vals)
+        o = vals[snn.out] if snn.readout_gain is None else vals[snn.out] * snn.readout_gain
+        out = out + o
+        readout.append(out)
+    return torch.stack(readout), [count[i] for i in snn.neurons]
+
+
+@pytest.mark.parametrize("make,shape", [(small_cnn, (6, 1, 10, 10)), (Residual, (6, 1, 8, 8)),
+                                        (relu_after_pool, (6, 1, 10, 10)), (Functional, (6, 1, 10, 10))])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("chunk", [1 << 24, 6 * 300])  # all steps at once / a few steps per chunk
+def test_simulation_equals_a_per_step_reference(make, shape, reset, chunk, monkeypatch):
+    import spikegrad.conversion.snn as snn_module
+
+    monkeypatch.setattr(snn_module, "CHUNK_ELEMENTS", chunk)
+    model = randomize_bn(make()).eval()
+    x = torch.rand(shape)
+    snn = ann_to_snn(model, x, reset=reset)
+    assert all(isinstance(m, IF) for m in snn.if_layers) and len(snn.if_layers) == len(snn.neurons)
+    T = 23
+    res = snn.run(x, T)
+    with torch.no_grad():
+        readout, counts = reference_run(snn, x, T, reset)
+    assert sum(float(c.sum()) for c in counts) > 0
+    for a, b in zip(res.spike_counts, counts):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(res.readout, readout, rtol=1e-6, atol=1e-6)
 
 
 def test_forward_equals_the_fast_path_and_state_is_not_mutated():

@@ -6,8 +6,9 @@ Per time step ``t`` (Rueckauer et al. 2017, Sec. 2):
   spikes with probability = pixel value (``"poisson"``);
 * Conv2d / Linear / batch-norm / AvgPool2d / additions map their input (spikes or currents) to a
   current, the bias entering as a constant current every step;
-* every ReLU is a layer of IF neurons (:func:`if_step`): ``v += x``; spike iff ``v > 1``; reset by
-  subtracting 1 (``reset="subtract"``, keeps the residual charge) or to 0 (``"zero"``);
+* every ReLU is a layer of :class:`spikegrad.neurons.IF` neurons (threshold 1): ``v += x``; spike iff
+  ``v > 1``; reset by subtracting 1 (``reset="subtract"``, keeps the residual charge) or to 0
+  (``"zero"``); the layers run on the fast kernels of :mod:`spikegrad.kernels`;
 * max-pooling passes, in each window, the spikes of the input with the largest running spike count,
   an online estimate of the presynaptic rates (:func:`spike_max_pool2d`; the count before the
   current step decides, ties go to an input that spikes now, so the pooled spike count equals the
@@ -19,7 +20,10 @@ Per time step ``t`` (Rueckauer et al. 2017, Sec. 2):
   (resetting ``v_c`` to 0), and predicts the most frequent output (ties: larger ``softmax(v)``).
 
 Constant analog input makes the first layers' currents constant: :meth:`SpikingNetwork.run`
-computes every time-invariant value once per batch.
+computes every time-invariant value once per batch. The other nodes run on chunks of steps at
+once (time folded into the batch axis), which gives the same values as a per-step loop: the IF
+layers, running sums (spike counts, pooling gates, the membrane readout) and all stateless nodes
+compute each step from the same operands in the same order.
 
 Operation counts (per input, :class:`SimulationResult`): a *synaptic operation* is one addition of
 a weight to a target, triggered by a nonzero input of a Conv2d / Linear / batch-norm / AvgPool2d
@@ -40,7 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional import LIFParams, LIFState, check_reset, lif_step
 from ..models import eval_mode
+from ..neurons import IF
+from ..surrogates import heaviside
 from .graph import SYNAPTIC, Node, Program, apply_stateless, eval_call, gained
 
 __all__ = [
@@ -48,25 +55,29 @@ __all__ = [
     "simulate", "evaluate_ann", "ann_macs",
 ]
 
-ResetMode = Literal["subtract", "zero"]
+ResetMode = Literal["subtract", "zero", "none"]  # spikegrad.functional.RESET_MODES
 InputMode = Literal["analog", "poisson"]
 Readout = Literal["membrane", "spiking_softmax"]
 
 
+CHUNK_ELEMENTS = 1 << 24  # elements of the widest [K * B, ...] value of one chunk of steps (64 MiB in float32)
+
+
 def if_step(x: Tensor, v: Tensor, reset: ResetMode = "subtract", v_th: float = 1.0) -> tuple[Tensor, Tensor]:
-    """One step of the non-leaky integrate-and-fire neuron (pure reference of the in-place loop).
+    """One step of the IF neuron of the converted network, on membranes alone: ``v += x``, spike iff
+    ``v > v_th``, reset (:func:`spikegrad.functional.lif_step` with ``decay_mem = 1``, ``decay_syn = 0``).
 
     Args:
         x: input current ``[B, ...]`` (threshold units per step).
         v: membrane after the previous step ``[B, ...]``.
-        reset: "subtract" (``v -= v_th`` on a spike) or "zero".
+        reset: one of :data:`spikegrad.functional.RESET_MODES`.
         v_th: threshold (1 after normalisation).
     Returns:
         ``(spikes [B, ...] in {0, 1} with the dtype of x, new membrane)``.
     """
-    v = v + x
-    s = (v > v_th).to(x.dtype)
-    return s, (v - s * v_th if reset == "subtract" else v * (1 - s))
+    s, st = lif_step(x, LIFState(v, torch.zeros_like(v)), LIFParams(1.0, 0.0, v_th, 0.0, check_reset("if_step", reset)),
+                     heaviside)
+    return s, st.v
 
 
 def gated_max_pool2d(x: Tensor, rate: Tensor, kernel_size, stride=None, padding=0, dilation=1,
@@ -190,19 +201,20 @@ class SpikingNetwork(nn.Module):
 
     Args:
         program: a normalised :class:`Program` (from :func:`spikegrad.conversion.normalize`).
-        reset: IF reset, "subtract" (default, Rueckauer et al.) or "zero" (for comparison).
+        reset: IF reset, "subtract" (default, Rueckauer et al.), "zero" (for comparison) or "none".
         input_mode: "analog" (constant current, default) or "poisson" (Bernoulli spikes, rate =
             intensity; inputs must lie in [0, 1]).
         readout: "membrane" (default) or "spiking_softmax".
+        surrogate: the IF layers' surrogate (used only if gradients are taken through them).
+        backend: the IF layers' backend (:data:`spikegrad.kernels.BACKENDS`; "auto": the fastest).
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (readout [T, B, C], state)``;
     :meth:`run` ``(x [B, ...], T) -> RunResult`` is the fast path for a constant image.
     """
 
     def __init__(self, program: Program, reset: ResetMode = "subtract", input_mode: InputMode = "analog",
-                 readout: Readout = "membrane"):
+                 readout: Readout = "membrane", surrogate: str = "fast_sigmoid", backend: str = "auto"):
         super().__init__()
-        if reset not in ("subtract", "zero"):
-            raise ValueError(f"SpikingNetwork: reset must be 'subtract' or 'zero', got {reset!r}")
+        check_reset("SpikingNetwork", reset)
         if input_mode not in ("analog", "poisson"):
             raise ValueError(f"SpikingNetwork: input_mode must be 'analog' or 'poisson', got {input_mode!r}")
         if readout not in ("membrane", "spiking_softmax"):
@@ -219,6 +231,8 @@ class SpikingNetwork(nn.Module):
         self._input = next(i for i, n in enumerate(program.nodes) if n.kind == "input")
         self.synaptic = [i for i, n in enumerate(program.nodes) if n.kind in SYNAPTIC]
         self._syn_slot = {i: k for k, i in enumerate(self.synaptic)}
+        self.if_layers = nn.ModuleList(IF(v_th=1.0, reset=reset, surrogate=surrogate, backend=backend)
+                                       for _ in self.neurons)
         self._nodes, self._gained = [], set()
         for i, n in enumerate(program.nodes):  # tensors live in buffers; nodes keep their names
             for name, t in n.params.items():
@@ -305,58 +319,98 @@ class SpikingNetwork(nn.Module):
         """A max-pool fed directly by an IF layer uses that layer's spike count as its rate estimate."""
         return self._nodes[i].inputs[0] in self._slot and (i, 0) not in self._gained
 
-    # ------------------------------------------------------------------ one step
-    def _advance(self, nodes: list[Node], vals: list, order: list[int], st: SNNState,
+    # ------------------------------------------------------------------ time chunks
+    def _chunk_steps(self, batch: int, static: list[bool]) -> int:
+        """Steps simulated at once: every dynamic node's ``[K * B, ...]`` value stays under
+        ``CHUNK_ELEMENTS`` elements."""
+        widest = max((_numel(self.shapes[i]) for i in range(len(self._nodes))
+                      if self.shapes[i] is not None and not static[i]), default=1)
+        return max(1, CHUNK_ELEMENTS // max(1, batch * widest))
+
+    def _advance(self, nodes: list[Node], vals: list, order: list[int], static: list[bool], st: SNNState, K: int,
                  generator: torch.Generator | None, synops: Tensor | None) -> Tensor:
-        """Runs the nodes in ``order`` for one step, updating ``st`` in place; returns the readout."""
+        """Runs the nodes in ``order`` for ``K`` steps at once, updating ``st``; returns the readout
+        ``[K, B, C]``.
+
+        ``vals[i]`` is ``[B, ...]`` for a time-invariant node (``static[i]``) and ``[K * B, ...]``
+        (time folded into the batch, step-major) for the others; every node runs once per chunk.
+        """
+        B = st.out_v.shape[0]
+        counts_seq: dict[int, Tensor] = {}  # IF layer -> spike counts so far, [K * B, ...]
+
+        def folded(j: int) -> Tensor:
+            x = vals[j]
+            if static[j] and isinstance(x, Tensor):
+                return x.unsqueeze(0).expand(K, *x.shape).reshape(K * B, *x.shape[1:])
+            return x
+
         for i in order:
             n = nodes[i]
             k = n.kind
-            if k == "call":
-                vals[i] = eval_call(n, vals)
+            ins = list(vals)
+            for j in n.inputs:
+                ins[j] = folded(j)
+            if k == "call":  # user code (x.view(...)) may need the standard layout
+                for j in n.inputs:
+                    if isinstance(ins[j], Tensor):
+                        ins[j] = ins[j].contiguous()
+                vals[i] = eval_call(n, ins)
                 continue
-            xs = gained(n, vals)
+            xs = gained(n, ins)
             if k == "relu":
                 slot = self._slot[i]
-                v, s = st.v[slot], st.s[slot]
-                v.add_(xs[0])
-                torch.gt(v, 1.0, out=s)
-                if self.reset == "subtract":
-                    v.sub_(s)
-                else:
-                    v.masked_fill_(s.bool(), 0.0)
-                st.count[slot].add_(s)
-                vals[i] = s
+                shape = self.shapes[i]  # IF neurons are elementwise: they run on the memory order
+                x = _flat(xs[0]).view(K, B, -1)
+                v0 = _flat(st.v[slot])
+                spikes, new = self.if_layers[slot](x, LIFState(v0, torch.zeros_like(v0)))
+                counts = _running_sum(_flat(st.count[slot]), spikes)            # [K, B, F], including this step
+                st.v[slot], st.count[slot] = _unflat(new.v, shape), _unflat(counts[-1], shape)
+                st.s[slot] = _unflat(spikes[-1], shape)
+                vals[i] = _unflat(spikes.view(K * B, -1), shape)
+                counts_seq[slot] = _unflat(counts.view(K * B, -1), shape)
             elif k == "maxpool":
                 p = st.pool[self._pool_slot[i]]
-                rate = st.count[self._slot[n.inputs[0]]] if p is None else p.add_(xs[0])
+                if p is None:  # fed by an IF layer: its spike counts so far are the rates
+                    rate = counts_seq[self._slot[n.inputs[0]]]
+                else:
+                    sums = _running_sum(p, xs[0].reshape(K, *p.shape))
+                    p.copy_(sums[-1])
+                    rate = sums.reshape(K * B, *p.shape[1:])
                 if self._binary[n.inputs[0]] and n.gains[0] is None:
                     vals[i] = spike_max_pool2d(xs[0], rate, **n.conf)
                 else:
                     vals[i] = gated_max_pool2d(xs[0], rate, **n.conf)
             else:
                 if synops is not None and k in SYNAPTIC:
-                    self._count(i, xs[0], synops)
-                vals[i] = apply_stateless(n, xs, vals)
-        return self._read(vals[self.out], st, generator)
+                    self._count(i, xs[0], synops, K)
+                vals[i] = apply_stateless(n, xs, ins)
+        return self._read(folded(self.out).reshape(K, B, -1), st, generator)
 
-    def _count(self, i: int, x: Tensor, synops: Tensor) -> None:
+    def _count(self, i: int, x: Tensor, synops: Tensor, K: int) -> None:
+        """Adds the synaptic operations of node ``i`` for input ``x [K * B, ...]`` to ``synops [K, L]``."""
         binary = self._binary[self._nodes[i].inputs[0]] and (i, 0) not in self._gained
         active = x if binary else (x != 0).to(x.dtype)
         f = getattr(self, f"n{i}_fanout")
-        synops[self._syn_slot[i]] += (active.reshape(len(x), -1) @ f).sum().double()
+        per_input = active.reshape(len(x), -1) @ f                      # [K * B]
+        synops[:, self._syn_slot[i]] += per_input.reshape(K, -1).sum(1).double()
 
     def _read(self, o: Tensor, st: SNNState, generator: torch.Generator | None) -> Tensor:
+        """Readout of ``K`` steps of output current ``o [K, B, C]``: ``[K, B, C]``."""
         if self.readout_gain is not None:
             o = o * self.readout_gain
-        st.out_v.add_(o)
         if self.readout == "membrane":
-            return st.out_v
-        p = torch.softmax(st.out_v, 1)
-        fired = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p
-        st.out_v.masked_fill_(fired, 0.0)
-        st.out_count.add_(fired.to(p.dtype))
-        return st.out_count + 0.5 * p  # p < 1 only breaks ties between equal counts
+            out = _running_sum(st.out_v, o)
+            st.out_v.copy_(out[-1])
+            return out
+        outs = []
+        for o_t in o:  # the spiking softmax draws per step: [B, C] work only
+            st.out_v.add_(o_t)
+            p = torch.softmax(st.out_v, 1)
+            fired = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p
+            st.out_v.masked_fill_(fired, 0.0)
+            st.out_count.add_(fired.to(p.dtype))
+            outs.append(st.out_count + 0.5 * p)  # p < 1 only breaks ties between equal counts
+        return torch.stack(outs)
 
     def step(self, x_t: Tensor, state: SNNState | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, SNNState]:
@@ -381,44 +435,51 @@ class SpikingNetwork(nn.Module):
         if not isinstance(x_seq, Tensor) or x_seq.dim() < 2:
             raise ValueError("SpikingNetwork: x_seq must be a tensor [T, B, ...] (time first); use run(x, T) "
                              "for a constant image")
+        if x_seq.shape[0] == 0 or x_seq.shape[1] == 0:
+            raise ValueError(f"SpikingNetwork: x_seq has shape {tuple(x_seq.shape)}; T and B must be at least 1")
         with torch.no_grad():
             if state is None:
-                st = self.init_state(x_seq.shape[1], x_seq.device, x_seq.dtype)
-            else:
-                st = SNNState(*(tuple(None if t is None else t.clone() for t in f) if isinstance(f, tuple)
-                                else (None if f is None else f.clone()) for f in state))
+                state = self.init_state(x_seq.shape[1], x_seq.device, x_seq.dtype)
+            st = _working_copy(state)
             nodes = self.nodes()
             order = [i for i in range(len(nodes)) if i != self._input]
+            T, B = x_seq.shape[:2]
+            static = [False] * len(nodes)  # every step's input is given
+            K = self._chunk_steps(B, static)
             outs = []
-            for x_t in x_seq:
+            for t0 in range(0, T, K):
+                chunk = x_seq[t0:t0 + K]
                 vals: list = [None] * len(nodes)
-                vals[self._input] = x_t
-                outs.append(self._advance(nodes, vals, order, st, generator, None).clone())
-            return torch.stack(outs), st
+                vals[self._input] = chunk.reshape(len(chunk) * B, *chunk.shape[2:])
+                outs.append(self._advance(nodes, vals, order, static, st, len(chunk), generator, None))
+            return torch.cat(outs), _frozen(st)
 
     # ------------------------------------------------------------------ fast path
     def run(self, x: Tensor, T: int, generator: torch.Generator | None = None, count_ops: bool = True) -> RunResult:
-        """Simulates ``T`` steps of one batch of images (the lean loop used by :func:`simulate`).
+        """Simulates ``T`` steps of one batch of images (the path used by :func:`simulate`).
 
         Time-invariant values (everything computed from a constant analog input before the first
-        IF layer) are computed once; the loop only touches dynamic nodes, updating state in place.
+        IF layer) are computed once; the other nodes run on chunks of steps at once, the IF layers
+        on the fast kernels of :mod:`spikegrad.kernels`.
 
         Args:
             x: images ``[B, ...]`` as the ANN takes them (on the network's device).
             T: number of steps.
             generator: for Poisson input and the spiking softmax.
-            count_ops: count synaptic operations (a cheap matrix-vector product per layer and step).
+            count_ops: count synaptic operations (a cheap matrix-vector product per layer and chunk).
         Returns:
             :class:`RunResult`.
         """
-        if not isinstance(T, int) or T < 1:
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
             raise ValueError(f"SpikingNetwork.run: T must be a positive int (steps), got {T!r}")
+        if len(x) == 0:
+            raise ValueError("SpikingNetwork.run: x is an empty batch; pass at least one image")
         if self.input_mode == "poisson" and x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
             raise ValueError("SpikingNetwork.run: input_mode='poisson' needs intensities in [0, 1]; use "
                              "input_mode='analog' for other inputs")
         with torch.no_grad():
             nodes = self.nodes()
-            st = self.init_state(len(x), x.device, x.dtype)
+            st = _working_copy(self.init_state(len(x), x.device, x.dtype))
             static_vals: list = [None] * len(nodes)
             synops = torch.zeros(T, len(self.synaptic), dtype=torch.float64, device=x.device) if count_ops else None
             for i, n in enumerate(nodes):
@@ -433,18 +494,57 @@ class SpikingNetwork(nn.Module):
                 else:
                     xs = gained(n, static_vals)
                     if count_ops and n.kind in SYNAPTIC:
-                        self._count(i, xs[0], synops[0])
+                        self._count(i, xs[0], synops[:1], 1)
                     static_vals[i] = apply_stateless(n, xs, static_vals)
             order = [i for i in range(len(nodes)) if not self._static[i] and i != self._input]
             readout = torch.empty((T, len(x), *self.shapes[self.out]), device=x.device, dtype=x.dtype)
-            for t in range(T):
+            K = self._chunk_steps(len(x), self._static)
+            for t0 in range(0, T, K):
+                k = min(K, T - t0)
                 vals = list(static_vals)
                 if self.input_mode == "poisson":
-                    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                    vals[self._input] = (u < x).to(x.dtype)  # Bernoulli spikes, rate = intensity
-                readout[t] = self._advance(nodes, vals, order, st, generator,
-                                           None if synops is None else synops[t])
-            return RunResult(readout, st.count, synops)
+                    u = torch.rand((k, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+                    vals[self._input] = (u < x).to(x.dtype).reshape(k * len(x), *x.shape[1:])  # Bernoulli spikes
+                readout[t0:t0 + k] = self._advance(nodes, vals, order, self._static, st, k, generator,
+                                                   None if synops is None else synops[t0:t0 + k]).view(k, len(x), -1)
+            return RunResult(readout, tuple(st.count), synops)
+
+
+def _working_copy(state: SNNState) -> SNNState:
+    """A copy of ``state`` whose per-layer fields are lists (replaced layer by layer during a chunk)."""
+    def copy(t):
+        return None if t is None else t.clone(memory_format=torch.preserve_format)
+    return SNNState(*([copy(t) for t in f] if isinstance(f, tuple) else copy(f) for f in state))
+
+
+def _frozen(state: SNNState) -> SNNState:
+    return SNNState(*(tuple(f) if isinstance(f, list) else f for f in state))
+
+
+def _flat(t: Tensor) -> Tensor:
+    """``[N, ...] -> [N, F]``; ``[N, C, H, W]`` in channels-last order (a view when it is stored so)."""
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(len(t), -1)
+    return t.reshape(len(t), -1)
+
+
+def _unflat(f: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``[N, F]`` from :func:`_flat` back to ``[N, *shape]``; ``(C, H, W)`` come back channels-last."""
+    if len(shape) == 3:
+        c, h, w = shape
+        return f.reshape(len(f), h, w, c).permute(0, 3, 1, 2)
+    return f.reshape(len(f), *shape)
+
+
+def _running_sum(start: Tensor, x: Tensor) -> Tensor:
+    """``start + x[0]``, ``start + x[0] + x[1]``, ... added in that order (as a per-step loop would
+    round): ``[K, *start.shape]`` for ``x [K, *start.shape]``."""
+    x = x.reshape(len(x), *start.shape)
+    out = torch.empty_like(x)
+    torch.add(start, x[0], out=out[0])
+    for k in range(1, len(x)):
+        torch.add(out[k - 1], x[k], out=out[k])
+    return out
 
 
 # ---------------------------------------------------------------------------- simulation

@@ -119,27 +119,27 @@ static inline void li_row_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v,
 }                                                                                                    \
                                                                                                      \
 CLONES void lif_forward_##SFX(int64_t T, int64_t M, int64_t a, int64_t b, const T_ *x, T_ *v, T_ *i, \
-                       T_ *r, const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr, int reset,     \
-                       int64_t refractory, T_ *spikes, T_ *z, T_ *v_rec, T_ *i_rec, T_ *r_rec)       \
+                       T_ *r, const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr, int64_t pstep, \
+                       int reset, int64_t refractory, T_ *spikes, T_ *z, T_ *v_rec, T_ *i_rec, T_ *r_rec)       \
 {                                                                                                    \
     /* rows of the outputs that were not asked for go to these scratch buffers */                    \
     T_ sink_z[BLOCK], sink_v[BLOCK], sink_i[BLOCK], sink_r[BLOCK];                                   \
     for (int64_t t = 0; t < T; ++t) {      /* whole rows in order: streams the prefetcher follows */ \
         for (int64_t j0 = a; j0 < b; j0 += BLOCK) {                                                  \
             const int64_t n = j0 + BLOCK < b ? BLOCK : b - j0;                                       \
-            const int64_t o = t * M + j0;                                                            \
+            const int64_t o = t * M + j0, pj = pstep ? j0 : 0; /* constants: per neuron or one BLOCK */ \
             T_ *vo = v_rec ? v_rec + o : sink_v, *io = i_rec ? i_rec + o : sink_i;                   \
             if (spikes == NULL) {                                                                    \
-                li_row_##SFX(n, x + o, v + j0, i + j0, dm + j0, ds + j0, vo, io);                    \
+                li_row_##SFX(n, x + o, v + j0, i + j0, dm + pj, ds + pj, vo, io);                    \
                 continue;                                                                            \
             }                                                                                        \
             T_ *zo = z ? z + o : sink_z;                                                             \
             if (refractory > 0)                                                                      \
-                lif_row_refr_##SFX(n, x + o, v + j0, i + j0, r + j0, dm + j0, ds + j0, th + j0,      \
-                                   vr + j0, reset, (T_)refractory, spikes + o, zo, vo, io,           \
+                lif_row_refr_##SFX(n, x + o, v + j0, i + j0, r + j0, dm + pj, ds + pj, th + pj,      \
+                                   vr + pj, reset, (T_)refractory, spikes + o, zo, vo, io,           \
                                    r_rec ? r_rec + o : sink_r);                                      \
             else                                                                                     \
-                lif_row_##SFX(n, x + o, v + j0, i + j0, dm + j0, ds + j0, th + j0, vr + j0, reset,   \
+                lif_row_##SFX(n, x + o, v + j0, i + j0, dm + pj, ds + pj, th + pj, vr + pj, reset,   \
                               spikes + o, zo, vo, io);                                               \
         }                                                                                            \
     }                                                                                                \
@@ -232,7 +232,8 @@ void surrogate_grad_##SFX(int64_t n, const T_ *z, T_ *out, int sur, T_ slope)   
 CLONES void lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int64_t t0, int64_t t1, int64_t T,   \
                         const T_ *z, const T_ *sg, int sur, T_ slope, const T_ *g_s, int64_t s_step, \
                         const T_ *g_vseq, int64_t v_step, const T_ *g_iseq, int64_t i_step,          \
-                        const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr, int reset,           \
+                        const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr, int64_t pstep,       \
+                        int reset,                                                                   \
                         int detach, T_ *gv, T_ *gi, T_ *gx)                                          \
 {                                                                                                    \
     /* Steps t1 - 1 down to t0 of the neurons [a, b). z, gx: rows t0..t1-1 ([t1 - t0, M]); sg: the  \
@@ -245,11 +246,11 @@ CLONES void lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int64_t t0, int6
     for (int64_t t = t1 - 1; t >= t0; --t) {                                                         \
         const int64_t k = t - t0;                                                                    \
         for (int64_t j0 = a; j0 < b; j0 += BLOCK) {                                                  \
-            const int64_t n = j0 + BLOCK < b ? BLOCK : b - j0, o = k * M + j0;                       \
+            const int64_t n = j0 + BLOCK < b ? BLOCK : b - j0, o = k * M + j0, pj = pstep ? j0 : 0; \
             const T_ *gvs = g_vseq ? g_vseq + k * v_step + j0 : zeros;                               \
             const T_ *gis = g_iseq ? g_iseq + k * i_step + j0 : zeros;                               \
             if (z == NULL) {                                                                         \
-                li_row_bwd_##SFX(n, gvs, gis, dm + j0, ds + j0, t == T - 1, gv + j0, gi + j0, gx + o); \
+                li_row_bwd_##SFX(n, gvs, gis, dm + pj, ds + pj, t == T - 1, gv + j0, gi + j0, gx + o); \
                 continue;                                                                            \
             }                                                                                        \
             const T_ *sgr = sg_buf;                                                                  \
@@ -257,8 +258,8 @@ CLONES void lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int64_t t0, int6
                 sgr = sg + o;                                                                        \
             else                                                                                     \
                 surrogate_row_##SFX(n, z + o, sg_buf, sur, slope);                                   \
-            lif_row_bwd_##SFX(n, z + o, sgr, g_s ? g_s + k * s_step + j0 : zeros, gvs, gis, dm + j0,  \
-                              ds + j0, th + j0, vr + j0, reset, detach, t == T - 1, gv + j0,         \
+            lif_row_bwd_##SFX(n, z + o, sgr, g_s ? g_s + k * s_step + j0 : zeros, gvs, gis, dm + pj,  \
+                              ds + pj, th + pj, vr + pj, reset, detach, t == T - 1, gv + j0,         \
                               gi + j0, gx + o);                                                      \
         }                                                                                            \
     }                                                                                                \
@@ -268,4 +269,4 @@ DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; native.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 4; }
+int spikegrad_lif_abi(void) { return 5; }

@@ -40,7 +40,8 @@ __all__ = ["available", "build_error", "lif_native", "li_native", "load", "surro
            "SURROGATE_CODES"]
 
 SOURCE = Path(__file__).with_name("lif.c")
-ABI = 4
+ABI = 5
+BLOCK = 512  # neurons per block of the kernels (lif.c's BLOCK)
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")
@@ -75,11 +76,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"lif_forward_{suffix}")
-        fwd.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, p, p, c_int, i64, p, p, p, p, p]
+        fwd.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, p, p, i64, c_int, i64, p, p, p, p, p]
         fwd.restype = None
         bwd = getattr(lib, f"lif_backward_{suffix}")
         bwd.argtypes = [i64, i64, i64, i64, i64, i64, p, p, c_int, real, p, i64, p, i64, p, i64, p, p, p, p,
-                        c_int, c_int, p, p, p]
+                        i64, c_int, c_int, p, p, p]
         bwd.restype = None
         sur = getattr(lib, f"surrogate_grad_{suffix}")
         sur.argtypes = [i64, p, p, c_int, real]
@@ -147,9 +148,12 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _full(p: Tensor, M: int) -> Tensor:
-    """``[1]`` or ``[M]`` -> contiguous ``[M]`` (what the kernels read)."""
-    return p.expand(M).contiguous()
+def _consts(params: tuple[Tensor | None, ...], M: int) -> tuple[list[Tensor | None], int]:
+    """Neuron constants (``[1]`` or ``[M]`` each, None skipped) as the kernels read them, and their
+    step: one ``BLOCK`` of each value (step 0) when all are single values, else ``[M]`` each (step 1)."""
+    if all(p is None or p.numel() == 1 for p in params):
+        return [None if p is None else p.reshape(1).expand(BLOCK).contiguous() for p in params], 0
+    return [None if p is None else p.expand(M).contiguous() for p in params], 1
 
 
 def _rows(g: Tensor | None) -> tuple[Tensor | None, int]:
@@ -216,7 +220,8 @@ def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, v
     gi = torch.zeros(M, dtype=dtype) if g_i is None else g_i.to(dtype).contiguous().clone()
     gx = torch.empty((T, M), dtype=dtype)
     size = torch.finfo(dtype).bits // 8
-    consts = [_ptr(t) for t in (dm, ds, th, vr)]
+    full, pstep = _consts((dm, ds, th, vr), M)                        # kept alive during the calls
+    consts = [_ptr(t) for t in full]
     slope_value = 0.0 if z is None else float(slope)
     sur = 0 if z is None else surrogate_code(grad_fn, dtype, slope_value)
     K = T if z is None or sur else max(1, CHUNK_BYTES // (M * size))
@@ -224,7 +229,7 @@ def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, v
         t0 = max(0, t1 - K)
         sg = None if z is None or sur else grad_fn(z[t0:t1], slope).to(dtype).contiguous()
         gp = [v for g, st in rows for v in (None if g is None else g.data_ptr() + t0 * st * size, st)]
-        args = [None if z is None else _ptr(z[t0:t1]), _ptr(sg), sur, slope_value, *gp, *consts, reset, detach,
+        args = [None if z is None else _ptr(z[t0:t1]), _ptr(sg), sur, slope_value, *gp, *consts, pstep, reset, detach,
                 _ptr(gv), _ptr(gi), _ptr(gx[t0:t1])]
         _run(lambda a, b, t0=t0, t1=t1, args=args: bwd(M, a, b, t0, t1, T, *args), M)
     return gx, gv, gi
@@ -249,10 +254,10 @@ class _LIFNativeFn(torch.autograd.Function):
         rec = (torch.empty_like(x), torch.empty_like(x), torch.empty_like(x) if refr else None) if cfg.record \
             else (None, None, None)
         fwd = getattr(lib, f"lif_forward_{_DTYPES[x.dtype]}")
-        consts = [_full(p, M) for p in (dm, ds, th, vr)]               # kept alive during the call
+        consts, pstep = _consts((dm, ds, th, vr), M)                   # kept alive during the call
         args = [_ptr(t) for t in (x, v, i, r, *consts)]
         outs = [_ptr(t) for t in (spikes, z, *rec)]
-        _run(lambda a, b: fwd(T, M, a, b, *args, RESET_CODES[cfg.reset], cfg.refractory, *outs), M)
+        _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES[cfg.reset], cfg.refractory, *outs), M)
         ctx.save_for_backward(dm, ds, th, vr, slope, z)
         ctx.cfg = cfg
         ctx.set_materialize_grads(False)
@@ -266,7 +271,6 @@ class _LIFNativeFn(torch.autograd.Function):
         dm, ds, th, vr, slope, z = ctx.saved_tensors
         cfg = ctx.cfg
         T, M = z.shape
-        dm, ds, th, vr = (_full(p, M) for p in (dm, ds, th, vr))
         gx, gv, gi = _backward(load(), z.dtype, z, cfg.grad_fn, slope.to(z.dtype), (g_spikes, g_vseq, g_iseq),
                                dm, ds, th, vr, RESET_CODES[cfg.reset], int(cfg.detach_reset), g_v, g_i, T, M)
         gv0 = gv if ctx.needs_input_grad[1] else None
@@ -284,9 +288,9 @@ class _LINativeFn(torch.autograd.Function):
         v_seq = torch.empty_like(x)
         i_seq = torch.empty_like(x) if record else None
         fwd = getattr(load(), f"lif_forward_{_DTYPES[x.dtype]}")
-        consts = [_full(dm, M), _full(ds, M)]                           # kept alive during the call
+        consts, pstep = _consts((dm, ds), M)                           # kept alive during the call
         args = [_ptr(t) for t in (x, v, i, None, *consts, None, None)]
-        _run(lambda a, b: fwd(T, M, a, b, *args, RESET_CODES["none"], 0, None, None, _ptr(v_seq), _ptr(i_seq),
+        _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES["none"], 0, None, None, _ptr(v_seq), _ptr(i_seq),
                               None), M)
         ctx.save_for_backward(dm, ds)
         ctx.shape = (T, M)
@@ -297,7 +301,6 @@ class _LINativeFn(torch.autograd.Function):
     def backward(ctx, g_vseq, g_v, g_i, g_iseq):
         dm, ds = ctx.saved_tensors
         T, M = ctx.shape
-        dm, ds = _full(dm, M), _full(ds, M)
         gx, gv, gi = _backward(load(), dm.dtype, None, None, None, (None, g_vseq, g_iseq), dm, ds, None, None,
                                RESET_CODES["none"], 1, g_v, g_i, T, M)
         gv0 = gv if ctx.needs_input_grad[1] else None
