@@ -1,9 +1,12 @@
 import json
 import math
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from spikegrad.hardware import (AnalogSubstrate, InTheLoop, Substrate, cadc_read, in_the_loop, layer_specs,
                                 quantize_weights)
@@ -287,3 +290,21 @@ def test_mismatch_figure_from_a_sweep(tmp_path):
     path = write_mismatch_figure(tmp_path)
     assert path == tmp_path / FIGURE_NAME and path.stat().st_size > 1000
     assert write_mismatch_figure(tmp_path / "0") is None
+
+
+def test_hil_experiment_registers_the_figure_callback(tmp_path):
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=mnist16_hil", "substrate.mismatch=0.3", "model.model.sizes=[256,16,10]"],
+                      return_hydra_config=True)
+    model = instantiate(cfg.model)
+    assert isinstance(model, InTheLoop) and model.substrate.mismatch == 0.3
+    analysis = instantiate(cfg.analysis)
+    assert analysis.keywords["substrate"].mismatch == 0.3
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(
+        {"substrate_train_on": "substrate", "substrate_mismatch": 0.3, "substrate_test_accuracy": 0.9}))
+    callback = instantiate(cfg.hydra.callbacks.mismatch_figure)
+    cfg.hydra.sweep.dir = str(tmp_path)
+    callback.on_multirun_end(cfg)
+    assert (tmp_path / FIGURE_NAME).exists()
