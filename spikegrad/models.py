@@ -14,6 +14,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 from torch import Tensor, nn
 
+from .functional import last
 from .neurons import LI, LIF
 
 __all__ = ["SpikingOutput", "SeqWise", "SpikingMLP", "SpikingConvNet", "spikes_per_input", "eval_mode",
@@ -29,11 +30,15 @@ class SpikingOutput(NamedTuple):
     spikes: per hidden layer, spikes ``[T, B, ...]``.
     v: per hidden layer, membrane potentials ``[T, B, ...]`` (threshold units, after reset);
         empty when the model was built with ``record_v=False``.
+    state: the final state of every neuron layer (hidden layers, then the readout), ``[B, ...]``
+        tensors; pass it as ``state=`` to the next call to continue the run (streaming inference,
+        truncated BPTT with :func:`~spikegrad.functional.detach_state`).
     """
 
     readout: Tensor
     spikes: tuple[Tensor, ...]
     v: tuple[Tensor, ...]
+    state: tuple | None = None
 
 
 def spikes_per_input(out: SpikingOutput) -> Tensor:
@@ -88,11 +93,24 @@ class SeqWise(nn.Module):
         return y.reshape(T, B, *y.shape[1:])
 
 
-def _run_neuron(neuron: nn.Module, x_seq: Tensor, record_v: bool) -> tuple[Tensor, Tensor | None]:
+def _run_neuron(neuron: nn.Module, x_seq: Tensor, state, record_v: bool) -> tuple[Tensor, Tensor | None, object]:
+    """``(output [T, B, ...], membranes [T, B, ...] or None, final state)`` of one neuron layer."""
     if not record_v:
-        return neuron(x_seq)[0], None
-    out, states = neuron(x_seq, record=True)
-    return out, states.v
+        out, final = neuron(x_seq, state)
+        return out, None, final
+    out, states = neuron(x_seq, state, record=True)
+    return out, states.v, last(states)
+
+
+def _layer_states(who: str, state, n: int) -> tuple:
+    """The per-layer states of a model's ``state`` argument (None: all at rest)."""
+    if state is None:
+        return (None,) * n
+    if not isinstance(state, tuple) or len(state) != n:
+        got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
+        raise ValueError(f"{who}: state must be None or the SpikingOutput.state of a previous call (a tuple of "
+                         f"{n} layer states), got {got}")
+    return state
 
 
 def _init_linear(layer: nn.Linear, gain: float) -> None:
@@ -148,8 +166,12 @@ class SpikingMLP(nn.Module):
             self.layers.append(SeqWise(lin))
             self.neurons.append(neuron() if k < len(sizes) - 2 else readout())
 
-    def forward(self, x_seq: Tensor) -> SpikingOutput:
-        """``x_seq [T, B, ...]`` (trailing dims multiply to ``sizes[0]``) -> :class:`SpikingOutput`."""
+    def forward(self, x_seq: Tensor, state: tuple | None = None) -> SpikingOutput:
+        """``x_seq [T, B, ...]`` (trailing dims multiply to ``sizes[0]``) -> :class:`SpikingOutput`.
+
+        ``state``: None (every neuron at rest) or the ``state`` of the :class:`SpikingOutput` of a
+        previous call, to continue it: running a sequence in chunks gives the same outputs as one run.
+        """
         if x_seq.dim() < 3:
             raise ValueError(f"SpikingMLP: input must be [T, B, features...], got shape {tuple(x_seq.shape)}")
         h = x_seq.flatten(2)  # [T, B, n_in]
@@ -158,17 +180,19 @@ class SpikingMLP(nn.Module):
             hint = f" ({side}x{side} images)" if side * side == h.shape[-1] else ""
             raise ValueError(f"SpikingMLP: the model expects {self.sizes[0]} input features but got "
                              f"{h.shape[-1]}{hint}; match the data's image size (data.size) to model.sizes[0]")
-        spikes, vs = [], []
+        states = _layer_states("SpikingMLP", state, len(self.neurons))
+        spikes, vs, finals = [], [], []
         for k, (layer, neuron) in enumerate(zip(self.layers, self.neurons)):
             h = layer(h)
             if k < len(self.layers) - 1:
-                h, v = _run_neuron(neuron, h, self.record_v)
+                h, v, final = _run_neuron(neuron, h, states[k], self.record_v)
                 spikes.append(h)
                 if v is not None:
                     vs.append(v)
             else:
-                h, _ = neuron(h)
-        return SpikingOutput(h, tuple(spikes), tuple(vs))
+                h, final = neuron(h, states[k])
+            finals.append(final)
+        return SpikingOutput(h, tuple(spikes), tuple(vs), tuple(finals))
 
 
 class SpikingConvNet(nn.Module):
@@ -210,18 +234,20 @@ class SpikingConvNet(nn.Module):
         self.head = SpikingMLP([c * h * w, *hidden, n_classes], neuron=neuron, readout=readout,
                                weight_gain=weight_gain, readout_gain=readout_gain, record_v=record_v)
 
-    def forward(self, x_seq: Tensor) -> SpikingOutput:
-        """``x_seq [T, B, C, H, W]`` -> :class:`SpikingOutput`."""
+    def forward(self, x_seq: Tensor, state: tuple | None = None) -> SpikingOutput:
+        """``x_seq [T, B, C, H, W]`` -> :class:`SpikingOutput`; ``state`` as in :meth:`SpikingMLP.forward`."""
         if x_seq.dim() != 5 or tuple(x_seq.shape[2:]) != self.in_shape:
             raise ValueError(f"SpikingConvNet: input must be [T, B, {', '.join(map(str, self.in_shape))}], got "
                              f"{tuple(x_seq.shape)}; match data.size / the encoder output to model.in_shape")
-        spikes, vs = [], []
+        states = _layer_states("SpikingConvNet", state, len(self.neurons) + 1)
+        spikes, vs, finals = [], [], []
         h = x_seq
-        for conv, neuron in zip(self.blocks, self.neurons):
-            h, v = _run_neuron(neuron, conv(h), self.record_v)  # [T, B, C, H, W]
+        for conv, neuron, st in zip(self.blocks, self.neurons, states):
+            h, v, final = _run_neuron(neuron, conv(h), st, self.record_v)  # [T, B, C, H, W]
             spikes.append(h)
+            finals.append(final)
             if v is not None:
                 vs.append(v)
             h = self.pool(h)
-        out = self.head(h)
-        return SpikingOutput(out.readout, tuple(spikes) + out.spikes, tuple(vs) + out.v)
+        out = self.head(h, states[-1])
+        return SpikingOutput(out.readout, tuple(spikes) + out.spikes, tuple(vs) + out.v, (*finals, out.state))

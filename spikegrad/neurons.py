@@ -144,11 +144,11 @@ def _check_state(who: str, state: Any, x_t: Tensor, kind: type) -> None:
     """A state passed in must be the neuron's NamedTuple with ``[B, ...]`` tensors like ``x_t``."""
     if state is None:
         return
-    if not isinstance(state, tuple) or len(state) < 2 or not all(isinstance(t, Tensor) for t in state[:2]):
+    if not isinstance(state, tuple) or len(state) < 2:
         raise TypeError(f"{who}: state must be a {kind.__name__} (as returned by a previous call) or None, "
                         f"got {type(state).__name__}")
     for field, t in zip(getattr(kind, "_fields", ()), state):
-        if t is None:
+        if t is None and field not in ("v", "i"):
             continue
         if not isinstance(t, Tensor):
             raise TypeError(f"{who}: state.{field} must be a tensor, got {type(t).__name__}")

@@ -15,15 +15,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure  # plain figures: no pyplot state, no backend switch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from .normalization import Calibration, calibrate, normalize, percentile as percentile_fn  # noqa: E402
-from .snn import SimulationResult, SpikingNetwork, simulate  # noqa: E402
+from .normalization import Calibration, calibrate, normalize, percentile as percentile_fn
+from .snn import SimulationResult, SpikingNetwork, simulate
 
 __all__ = ["conversion_analysis", "curves_figure", "activations_figure", "firing_rates_figure"]
 
@@ -56,7 +53,8 @@ def _summary(r: SimulationResult, ann_accuracy: float, prefix: str = "") -> dict
 
 def curves_figure(runs: dict[str, SimulationResult], ann_accuracy: float, ann_macs: float):
     """Accuracy versus time step and versus cumulative synaptic operations per input (two panels)."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    a, b = fig.subplots(1, 2)
     for name, r in runs.items():
         steps = range(1, r.T + 1)
         a.plot(steps, 100 * r.accuracy_by_step.numpy(), label=name)
@@ -80,7 +78,8 @@ def activations_figure(calib: Calibration, p: float, names: dict[int, str], max_
     idx = list(names)
     cols = min(3, len(idx))
     rows = math.ceil(len(idx) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, i in zip(axes.flat, idx):
         v = calib.samples[i].flatten()
         v = v[v != 0]
@@ -102,7 +101,8 @@ def activations_figure(calib: Calibration, p: float, names: dict[int, str], max_
 
 def firing_rates_figure(runs: dict[str, SimulationResult]):
     """Mean firing rate (spikes/step/neuron) of every IF layer, one bar group per run."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     names = list(next(iter(runs.values())).firing_rates)
     width = 0.8 / len(runs)
     for k, (run, r) in enumerate(runs.items()):

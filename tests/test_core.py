@@ -1,0 +1,269 @@
+"""The core's contracts: ALIF against a slow reference, model state across chunks, learnable and
+per-neuron constants that stay valid, the refusals, and the one-way import graph."""
+
+import ast
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import spikegrad
+from spikegrad import ALIF, IF, LI, LIF, SpikingConvNet, SpikingMLP, detach_state
+from spikegrad.functional import ALIFState, LIFState
+
+ROOT = Path(spikegrad.__file__).parent
+
+
+# ------------------------------------------------------------------------------ ALIF
+def alif_reference(x, tau_mem, tau_syn, tau_ada, beta, v_th, reset):
+    """Plain Python floats, one neuron at a time: the LSNN neuron of Bellec et al. (2018)."""
+    dm, ds, da = math.exp(-1 / tau_mem), math.exp(-1 / tau_syn), math.exp(-1 / tau_ada)
+    T, N = len(x), len(x[0])
+    out = [[0.0] * N for _ in range(T)]
+    thresholds = [[0.0] * N for _ in range(T)]
+    for n in range(N):
+        v = i = a = 0.0
+        for t in range(T):
+            i = ds * i + x[t][n]
+            v = dm * v + i
+            th = v_th + beta * a
+            s = 1.0 if v - th > 0 else 0.0
+            if s and reset == "subtract":
+                v -= th
+            elif s and reset == "zero":
+                v = 0.0
+            a = da * a + (1 - da) * s
+            out[t][n], thresholds[t][n] = s, th
+    return out, thresholds
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+def test_alif_matches_a_slow_reference(reset):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(60, 1, 7, generator=g, dtype=torch.float64) * 0.6)
+    n = ALIF(tau_mem=10.0, tau_syn=3.0, tau_ada=30.0, beta=2.5, reset=reset).double()
+    s, st = n(x, record=True)
+    want, th = alif_reference(x[:, 0].tolist(), 10.0, 3.0, 30.0, 2.5, 1.0, reset)
+    assert s[:, 0].tolist() == want
+    assert 0 < s.sum() < s.numel()
+    # the threshold really adapts: the recorded adaptation gives the reference's thresholds
+    a_before = torch.cat([torch.zeros(1, 1, 7, dtype=torch.float64), st.a[:-1]])
+    torch.testing.assert_close((1.0 + 2.5 * a_before)[:, 0], torch.tensor(th, dtype=torch.float64))
+
+
+def test_alif_without_adaptation_is_lif_and_adaptation_lowers_the_rate():
+    x = torch.rand(80, 4, 6) * 0.5
+    plain = LIF(tau_mem=10.0, tau_syn=3.0, backend="torch")(x)[0]
+    assert torch.equal(ALIF(tau_mem=10.0, tau_syn=3.0, beta=0.0)(x)[0], plain)
+    adapted = ALIF(tau_mem=10.0, tau_syn=3.0, tau_ada=50.0, beta=5.0)(x)[0]
+    assert adapted.sum() < plain.sum()
+
+
+def test_alif_trains_and_step_equals_forward():
+    n = ALIF(learn_tau=True, learn_threshold=True, shape=(5,))
+    x = torch.rand(12, 3, 5)
+    s, st = n(x)
+    s.sum().backward()
+    assert {k for k, _ in n.named_parameters()} == {"log_tau_mem", "log_tau_syn", "log_tau_ada", "log_v_th"}
+    assert all(p.grad is not None for p in n.parameters())
+    state, outs = None, []
+    for x_t in x:
+        o, state = n.step(x_t, state)
+        outs.append(o)
+    assert torch.equal(torch.stack(outs), s) and isinstance(state, ALIFState)
+    with pytest.raises(ValueError, match="backend"):
+        ALIF(backend="native")
+
+
+# ------------------------------------------------------------------------------ model state
+@pytest.mark.parametrize("make,shape", [
+    (lambda: SpikingMLP([20, 16, 16, 4]), (30, 3, 20)),
+    (lambda: SpikingMLP([20, 16, 4], record_v=False, sparse_input=True), (30, 3, 20)),
+    (lambda: SpikingConvNet((1, 8, 8), channels=(4,), hidden=(12,), n_classes=3), (30, 3, 1, 8, 8)),
+])
+def test_chunked_run_equals_one_run(make, shape):
+    torch.manual_seed(0)
+    model = make()
+    x = (torch.rand(shape) < 0.3).float()
+    whole = model(x)
+    state, readouts, spikes = None, [], []
+    for chunk in x.split([7, 1, 13, 9]):
+        out = model(chunk, state)
+        state = out.state
+        readouts.append(out.readout)
+        spikes.append(out.spikes[0])
+    assert torch.equal(torch.cat(spikes), whole.spikes[0]) and whole.spikes[0].sum() > 0
+    torch.testing.assert_close(torch.cat(readouts), whole.readout, rtol=0, atol=0)
+
+
+def test_truncated_bptt_with_detached_state():
+    model = SpikingMLP([10, 8, 3])
+    x = torch.rand(20, 2, 10)
+    out = model(x[:10])
+    out2 = model(x[10:], detach_state(out.state))
+    out2.readout.sum().backward()  # only the second chunk's graph
+    assert model.layers[0].module.weight.grad is not None
+    with pytest.raises(ValueError, match="state must be None or the SpikingOutput.state"):
+        model(x, state=(None,))
+
+
+# ------------------------------------------------------------------------------ constants
+def test_learnable_time_constants_stay_valid_under_adversarial_steps():
+    n = LIF(tau_mem=5.0, tau_syn=2.0, learn_tau=True, learn_threshold=True, shape=(4,))
+    li = LI(learn_tau=True)
+    opt = torch.optim.SGD([*n.parameters(), *li.parameters()], lr=1e6)
+    for sign in (1.0, -1.0, 1.0):
+        opt.zero_grad()
+        for p in [*n.parameters(), *li.parameters()]:
+            p.grad = torch.full_like(p, sign)  # huge steps both ways
+        opt.step()
+        for m in (n, li):
+            p = m.params()
+            assert torch.all((p.decay_mem >= 0) & (p.decay_mem <= 1)) and torch.all(p.decay_syn <= 1)
+            assert torch.all(m.tau_mem >= 0) and not torch.isnan(m.tau_mem).any()
+        assert torch.all(n.v_th >= 0)
+    # a small step moves tau the way the gradient says
+    m = LIF(tau_mem=10.0, learn_tau="mem")
+    before = float(m.tau_mem.detach())
+    torch.optim.SGD(m.parameters(), lr=0.1).zero_grad()
+    m.log_tau_mem.grad = torch.tensor(-1.0)
+    torch.optim.SGD(m.parameters(), lr=0.1).step()
+    assert float(m.tau_mem.detach()) == pytest.approx(before * math.exp(0.1))
+
+
+def test_learn_tau_refuses_constants_that_cannot_be_learned():
+    with pytest.raises(ValueError, match="tau_syn=0 .no synaptic filter. has no finite time constant"):
+        LIF(tau_syn=0.0, learn_tau=True)
+    assert {k for k, _ in LIF(tau_syn=0.0, learn_tau="mem").named_parameters()} == {"log_tau_mem"}
+    with pytest.raises(ValueError, match="learn_tau must be"):
+        LIF(learn_tau="both")
+
+
+def test_old_checkpoints_of_learnable_constants_load():
+    n = LIF(tau_mem=7.0, learn_tau="mem")
+    n.load_state_dict({"tau_mem": torch.tensor(12.0), "tau_syn": torch.tensor(5.0), "v_th": torch.tensor(1.0),
+                       "v_reset": torch.tensor(0.0), "surrogate.slope": torch.tensor(25.0)})
+    assert float(n.tau_mem.detach()) == pytest.approx(12.0)
+
+
+def test_per_neuron_constants_from_tensors():
+    tau = torch.tensor([2.0, 8.0, 32.0])
+    n = LIF(tau_mem=tau, tau_syn=0.0, v_th=torch.tensor([1.0, 1.0, 2.0]))
+    assert n.tau_mem.shape == (3,) and torch.equal(n.tau_mem, tau)
+    x = torch.zeros(6, 1, 3)
+    x[0] = 0.5
+    _, st = n(x, record=True)
+    torch.testing.assert_close(st.v[:, 0], 0.5 * torch.exp(-torch.arange(6.0)[:, None] / tau))
+    assert torch.equal(LIF(tau_mem=tau, backend="torch")(x)[0], LIF(tau_mem=tau)(x)[0])
+    tau[0] = 100.0  # the module keeps its own copy
+    assert float(n.tau_mem[0]) == 2.0
+    for bad, match in [(torch.tensor([1.0, -2.0]), "tau_mem must be > 0"), (torch.tensor([1, 2]), "float tensor"),
+                       (torch.tensor([1.0, float("nan")]), "NaN")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            LIF(tau_mem=bad)
+    with pytest.raises(ValueError, match="does not broadcast to shape"):
+        LIF(tau_mem=torch.ones(3), shape=(4,))
+    with pytest.raises(ValueError, match="v_th must be > 0"):
+        LIF(v_th=torch.tensor([1.0, 0.0]))
+
+
+# ------------------------------------------------------------------------------ refusals
+def test_recurrent_layer_refuses_inputs_it_would_mix():
+    n = LIF(recurrent=4)
+    n(torch.rand(3, 2, 4))
+    for shape in [(3, 2, 2, 2), (3, 2, 5)]:  # conv-shaped; wrong width
+        with pytest.raises(ValueError, match="recurrent layer of 4 neurons takes input"):
+            n(torch.rand(shape))
+    with pytest.raises(ValueError, match="recurrent layer"):
+        n.step(torch.rand(2, 2, 2))
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 3), (4, 0, 3)])
+def test_empty_time_or_batch_is_a_clear_error(shape):
+    for neuron in (LIF(), IF(), LI(), ALIF()):
+        with pytest.raises(ValueError, match="T .steps, axis 0. and B .batch, axis 1. must be at least 1"):
+            neuron(torch.rand(shape))
+
+
+def test_bad_states_are_clear_errors():
+    n = LIF()
+    x = torch.rand(4, 2, 3)
+    with pytest.raises(TypeError, match="state must be a LIFState"):
+        n(x, state=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"state.v has shape \(2, 4\)"):
+        n(x, state=LIFState(torch.zeros(2, 4), torch.zeros(2, 4)))
+    with pytest.raises(ValueError, match=r"state.i has shape"):
+        n(x, state=LIFState(torch.zeros(2, 3), torch.zeros(1, 3)))
+    with pytest.raises(TypeError, match="state.i must be a tensor"):
+        n(x, state=LIFState(torch.zeros(2, 3), 0.0))
+
+
+# ------------------------------------------------------------------------------ architecture
+LAYERS = {  # module -> spikegrad modules it may import
+    "checks": set(),
+    "surrogates": set(),
+    "functional": {"checks"},
+    "kernels": {"checks", "surrogates", "functional", "kernels"},
+    "neurons": {"checks", "surrogates", "functional", "kernels"},
+    "models": {"checks", "surrogates", "functional", "kernels", "neurons"},
+}
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported spikegrad module, imported names) of every import in a file, resolved from relative form."""
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            out.append((mod, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out.extend((a.name, []) for a in node.names)
+    return out
+
+
+def _top(mod: str) -> str | None:
+    parts = mod.split(".")
+    return parts[1] if parts[0] == "spikegrad" and len(parts) > 1 else None
+
+
+def test_imports_flow_one_way():
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        me = rel.parts[0].removesuffix(".py")
+        for mod, names in _imports(path):
+            target = _top(mod)
+            if mod == "spikegrad" or (mod.startswith("spikegrad.") and target is None):
+                target = names[0] if names else None
+            if me in LAYERS and target is not None:
+                assert target in LAYERS[me] | {me}, f"{rel} imports spikegrad.{target}"
+            if mod.split(".")[0] == "hydra" and rel.as_posix() != "sweep.py":
+                pytest.fail(f"{rel} imports hydra; only the sweep callback may")
+            if mod.startswith("spikegrad") and mod.split(".")[-1] != rel.with_suffix("").parts[-1]:
+                private = [n for n in names if n.startswith("_") and not n.endswith("__")]
+                same_package = len(rel.parts) > 1 and mod.startswith(f"spikegrad.{rel.parts[0]}")
+                assert not private or same_package, f"{rel} imports private {private} from {mod}"
+            assert not mod.startswith("torch._") and ".torch._" not in mod, f"{rel} imports private torch {mod}"
+
+
+def test_importing_the_library_changes_no_global_state():
+    code = ("import matplotlib; before = matplotlib.get_backend(); import spikegrad, spikegrad.conversion, "
+            "spikegrad.sharpening, spikegrad.plots, spikegrad.training; "
+            "import matplotlib as m; assert m.get_backend() == before, (before, m.get_backend()); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"MPLBACKEND": "svg", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_public_api():
+    for name in ("LIF", "IF", "ALIF", "LI", "SeqWise", "SpikingMLP", "SpikingConvNet", "LatencyEncoder",
+                 "make_surrogate", "Surrogate", "detach_state"):
+        assert name in spikegrad.__all__ and hasattr(spikegrad, name)
+    from importlib.metadata import version
+
+    assert spikegrad.__version__ == version("spikegrad")
