@@ -778,10 +778,23 @@ def from_nir(graph_or_path: Any, dt: float | None = None, discretization: str | 
             names.append(n)
             layers.append(m)
             spiking.append(s)
-    in_type = graph.nodes[order[0]].input_type["input"]
+    in_shape = _drop_batch_axis(tuple(int(s) for s in np.asarray(graph.nodes[order[0]].input_type["input"]).ravel()),
+                                layers)
     metadata = {k: _meta(graph, k) for k in (graph.metadata or {})}
-    return NIRNetwork(names, layers, spiking, tuple(int(s) for s in np.asarray(in_type).ravel()),
-                      {**metadata, "dt": dt, "discretization": discretization})
+    return NIRNetwork(names, layers, spiking, in_shape, {**metadata, "dt": dt, "discretization": discretization})
+
+
+def _drop_batch_axis(shape: tuple[int, ...], layers: list[nn.Module]) -> tuple[int, ...]:
+    """The Input node's shape without a leading batch axis of 1, which exporters built on nirtorch
+    write (``[1, 256]`` before a ``Linear`` of 256 inputs), with a warning."""
+    first = layers[0].module if layers and isinstance(layers[0], SeqWise) else None
+    fits = (isinstance(first, nn.Linear) and len(shape) == 2 and shape[1] == first.in_features) or (
+        isinstance(first, nn.Conv2d) and len(shape) == 4 and shape[1] == first.in_channels)
+    if shape[:1] == (1,) and fits:
+        warnings.warn(f"from_nir: the Input node has shape {list(shape)}, whose leading 1 is a batch axis (NIR shapes "
+                      f"have none); using {list(shape[1:])}", stacklevel=3)
+        return shape[1:]
+    return shape
 
 
 def load_nir(path: str | Path, **kwargs) -> NIRNetwork:

@@ -332,3 +332,11 @@ def test_network_checks_its_input():
     assert isinstance(net, NIRNetwork) and net.input_shape == (12,)
     with pytest.raises(ValueError, match=r"\[T, B, 12\]"):
         net(torch.zeros(3, 2, 13))
+
+
+def test_input_node_with_a_batch_axis_is_read_with_a_warning():
+    g = _lif_graph()
+    g.nodes["input"] = nir.Input(input_type={"input": np.array([1, 2])})
+    with pytest.warns(UserWarning, match="batch axis"):
+        net = from_nir(g, dt=DT, discretization="exact")
+    assert net.input_shape == (2,)
