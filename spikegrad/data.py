@@ -193,10 +193,11 @@ def cache_root() -> Path:
     """Folder of the resized-image caches.
 
     Returns:
-        ``$SPIKEGRAD_CACHE`` if that variable is set, else ``~/.cache/spikegrad/resized``.
+        ``$SPIKEGRAD_CACHE/resized`` if that variable is set, else ``~/.cache/spikegrad/resized``
+        (the compiled kernels live beside it, in ``native``).
     """
     base = os.environ.get("SPIKEGRAD_CACHE")
-    return Path(base).expanduser() if base else Path.home() / ".cache" / "spikegrad" / "resized"
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "spikegrad") / "resized"
 
 
 def _sha256(paths: Sequence[Path]) -> str:

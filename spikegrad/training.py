@@ -761,6 +761,10 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
                 state["best_val"] = score
                 best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             state["epoch"] = epoch + 1
+            bad = _nonfinite_names(model)
+            if bad:
+                raise NonFiniteLossError(f"the weights became non-finite after epoch {epoch + 1} ({', '.join(bad[:5])}); "
+                                         "no checkpoint is written from them")
             phase = "checkpoint write"
             ckpt = checkpoint(_rng_state(train_loader, generator))
             write(ckpt, "last.pt", f"after epoch {epoch + 1}")

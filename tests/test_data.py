@@ -394,11 +394,11 @@ def test_resize_cache_written_once_and_reused(tmp_path, monkeypatch):
 def test_cache_goes_to_the_cache_folder_never_into_the_data_folder(tmp_path, monkeypatch):
     write_folder(tmp_path / "data")
     monkeypatch.setenv("SPIKEGRAD_CACHE", str(tmp_path / "c"))
-    assert data.cache_root() == tmp_path / "c"
+    assert data.cache_root() == tmp_path / "c" / "resized"
     before = sorted(p.name for p in (tmp_path / "data").iterdir())
     load_split("folder", tmp_path / "data", "test", size=16)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before
-    assert len(list((tmp_path / "c").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "c" / "resized").glob("*.pt"))) == 1
 
 
 def test_resize_cache_invalidated_by_new_raw_files(tmp_path):
