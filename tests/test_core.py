@@ -267,3 +267,20 @@ def test_public_api():
     from importlib.metadata import version
 
     assert spikegrad.__version__ == version("spikegrad")
+
+
+def test_native_reads_a_held_input_once_and_gives_the_same_gradients():
+    from spikegrad.kernels import native
+
+    if not native.available():
+        pytest.skip("the C kernels could not be built")
+    base = (torch.rand(2, 5, dtype=torch.float64) * 0.4).requires_grad_()
+    results = []
+    for held in (True, False):
+        x = base.expand(30, 2, 5) if held else base.expand(30, 2, 5).clone()
+        s, st = LIF(tau_mem=6.0, backend="native").double()(x)
+        g, = torch.autograd.grad((s * torch.arange(30.0, dtype=torch.float64)[:, None, None]).sum() + st.v.sum(), base)
+        results.append((s, st.v, g))
+    assert torch.equal(results[0][0], results[1][0]) and results[0][0].sum() > 0
+    assert torch.equal(results[0][1], results[1][1])
+    torch.testing.assert_close(results[0][2], results[1][2])

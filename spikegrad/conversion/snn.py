@@ -349,7 +349,8 @@ class SpikingNetwork(nn.Module):
             k = n.kind
             ins = list(vals)
             for j in n.inputs:
-                ins[j] = folded(j)
+                if not (k == "relu" and static[j]):  # a constant current: the IF kernel reads one row
+                    ins[j] = folded(j)
             if k == "call":  # user code (x.view(...)) may need the standard layout
                 for j in n.inputs:
                     if isinstance(ins[j], Tensor):
@@ -360,7 +361,10 @@ class SpikingNetwork(nn.Module):
             if k == "relu":
                 slot = self._slot[i]
                 shape = self.shapes[i]  # IF neurons are elementwise: they run on the memory order
-                x = _flat(xs[0]).view(K, B, -1)
+                if static[n.inputs[0]]:
+                    x = _flat(xs[0]).unsqueeze(0).expand(K, B, -1)
+                else:
+                    x = _flat(xs[0]).view(K, B, -1)
                 v0 = _flat(st.v[slot])
                 spikes, new = self.if_layers[slot](x, LIFState(v0, torch.zeros_like(v0)))
                 counts = _running_sum(_flat(st.count[slot]), spikes)            # [K, B, F], including this step

@@ -120,26 +120,29 @@ static inline void li_row_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v,
                                                                                                      \
 CLONES void lif_forward_##SFX(int64_t T, int64_t M, int64_t a, int64_t b, const T_ *x, T_ *v, T_ *i, \
                        T_ *r, const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr, int64_t pstep, \
-                       int reset, int64_t refractory, T_ *spikes, T_ *z, T_ *v_rec, T_ *i_rec, T_ *r_rec)       \
+                       int reset, int64_t refractory, T_ *spikes, T_ *z, T_ *v_rec, T_ *i_rec, T_ *r_rec,        \
+                       int64_t x_step)                                                               \
 {                                                                                                    \
-    /* rows of the outputs that were not asked for go to these scratch buffers */                    \
+    /* rows of the outputs that were not asked for go to these scratch buffers; x advances by        \
+     * x_step elements per step (M, or 0 for an input held constant over time) */                    \
     T_ sink_z[BLOCK], sink_v[BLOCK], sink_i[BLOCK], sink_r[BLOCK];                                   \
     for (int64_t t = 0; t < T; ++t) {      /* whole rows in order: streams the prefetcher follows */ \
         for (int64_t j0 = a; j0 < b; j0 += BLOCK) {                                                  \
             const int64_t n = j0 + BLOCK < b ? BLOCK : b - j0;                                       \
             const int64_t o = t * M + j0, pj = pstep ? j0 : 0; /* constants: per neuron or one BLOCK */ \
+            const T_ *xo = x + t * x_step + j0;                                                      \
             T_ *vo = v_rec ? v_rec + o : sink_v, *io = i_rec ? i_rec + o : sink_i;                   \
             if (spikes == NULL) {                                                                    \
-                li_row_##SFX(n, x + o, v + j0, i + j0, dm + pj, ds + pj, vo, io);                    \
+                li_row_##SFX(n, xo, v + j0, i + j0, dm + pj, ds + pj, vo, io);                    \
                 continue;                                                                            \
             }                                                                                        \
             T_ *zo = z ? z + o : sink_z;                                                             \
             if (refractory > 0)                                                                      \
-                lif_row_refr_##SFX(n, x + o, v + j0, i + j0, r + j0, dm + pj, ds + pj, th + pj,      \
+                lif_row_refr_##SFX(n, xo, v + j0, i + j0, r + j0, dm + pj, ds + pj, th + pj,      \
                                    vr + pj, reset, (T_)refractory, spikes + o, zo, vo, io,           \
                                    r_rec ? r_rec + o : sink_r);                                      \
             else                                                                                     \
-                lif_row_##SFX(n, x + o, v + j0, i + j0, dm + pj, ds + pj, th + pj, vr + pj, reset,   \
+                lif_row_##SFX(n, xo, v + j0, i + j0, dm + pj, ds + pj, th + pj, vr + pj, reset,   \
                               spikes + o, zo, vo, io);                                               \
         }                                                                                            \
     }                                                                                                \
@@ -269,4 +272,4 @@ DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; native.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 5; }
+int spikegrad_lif_abi(void) { return 6; }

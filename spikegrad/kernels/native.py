@@ -40,7 +40,7 @@ __all__ = ["available", "build_error", "lif_native", "li_native", "load", "surro
            "SURROGATE_CODES"]
 
 SOURCE = Path(__file__).with_name("lif.c")
-ABI = 5
+ABI = 6
 BLOCK = 512  # neurons per block of the kernels (lif.c's BLOCK)
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
@@ -76,7 +76,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"lif_forward_{suffix}")
-        fwd.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, p, p, i64, c_int, i64, p, p, p, p, p]
+        fwd.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, p, p, i64, c_int, i64, p, p, p, p, p, i64]
         fwd.restype = None
         bwd = getattr(lib, f"lif_backward_{suffix}")
         bwd.argtypes = [i64, i64, i64, i64, i64, i64, p, p, c_int, real, p, i64, p, i64, p, i64, p, p, p, p,
@@ -243,21 +243,23 @@ class _LIFNativeFn(torch.autograd.Function):
     """LIF over time on flat tensors: ``x [T, M]``, states and constants ``[M]``."""
 
     @staticmethod
-    def forward(ctx, x, v0, i0, r0, dm, ds, th, vr, slope, cfg: FusedConfig, keep_z: bool):
+    def forward(ctx, x, v0, i0, r0, dm, ds, th, vr, slope, cfg: FusedConfig, keep_z: bool, T: int):
         lib = load()
-        T, M = x.shape
+        M = x.shape[1]
+        x_step = M if len(x) == T else 0                               # x [1, M]: held over the T steps
         refr = cfg.refractory > 0
         v, i = _state_or_zeros(v0, x[0]), _state_or_zeros(i0, x[0])
         r = _state_or_zeros(r0, x[0]) if refr else None
-        spikes = torch.empty_like(x)
-        z = torch.empty_like(x) if keep_z else None
-        rec = (torch.empty_like(x), torch.empty_like(x), torch.empty_like(x) if refr else None) if cfg.record \
-            else (None, None, None)
+        spikes = x.new_empty((T, M))
+        z = torch.empty_like(spikes) if keep_z else None
+        rec = (torch.empty_like(spikes), torch.empty_like(spikes), torch.empty_like(spikes) if refr else None) \
+            if cfg.record else (None, None, None)
         fwd = getattr(lib, f"lif_forward_{_DTYPES[x.dtype]}")
         consts, pstep = _consts((dm, ds, th, vr), M)                   # kept alive during the call
         args = [_ptr(t) for t in (x, v, i, r, *consts)]
         outs = [_ptr(t) for t in (spikes, z, *rec)]
-        _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES[cfg.reset], cfg.refractory, *outs), M)
+        _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES[cfg.reset], cfg.refractory, *outs, x_step), M)
+        ctx.held = x_step == 0
         ctx.save_for_backward(dm, ds, th, vr, slope, z)
         ctx.cfg = cfg
         ctx.set_materialize_grads(False)
@@ -275,7 +277,9 @@ class _LIFNativeFn(torch.autograd.Function):
                                dm, ds, th, vr, RESET_CODES[cfg.reset], int(cfg.detach_reset), g_v, g_i, T, M)
         gv0 = gv if ctx.needs_input_grad[1] else None
         gi0 = ds * gi if ctx.needs_input_grad[2] else None
-        return gx, gv0, gi0, None, None, None, None, None, None, None, None
+        if ctx.held:
+            gx = gx.sum(0, keepdim=True)
+        return gx, gv0, gi0, None, None, None, None, None, None, None, None, None
 
 
 class _LINativeFn(torch.autograd.Function):
@@ -291,7 +295,7 @@ class _LINativeFn(torch.autograd.Function):
         consts, pstep = _consts((dm, ds), M)                           # kept alive during the call
         args = [_ptr(t) for t in (x, v, i, None, *consts, None, None)]
         _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES["none"], 0, None, None, _ptr(v_seq), _ptr(i_seq),
-                              None), M)
+                              None, M), M)
         ctx.save_for_backward(dm, ds)
         ctx.shape = (T, M)
         ctx.set_materialize_grads(False)
@@ -316,12 +320,15 @@ def lif_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor |
     v_seq, i_seq, r_seq)`` shaped ``[T, B, ...]`` / ``[B, ...]`` (None where not requested).
     """
     T = x_seq.shape[0]
-    x = x_seq.reshape(T, -1).contiguous()                            # [T, M]
+    if x_seq.stride(0) == 0 and T > 1:  # the same input every step (an expanded tensor): read one row
+        x = x_seq[:1].reshape(1, -1).contiguous()                    # [1, M]
+    else:
+        x = x_seq.reshape(T, -1).contiguous()                        # [T, M]
     consts = [compact_param(p, x_seq) for p in (decay_mem, decay_syn, v_th, v_reset)]
     slope = torch.as_tensor(slope).to(x.dtype)
     keep_z = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_seq, v0, i0))
     v0, i0, r0 = (None if s is None else s.reshape(-1) for s in (v0, i0, r0))  # [M]
-    outs = _LIFNativeFn.apply(x, v0, i0, r0, *consts, slope, cfg, keep_z)
+    outs = _LIFNativeFn.apply(x, v0, i0, r0, *consts, slope, cfg, keep_z, T)
     return unflatten_outputs(outs, x_seq, cfg)
 
 
