@@ -61,10 +61,11 @@ from .kernels.sparse import SparseInputLinear
 from .models import SeqWise, SpikingConvNet, SpikingMLP, SpikingOutput
 from .neurons import ALIF, IF, LI, LIF
 from .sharpening.export import BinaryNet, ThresholdLayer
-from .sharpening.models import ImageInput, NHotDecoder, SoftmaxDecoder
+from .sharpening.export import export_binary
+from .sharpening.models import ImageInput, NHotDecoder, SoftmaxDecoder, WhetstoneConvNet, WhetstoneMLP
 from .surrogates import SURROGATES, Surrogate, heaviside, make_surrogate
 
-__all__ = ["DISCRETIZATIONS", "to_nir", "from_nir", "save_nir", "load_nir", "NIRNetwork", "Scale", "Threshold",
+__all__ = ["DISCRETIZATIONS", "to_nir", "from_nir", "save_nir", "load_nir", "check_nir_export", "NIRNetwork", "Scale", "Threshold",
            "SumPool2d", "export_constants", "import_decay"]
 
 DISCRETIZATIONS = ("exact", "euler")
@@ -146,12 +147,17 @@ def _tau_steps(d: np.ndarray) -> np.ndarray:
 # Small stateless modules of imported graphs
 # ---------------------------------------------------------------------------------------------
 
+def _float_tensor(value: Any) -> Tensor:
+    t = torch.as_tensor(value)
+    return (t if t.is_floating_point() else t.to(torch.float32)).detach().clone()
+
+
 class Scale(nn.Module):
     """Per-element gain: ``y = x * scale`` (NIR ``Scale``). ``[T, B, ...] -> [T, B, ...]``."""
 
     def __init__(self, scale: Tensor):
         super().__init__()
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).clone())
+        self.register_buffer("scale", _float_tensor(scale))
 
     def forward(self, x_seq: Tensor) -> Tensor:
         return x_seq * self.scale.to(x_seq.dtype)
@@ -166,7 +172,7 @@ class Threshold(nn.Module):
 
     def __init__(self, threshold: Tensor):
         super().__init__()
-        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float32).clone())
+        self.register_buffer("threshold", _float_tensor(threshold))
 
     def forward(self, x_seq: Tensor) -> Tensor:
         return heaviside(x_seq - self.threshold.to(x_seq.dtype))
@@ -198,8 +204,9 @@ class NIRNetwork(nn.Module):
         spiking: per module, whether its output counts as hidden spikes.
         input_shape: shape of one input step without batch, e.g. ``(256,)`` or ``(1, 16, 16)``.
         metadata: the graph's metadata (dt, discretization, reset, ...), as read.
-    Shapes: ``forward(x_seq [T, B, *input_shape]) -> SpikingOutput(readout [T, B, ...], spikes, ())``
-    with ``spikes`` the outputs of every spiking module but the last.
+    Shapes: ``forward(x_seq [T, B, *input_shape], state=None) -> SpikingOutput(readout [T, B, ...],
+    spikes, (), state)`` with ``spikes`` the outputs of every spiking module but the last and
+    ``state`` the final state of every neuron module, in order (pass it back to continue the run).
     """
 
     def __init__(self, names: Sequence[str], layers: Sequence[nn.Module], spiking: Sequence[bool],
@@ -211,19 +218,26 @@ class NIRNetwork(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.metadata = dict(metadata or {})
 
-    def forward(self, x_seq: Tensor) -> SpikingOutput:
+    def forward(self, x_seq: Tensor, state: tuple | None = None) -> SpikingOutput:
         if x_seq.dim() < 2 or tuple(x_seq.shape[2:]) != self.input_shape:
             raise ValueError(f"NIRNetwork: input must be [T, B, {', '.join(map(str, self.input_shape))}], got "
                              f"{tuple(x_seq.shape)}")
-        h, spikes = x_seq, []
+        neurons = [k for k, layer in enumerate(self.layers) if isinstance(layer, (LIF, LI))]
+        if state is not None and (not isinstance(state, tuple) or len(state) != len(neurons)):
+            raise ValueError(f"NIRNetwork: state must be None or the state of a previous call (a tuple of "
+                             f"{len(neurons)} neuron states), got {type(state).__name__}")
+        states = dict(zip(neurons, state)) if state is not None else {}
+        h, spikes, finals = x_seq, [], []
         last = len(self.layers) - 1
         for k, (layer, spiking) in enumerate(zip(self.layers, self.spiking)):
-            h = layer(h)
-            if isinstance(h, tuple):  # neurons return (output, state)
-                h = h[0]
+            if k in neurons:
+                h, final = layer(h, states.get(k))
+                finals.append(final)
+            else:
+                h = layer(h)
             if spiking and k < last:
                 spikes.append(h)
-        return SpikingOutput(h, tuple(spikes), ())
+        return SpikingOutput(h, tuple(spikes), (), tuple(finals))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,8 +330,8 @@ class _Exporter:
         self.nodes.append((name, node))
 
     def constant_steps(self, neuron: nn.Module, name: str, shape: Sequence[int]) -> np.ndarray:
-        t = torch.as_tensor(getattr(neuron, name)).detach().to("cpu", torch.float32)  # the values the neuron uses
-        return np.broadcast_to(t.to(torch.float64).numpy(), tuple(shape)).copy()
+        t = torch.as_tensor(getattr(neuron, name)).detach().to("cpu", torch.float64)  # the values the neuron uses
+        return np.broadcast_to(t.numpy(), tuple(shape)).copy()
 
     def neuron(self, name: str, m: nn.Module, shape: tuple[int, ...]) -> None:
         nir = self.nir
@@ -497,8 +511,11 @@ def to_nir(model: nn.Module, dt: float = 1e-3, discretization: str = "exact", lo
 
     Args:
         model: a :class:`~spikegrad.models.SpikingMLP`, :class:`~spikegrad.models.SpikingConvNet`,
-            :class:`NIRNetwork`, the Whetstone ``BinaryNet`` (:func:`spikegrad.sharpening.export_binary`),
-            or an ``nn.Sequential`` of supported layers (on any device, any dtype).
+            :class:`NIRNetwork`, the Whetstone ``BinaryNet`` (:func:`spikegrad.sharpening.export_binary`;
+            a fully sharpened ``WhetstoneMLP``/``WhetstoneConvNet`` is passed through it first), or an
+            ``nn.Sequential`` of supported layers (on any device, any dtype). The binary net runs one
+            step per input: its graph is ``Linear/Conv2d -> Threshold`` per layer, and its output node
+            gives the decoder's logits (an ``Affine``/``Linear`` node).
         dt: the length of one step in seconds (time constants become ``tau_steps * dt`` or
             ``dt / (1 - d)``).
         discretization: ``"exact"`` or ``"euler"`` (module docstring); choose ``"euler"`` for an
@@ -520,6 +537,8 @@ def to_nir(model: nn.Module, dt: float = 1e-3, discretization: str = "exact", lo
 
     dt = _check_dt("to_nir", dt)
     discretization = _check_discretization("to_nir", discretization)
+    if isinstance(model, (WhetstoneMLP, WhetstoneConvNet)):
+        model = export_binary(model)
     ex = _Exporter(dt, discretization, bool(lossy_reset), dtype)
     in_shape = _input_shape(model, input_shape)
     shape, binary = in_shape, False
@@ -543,6 +562,16 @@ def to_nir(model: nn.Module, dt: float = 1e-3, discretization: str = "exact", lo
     metadata = {"producer": f"spikegrad {__version__}", "dt": dt, "discretization": discretization,
                 "reset": ", ".join(sorted(ex.resets)) or "no spiking neurons"}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=True)
+
+
+def check_nir_export(model: nn.Module, **kwargs) -> None:
+    """Raise what :func:`to_nir` (same keyword arguments) would raise for ``model``, e.g. before
+    training rather than after; a Whetstone model is checked as if it were fully sharpened."""
+    if isinstance(model, (WhetstoneMLP, WhetstoneConvNet)):
+        model = export_binary(model, force=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lossy_reset warns again at the real export
+        to_nir(model, **kwargs)
 
 
 def save_nir(model: nn.Module, path: str | Path, **kwargs) -> Any:
@@ -620,8 +649,9 @@ def _gain_module(gain: np.ndarray, who: str) -> Scale | None:
 
 
 class _Importer:
-    def __init__(self, dt: float, discretization: str, backend: str, metadata_surrogate: bool):
+    def __init__(self, dt: float, discretization: str, backend: str, metadata_surrogate: bool, dtype: torch.dtype):
         self.nir = _nir()
+        self.dtype = dtype
         self.dt, self.discretization, self.backend = dt, discretization, backend
         self.metadata_surrogate = metadata_surrogate
 
@@ -633,6 +663,9 @@ class _Importer:
         if self.metadata_surrogate and name in SURROGATES:
             return make_surrogate(name, slope=float(np.asarray(meta.get("slope", SURROGATES[name].default_slope))))
         return "fast_sigmoid"
+
+    def tensor(self, a: Any) -> Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.float64)).to(self.dtype)
 
     def decay(self, tau: Any) -> tuple[np.ndarray, np.ndarray]:
         return import_decay(_f64(tau), self.dt, self.discretization)
@@ -673,10 +706,10 @@ class _Importer:
             neuron = IF(**kw) if isinstance(node, nir.IF) else LIF(tau_mem=tm, tau_syn=ts, **kw)
             return out + [(name, neuron, True)]
         if isinstance(node, nir.Threshold):
-            return [(name, Threshold(torch.from_numpy(np.asarray(node.threshold, dtype=np.float32))),
+            return [(name, Threshold(self.tensor(node.threshold)),
                      not isinstance(prev, nir.SumPool2d))]
         if isinstance(node, (nir.Linear, nir.Affine)):
-            w = torch.from_numpy(np.asarray(node.weight, dtype=np.float32))
+            w = self.tensor(node.weight)
             if w.dim() != 2:
                 raise ValueError(f"from_nir: {who} has a weight of shape {tuple(w.shape)}; only [out, in] is supported")
             meta = getattr(node, "metadata", {}) or {}
@@ -684,24 +717,24 @@ class _Importer:
             kind = kind.decode() if isinstance(kind, bytes) else kind
             bias = isinstance(node, nir.Affine)
             if kind == "SparseInputLinear":
-                lin = SparseInputLinear(w.shape[1], w.shape[0], bias=bias,
+                lin = SparseInputLinear(w.shape[1], w.shape[0], bias=bias, dtype=self.dtype,
                                         max_density=float(np.asarray(meta.get("max_density", 0.05))))
             else:
-                lin = nn.Linear(w.shape[1], w.shape[0], bias=bias)
+                lin = nn.Linear(w.shape[1], w.shape[0], bias=bias, dtype=self.dtype)
             with torch.no_grad():
                 lin.weight.copy_(w)
                 if bias:
-                    lin.bias.copy_(torch.from_numpy(np.asarray(node.bias, dtype=np.float32)))
+                    lin.bias.copy_(self.tensor(node.bias))
             return [(name, SeqWise(lin), False)]
         if isinstance(node, nir.Conv2d):
-            w = torch.from_numpy(np.asarray(node.weight, dtype=np.float32))
+            w = self.tensor(node.weight)
             padding = node.padding if isinstance(node.padding, str) else _ints(node.padding)
             conv = nn.Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]),
                              stride=_ints(node.stride), padding=padding, dilation=_ints(node.dilation),
-                             groups=int(node.groups), bias=True)
+                             groups=int(node.groups), bias=True, dtype=self.dtype)
             with torch.no_grad():
                 conv.weight.copy_(w)
-                conv.bias.copy_(torch.from_numpy(np.asarray(node.bias, dtype=np.float32)))
+                conv.bias.copy_(self.tensor(node.bias))
             if not torch.any(conv.bias != 0):
                 conv.bias = None
             return [(name, SeqWise(conv), False)]
@@ -716,7 +749,7 @@ class _Importer:
             return [(name, SeqWise(nn.AvgPool2d(_ints(node.kernel_size, 2), _ints(node.stride, 2),
                                                 _ints(node.padding, 2))), False)]
         if isinstance(node, nir.Scale):
-            return [(name, Scale(torch.from_numpy(np.asarray(node.scale, dtype=np.float32))), False)]
+            return [(name, Scale(self.tensor(node.scale)), False)]
         raise ValueError(f"from_nir: {who} is not supported; supported are Input, Output, Linear, Affine, Conv2d, "
                          "Flatten, SumPool2d, AvgPool2d, Scale, Threshold, LIF, CubaLIF, LI, CubaLI, IF and I")
 
@@ -727,7 +760,8 @@ def _ints(v: Any, n: int = 2) -> tuple[int, ...]:
 
 
 def from_nir(graph_or_path: Any, dt: float | None = None, discretization: str | None = None,
-             backend: str = "auto", surrogate_from_metadata: bool = True) -> NIRNetwork:
+             backend: str = "auto", surrogate_from_metadata: bool = True,
+             dtype: torch.dtype = torch.float32) -> NIRNetwork:
     """Build a spikegrad network from a NIR graph or ``.nir`` file.
 
     Args:
@@ -739,8 +773,9 @@ def from_nir(graph_or_path: Any, dt: float | None = None, discretization: str | 
         backend: backend of the LIF/IF modules (:data:`spikegrad.kernels.BACKENDS`).
         surrogate_from_metadata: use the surrogate (name, slope) stored by :func:`to_nir`; else
             ``fast_sigmoid``. Only gradients depend on it.
+        dtype: dtype of the built network (float64 keeps a float64 graph exact).
     Returns:
-        a :class:`NIRNetwork` (CPU, float32); ``forward(x_seq [T, B, *input_shape])``.
+        a :class:`NIRNetwork` on the CPU; ``forward(x_seq [T, B, *input_shape])``.
     Raises:
         ValueError: no dt/discretization given or stored, a node that spikegrad cannot build
             (``v_leak != 0``, branches, recurrence, unknown types), euler time constants < dt.
@@ -768,7 +803,7 @@ def from_nir(graph_or_path: Any, dt: float | None = None, discretization: str | 
         warnings.warn("from_nir: the graph says its subtract-reset neurons were exported as reset-to-zero (lossy); "
                       "the imported network resets to zero", stacklevel=2)
     order = _chain_nodes(graph)
-    importer = _Importer(dt, discretization, backend, surrogate_from_metadata)
+    importer = _Importer(dt, discretization, backend, surrogate_from_metadata, dtype)
     names, layers, spiking = [], [], []
     for k, key in enumerate(order[1:-1], start=1):
         node = graph.nodes[key]
@@ -781,7 +816,8 @@ def from_nir(graph_or_path: Any, dt: float | None = None, discretization: str | 
     in_shape = _drop_batch_axis(tuple(int(s) for s in np.asarray(graph.nodes[order[0]].input_type["input"]).ravel()),
                                 layers)
     metadata = {k: _meta(graph, k) for k in (graph.metadata or {})}
-    return NIRNetwork(names, layers, spiking, in_shape, {**metadata, "dt": dt, "discretization": discretization})
+    return NIRNetwork(names, layers, spiking, in_shape, {**metadata, "dt": dt, "discretization": discretization}
+                      ).to(dtype)
 
 
 def _drop_batch_axis(shape: tuple[int, ...], layers: list[nn.Module]) -> tuple[int, ...]:

@@ -12,10 +12,11 @@ from torch import nn
 nir = pytest.importorskip("nir")
 
 from spikegrad import kernels  # noqa: E402
-from spikegrad.interop import (NIRNetwork, Scale, Threshold, export_constants, from_nir, import_decay,  # noqa: E402
-                               load_nir, save_nir, to_nir)
+from spikegrad.interop import (NIRNetwork, Scale, Threshold, check_nir_export, export_constants, from_nir,  # noqa: E402,E501
+                               import_decay, load_nir, save_nir, to_nir)
 from spikegrad.models import SeqWise, SpikingConvNet, SpikingMLP  # noqa: E402
 from spikegrad.neurons import ALIF, IF, LI, LIF  # noqa: E402
+from spikegrad.sharpening import WhetstoneConvNet, WhetstoneMLP, export_binary, sharpenable_layers  # noqa: E402
 from spikegrad.surrogates import make_surrogate  # noqa: E402
 
 DT = 1e-3
@@ -340,3 +341,53 @@ def test_input_node_with_a_batch_axis_is_read_with_a_warning():
     with pytest.warns(UserWarning, match="batch axis"):
         net = from_nir(g, dt=DT, discretization="exact")
     assert net.input_shape == (2,)
+
+
+# --- Whetstone binary networks --------------------------------------------------------------
+
+@pytest.mark.parametrize("build", [
+    lambda: WhetstoneMLP([12, 9, 7], n_classes=3, n_hot=2),
+    lambda: WhetstoneMLP([12, 9, 7], n_classes=3, n_hot=2, activation="sigmoid", decoder="nhot"),
+    lambda: WhetstoneConvNet(in_shape=(2, 8, 8), channels=(3, 4), kernel_size=3, hidden=(6,), n_classes=2, n_hot=3),
+])
+def test_round_trip_whetstone_binary_net(build, tmp_path):
+    g = torch.Generator().manual_seed(3)
+    model = build()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.2)
+    for a in sharpenable_layers(model):
+        a.set_sharpness(1.0)
+    model.eval()
+    net = export_binary(model)
+    graph = save_nir(model, tmp_path / "w.nir", dt=DT, dtype=torch.float64)
+    assert any(isinstance(n, nir.Threshold) for n in graph.nodes.values())
+    back = load_nir(tmp_path / "w.nir", dtype=torch.float64)
+    x = torch.rand(200, *model.layers[0].shape, generator=g, dtype=torch.float64)
+    scores, spikes_net = net.run(x)
+    out = back(x[None])                                   # one step: [1, B, ...]
+    assert torch.equal(out.readout[0], scores)
+    assert len(out.spikes) == len(spikes_net)             # the output code included: the decoder is last
+    for a, b in zip(out.spikes, spikes_net):
+        assert torch.equal(a[0], b)
+    assert any(0 < float(s.mean()) < 1 for s in spikes_net)
+
+
+def test_soft_whetstone_model_is_refused_and_checked_as_sharp():
+    model = WhetstoneMLP([4, 3], n_classes=2, n_hot=1)
+    with pytest.raises(ValueError, match="sharpness"):
+        to_nir(model, dt=DT)
+    check_nir_export(model, dt=DT)  # what the exported model would be is representable
+
+
+def test_imported_network_continues_from_a_state():
+    net = from_nir(to_nir(mlp(functools.partial(LIF, reset="zero")), dt=DT))
+    x = spikes(30, 3, 12)
+    whole = net(x)
+    first = net(x[:13])
+    rest = net(x[13:], state=first.state)
+    assert torch.equal(torch.cat([first.readout, rest.readout]), whole.readout)
+    assert torch.equal(torch.cat([first.spikes[0], rest.spikes[0]]), whole.spikes[0])
