@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from spikegrad.interop import check_nir_export, save_nir
 from spikegrad.sweep import check_objective
 from spikegrad.training import fit, load_checkpoint, resolve_device
 
@@ -45,6 +46,9 @@ def main(cfg: DictConfig) -> float:
     model = instantiate(cfg.model)
     if cfg.get("ann_checkpoint"):
         load_checkpoint(cfg.ann_checkpoint, model)
+    nir_kw = {k: v for k, v in cfg.nir.items() if k != "export"} if (cfg.get("nir") or {}).get("export") else None
+    if nir_kw:
+        check_nir_export(model, **nir_kw)  # refuse what NIR cannot represent before training, not after
     optimizer = instantiate(cfg.optim)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler else None
     sharpener = instantiate(cfg.sharpen)(model) if cfg.sharpen else None
@@ -60,6 +64,8 @@ def main(cfg: DictConfig) -> float:
                                                  test_loader=test_loader, device=device, writer=writer, out_dir=out))
     metrics["overrides"] = list(HydraConfig.get().overrides.task)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if nir_kw:
+        save_nir(model, out / "model.nir", **nir_kw)
     scalars = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     writer.add_hparams(hparams(cfg), scalars, run_name=".")
     writer.close()

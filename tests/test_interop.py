@@ -391,3 +391,47 @@ def test_imported_network_continues_from_a_state():
     rest = net(x[13:], state=first.state)
     assert torch.equal(torch.cat([first.readout, rest.readout]), whole.readout)
     assert torch.equal(torch.cat([first.spikes[0], rest.spikes[0]]), whole.spikes[0])
+
+
+# --- the Hydra option ------------------------------------------------------------------------
+
+def _train(tmp_path, *overrides):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("real MNIST files not found")
+    root = tmp_path / "mnist"
+    if not root.exists():
+        shutil.copytree(SHARED_DATA / "mnist", root, ignore=shutil.ignore_patterns("*.md", "cache_*"))
+    repo = Path(__file__).resolve().parents[1]
+    tiny = ["experiment=mnist16", f"data.root={root}", "data.download=false", "data.subset=200", "data.val_size=100",
+            "data.batch_size=50", "data.eval_batch_size=2000", "T=8", "trainer.epochs=1", "trainer.progress=false",
+            "trainer.log_samples=1", "model.sizes=[256,32,10]", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, str(repo / "train.py"), *tiny, *overrides], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_train_writes_model_nir(tmp_path):
+    r = _train(tmp_path, "nir.export=true", "nir.discretization=euler", "neuron.reset=zero")
+    assert r.returncode == 0, r.stderr[-3000:]
+    net = load_nir(tmp_path / "run" / "model.nir")
+    assert net.metadata["discretization"] == "euler" and net.metadata["dt"] == 1e-3
+    model = SpikingMLP([256, 32, 10], neuron=functools.partial(LIF, tau_mem=8.0, tau_syn=4.0, reset="zero"),
+                       readout=functools.partial(LI, tau_mem=8.0, tau_syn=4.0), record_v=False, sparse_input=True)
+    state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)["model"]
+    model.load_state_dict(state)
+    x = spikes(8, 5, 256, p=0.05)
+    same_output(model(x), net(x))
+
+
+def test_train_refuses_subtract_reset_before_training(tmp_path):
+    r = _train(tmp_path, "nir.export=true")
+    assert r.returncode != 0 and "lossy_reset=True" in r.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
