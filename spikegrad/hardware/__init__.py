@@ -10,8 +10,8 @@
 """
 
 from .loop import TRAIN_ON, InTheLoop, in_the_loop, substitute
-from .substrate import (SPREAD_NAMES, AnalogSubstrate, LayerSpec, Observables, Substrate, cadc_read, layer_specs,
-                        quantize_weights)
+from .substrate import (SPREAD_NAMES, AnalogSubstrate, LayerSpec, NeuronConstants, Observables, Substrate, cadc_read,
+                        layer_specs, quantize_weights)
 
-__all__ = ["Substrate", "AnalogSubstrate", "LayerSpec", "Observables", "layer_specs", "quantize_weights",
+__all__ = ["Substrate", "AnalogSubstrate", "LayerSpec", "NeuronConstants", "Observables", "layer_specs", "quantize_weights",
            "cadc_read", "SPREAD_NAMES", "InTheLoop", "in_the_loop", "substitute", "TRAIN_ON"]
