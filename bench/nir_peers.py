@@ -113,8 +113,8 @@ class Agreement:
 
     def line(self, name):
         return (f"| {name} | {self.n} | {100 * self.same_steps / self.steps:.4f}% | {self.same_pred} "
-                f"({100 * self.same_pred / self.n:.2f}%) | {self.same_readout} | {100 * self.right_ref / self.n:.2f}% | "
-                f"{100 * self.right_peer / self.n:.2f}% |")
+                f"({100 * self.same_pred / self.n:.2f}%) | {self.same_readout} | "
+                f"{100 * self.right_ref / self.n:.2f}% | {100 * self.right_peer / self.n:.2f}% |")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,8 +154,9 @@ def snntorch_replica(trained):
 
     def syn(n, neuron, threshold):
         ds, dm = (float(torch.exp(-1 / neuron.tau_syn)), float(torch.exp(-1 / neuron.tau_mem)))
-        return snn.Synaptic(alpha=torch.full((n,), ds), beta=torch.full((n,), dm), threshold=torch.full((n,), threshold),
-                            reset_mechanism="zero", reset_delay=False, init_hidden=True)
+        return snn.Synaptic(alpha=torch.full((n,), ds), beta=torch.full((n,), dm),
+                            threshold=torch.full((n,), threshold), reset_mechanism="zero", reset_delay=False,
+                            init_hidden=True)
 
     lin0, lin1 = torch.nn.Linear(256, n_h, bias=False), torch.nn.Linear(n_h, n_o, bias=False)
     lin0.weight.data, lin1.weight.data = l0.weight.detach().clone(), l1.weight.detach().clone()
@@ -230,7 +231,8 @@ def minimal_cases():
     back = quiet(snntorch_from_nir, g)
     cap = Capture(back.get_submodule("1"), lambda m, o: m.mem.detach().clone())
     run_peer(back, x, snntorch_reset)
-    out.append(f"S2 snnTorch Leaky(beta=0.5) (reset_mechanism={leaky.reset_mechanism!r}, reset_delay={leaky.reset_delay}) "
+    out.append(f"S2 snnTorch Leaky(beta=0.5) (reset_mechanism={leaky.reset_mechanism!r}, "
+               f"reset_delay={leaky.reset_delay}) "
                f"exports LIF v_reset={lif.v_reset.tolist()}, no warning; input 0.6: membrane {mems} in snnTorch, "
                f"{[round(float(v), 4) for v in cap.take().flatten()]} after its own export + import")
 
@@ -242,8 +244,9 @@ def minimal_cases():
     x15 = torch.full((12, 1, 1), 0.15)
     spk = Capture(neuron, None)
     run_peer(m, x15, snntorch_reset)
-    first = int(spk.take().flatten().nonzero()[0]) + 1 if True else None
-    out.append(f"S3 snnTorch imports nir.IF(r=1, v_threshold=1) as {type(neuron).__name__}(beta={float(neuron.beta):g}, "
+    first = int(spk.take().flatten().nonzero()[0]) + 1
+    out.append(f"S3 snnTorch imports nir.IF(r=1, v_threshold=1) as {type(neuron).__name__}("
+               f"beta={float(neuron.beta):g}, "
                f"reset_mechanism={neuron.reset_mechanism!r}); input 0.15/step: first spike at step {first} (an IF "
                "neuron spikes at step 7)")
 
@@ -273,9 +276,9 @@ def minimal_cases():
     g = quiet(norse_to_nir, norse.SequentialState(torch.nn.Linear(1, 1), cell), torch.zeros(1, 1))
     lif = [n for n in g.nodes.values() if isinstance(n, nir.LIF)][0]
     back = quiet(norse_from_nir, g, dt=1e-3)
+    tau_inv = float(back.get_submodule("1").p.tau_mem_inv.flatten()[0])
     out.append(f"N3 Norse LIFBoxCell(tau_mem_inv=100/s) exports tau={lif.tau.tolist()} s (1 / tau_mem_inv = 0.01 s); "
-               f"its own importer then sets tau_mem_inv={float(back.get_submodule('1').p.tau_mem_inv.flatten()[0]):g}/s, "
-               f"a per-step decay of {1 - 1e-3 * float(back.get_submodule('1').p.tau_mem_inv.flatten()[0]):g} "
+               f"its own importer then sets tau_mem_inv={tau_inv:g}/s, a per-step decay of {1 - 1e-3 * tau_inv:g} "
                "instead of 0.9; the Input node also keeps the batch axis (shape [1, 1]), so nir's type check fails")
 
     # N4: Norse's LIFCell (current-based) exports w_in = 1 and r = 1 while it adds each input to the current

@@ -116,8 +116,8 @@ def main():
     lossy = any(isinstance(m, LIF) and m.reset == "subtract" for m in trained.modules())
     reference = {"mnist16": zero_reset(trained), "conv": conv, "if": if_net}
     with tempfile.TemporaryDirectory() as tmp:
-        nets = {(k, d): round_trip(reference[k] if k != "mnist16" else trained, Path(tmp), k, d, lossy and k == "mnist16")
-                for k in reference for d in ("exact", "euler")}
+        nets = {(k, d): round_trip(trained if k == "mnist16" else reference[k], Path(tmp), k, d,
+                                   lossy and k == "mnist16") for k in reference for d in ("exact", "euler")}
     tallies = {key: Tally() for key in nets}
     cost = Tally()  # trained (subtract reset) against its zero-reset version
     seen, t0 = 0, time.perf_counter()
@@ -140,7 +140,8 @@ def main():
     for (k, d), t in tallies.items():
         print(t.line(f"{names[k]} ({d})"))
     if lossy:
-        print("\nWhat the lossy export costs (trained subtract-reset model against the same weights resetting to zero):")
+        print("\nWhat the lossy export costs (trained subtract-reset model against the same weights resetting to "
+              "zero):")
         print("| network | images | readout bit-identical | hidden spikes bit-identical | same prediction | accuracy "
               "subtract | accuracy zero | hidden spikes / image (subtract) |")
         print("|---|---|---|---|---|---|---|---|")

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conversion.snn import SpikingNetwork
 from .kernels.sparse import SparseInputLinear
 from .models import SeqWise, SpikingConvNet, SpikingMLP, SpikingOutput
 from .neurons import ALIF, IF, LI, LIF
@@ -65,8 +66,8 @@ from .sharpening.export import export_binary
 from .sharpening.models import ImageInput, NHotDecoder, SoftmaxDecoder, WhetstoneConvNet, WhetstoneMLP
 from .surrogates import SURROGATES, Surrogate, heaviside, make_surrogate
 
-__all__ = ["DISCRETIZATIONS", "to_nir", "from_nir", "save_nir", "load_nir", "check_nir_export", "NIRNetwork", "Scale", "Threshold",
-           "SumPool2d", "export_constants", "import_decay"]
+__all__ = ["DISCRETIZATIONS", "to_nir", "from_nir", "save_nir", "load_nir", "check_nir_export", "NIRNetwork",
+           "Scale", "Threshold", "SumPool2d", "export_constants", "import_decay"]
 
 DISCRETIZATIONS = ("exact", "euler")
 """How continuous-time NIR constants relate to per-step decays (see the module docstring)."""
@@ -356,8 +357,8 @@ class _Exporter:
             raise ValueError(f"to_nir: {who} mixes tau_syn = 0 and tau_syn > 0 across neurons; NIR needs one neuron "
                              "type per node")
         if syn and not leak:
-            raise ValueError(f"to_nir: {who} has tau_mem=inf with a synaptic filter (tau_syn > 0); NIR's CubaLIF/CubaLI "
-                             "need a finite tau_mem. Give tau_mem a finite value or set tau_syn=0 (IF)")
+            raise ValueError(f"to_nir: {who} has tau_mem=inf with a synaptic filter (tau_syn > 0); NIR's "
+                             "CubaLIF/CubaLI need a finite tau_mem. Give tau_mem a finite value or set tau_syn=0 (IF)")
         zeros = np.zeros(shape)
         kw: dict[str, Any] = {}
         if syn:
@@ -377,10 +378,11 @@ class _Exporter:
         v_th = self.array(m.v_th, shape)
         if reset == "subtract":
             if not self.lossy_reset:
-                raise ValueError(f"to_nir: {who} resets by subtraction (reset='subtract'), which NIR cannot represent "
-                                 "(its LIF, CubaLIF and IF nodes reset to v_reset). Either build/train the network with "
-                                 "reset='zero' (Hydra: neuron.reset=zero), or pass lossy_reset=True to export it as "
-                                 "reset-to-zero (the exported network then differs from this one)")
+                raise ValueError(f"to_nir: {who} resets by subtraction (reset='subtract'), which NIR cannot "
+                                 "represent (its LIF, CubaLIF and IF nodes reset to v_reset). Either build/train the "
+                                 "network with reset='zero' (the neuron's or convert()'s argument; Hydra: "
+                                 "neuron.reset=zero), or pass lossy_reset=True to export it as reset-to-zero (the "
+                                 "exported network then differs from this one)")
             warnings.warn(f"to_nir: {who} resets by subtraction; exported as reset to zero (lossy_reset=True): the "
                           "exported network computes different spikes", stacklevel=3)
             self.resets.add("subtract exported as zero (lossy)")
@@ -471,6 +473,64 @@ class _Exporter:
             raise ValueError(f"to_nir: {who} has no NIR mapping; supported are Linear, Conv2d, Flatten, MaxPool2d (of "
                              "spikes), AvgPool2d, LIF, IF, LI, Scale, Threshold and the Whetstone binary layers")
 
+    def converted(self, snn: SpikingNetwork) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Nodes of a converted SNN (:mod:`spikegrad.conversion`); returns (input shape, output shape)."""
+        nir = self.nir
+        if snn.readout != "membrane":
+            raise ValueError(f"to_nir: the converted network's readout={snn.readout!r} draws random output spikes; "
+                             "NIR has no such node. Convert with readout='membrane'")
+        nodes, shapes = snn.nodes(), snn.shapes
+        current = next(i for i, n in enumerate(nodes) if n.kind == "input")
+        for i, n in enumerate(nodes):
+            if n.kind == "input" or shapes[i] is None:
+                continue  # structural values (sizes) carry no signal
+            who = f"{n.name} ({n.where})"
+            data = [j for j in n.inputs if shapes[j] is not None]
+            if data != [current]:
+                raise ValueError(f"to_nir: {who} reads {[nodes[j].name for j in data]}; only chains (each layer "
+                                 "reading the previous one) export, not branches or additions")
+            shape = tuple(shapes[current])
+            for k, g in enumerate(n.gains):
+                if g is not None:
+                    self.add(f"{n.name}.gain", nir.Scale(scale=self.array(g, shape)))
+            p = n.params
+            if n.kind == "conv":
+                self.add(n.name, self.conv(who, p["weight"], p["bias"], dict(n.conf, groups=n.conf.get("groups", 1)),
+                                           shape))
+            elif n.kind == "linear":
+                w = self.array(p["weight"])
+                self.add(n.name, nir.Linear(weight=w) if p["bias"] is None else nir.Affine(weight=w,
+                                                                                            bias=self.array(p["bias"])))
+            elif n.kind == "avgpool":
+                c = n.conf
+                k2, s2, p2 = (_pair(v) for v in (c["kernel_size"], c.get("stride") or c["kernel_size"], c["padding"]))
+                if c.get("ceil_mode") or not c.get("count_include_pad", True) or c.get("divisor_override") is not None:
+                    raise ValueError(f"to_nir: {who}: only ceil_mode=False, count_include_pad=True and no "
+                                     "divisor_override are supported")
+                self.add(n.name, nir.AvgPool2d(kernel_size=np.array(k2), stride=np.array(s2), padding=np.array(p2)))
+            elif n.kind == "relu":
+                self.neuron(n.name, snn.if_layers[snn.neurons.index(i)], shape)
+            elif n.kind == "call" and tuple(shapes[i]) == shape:
+                pass  # a reshape to the same per-sample shape
+            elif n.kind == "call" and len(shapes[i]) == 1 and shapes[i][0] == math.prod(shape):
+                if len(shape) > 1:
+                    self.add(n.name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
+            else:
+                why = {"maxpool": "its max-pooling passes the spikes of the input with the largest spike count so "
+                                  "far (a stateful gate NIR has no node for); convert an ANN with average pooling "
+                                  "(LeNet pool='avg')",
+                       "scale": "an unfolded batch-norm (scale and shift) has no NIR node; fold it into the "
+                                "preceding layer"}.get(n.kind, "NIR has no node for it")
+                raise ValueError(f"to_nir: cannot export {who} of the converted network: {why}")
+            current = i
+        if current != snn.out:
+            raise ValueError("to_nir: the converted network's output is not the end of its chain")
+        out_shape = tuple(shapes[current])
+        if snn.readout_gain is not None:
+            self.add("readout.gain", nir.Scale(scale=self.array(snn.readout_gain, out_shape)))
+        self.add("readout", nir.I(r=np.full(out_shape, 1.0 / self.dt)))  # the membrane readout sums the current
+        return tuple(shapes[next(i for i, n in enumerate(nodes) if n.kind == "input")]), out_shape
+
     def conv(self, who: str, weight: Tensor, bias: Tensor | None, conv: Any, shape: tuple[int, ...]):
         get = conv.get if isinstance(conv, dict) else lambda k: getattr(conv, k)
         if not isinstance(conv, dict) and conv.padding_mode != "zeros":
@@ -540,9 +600,13 @@ def to_nir(model: nn.Module, dt: float = 1e-3, discretization: str = "exact", lo
     if isinstance(model, (WhetstoneMLP, WhetstoneConvNet)):
         model = export_binary(model)
     ex = _Exporter(dt, discretization, bool(lossy_reset), dtype)
-    in_shape = _input_shape(model, input_shape)
-    shape, binary = in_shape, False
-    for name, m in _chain(model):
+    if isinstance(model, SpikingNetwork):
+        in_shape, shape = ex.converted(model)
+    else:
+        in_shape = _input_shape(model, input_shape)
+        shape = in_shape
+    binary = False
+    for name, m in [] if isinstance(model, SpikingNetwork) else _chain(model):
         if isinstance(m, (LIF, LI, ALIF)):
             ex.neuron(name, m, shape)
             binary = isinstance(m, (LIF, ALIF))  # spikes in {0, 1}

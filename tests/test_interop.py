@@ -3,6 +3,7 @@ supported node and neuron, metadata, and every refused case."""
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from torch import nn
 nir = pytest.importorskip("nir")
 
 from spikegrad import kernels  # noqa: E402
-from spikegrad.interop import (NIRNetwork, Scale, Threshold, check_nir_export, export_constants, from_nir,  # noqa: E402,E501
-                               import_decay, load_nir, save_nir, to_nir)
+from spikegrad.interop import (NIRNetwork, Scale, Threshold, check_nir_export, export_constants,  # noqa: E402
+                               from_nir, import_decay, load_nir, save_nir, to_nir)
 from spikegrad.models import SeqWise, SpikingConvNet, SpikingMLP  # noqa: E402
 from spikegrad.neurons import ALIF, IF, LI, LIF  # noqa: E402
 from spikegrad.sharpening import WhetstoneConvNet, WhetstoneMLP, export_binary, sharpenable_layers  # noqa: E402
@@ -435,3 +436,39 @@ def test_train_refuses_subtract_reset_before_training(tmp_path):
     r = _train(tmp_path, "nir.export=true")
     assert r.returncode != 0 and "lossy_reset=True" in r.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# --- converted networks (ANN-to-SNN conversion) -------------------------------------------------
+
+def _lenet_snn(pool="avg", reset="zero"):
+    from spikegrad.conversion import LeNet, ann_to_snn
+
+    torch.manual_seed(0)
+    ann = LeNet(in_channels=1, image_size=12, channels=[3, 4], kernel_size=3, hidden=16, num_classes=5,
+                batch_norm=True, pool=pool).eval()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(32, 1, 12, 12, generator=g), torch.zeros(32, dtype=torch.long))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ann_to_snn(ann, data, reset=reset)
+
+
+def test_round_trip_converted_network(tmp_path):
+    snn = _lenet_snn()
+    g = save_nir(snn, tmp_path / "snn.nir", dt=DT)
+    kinds = [type(n).__name__ for n in g.nodes.values()]
+    assert kinds.count("IF") == 3 and kinds[-2] == "I" and "Flatten" in kinds and "AvgPool2d" in kinds
+    net = load_nir(tmp_path / "snn.nir")
+    x = torch.rand(20, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    x_seq = x[None].expand(40, *x.shape)                   # the analog image as a constant current
+    ref, _ = snn(x_seq)
+    out = net(x_seq)
+    assert torch.equal(out.readout, ref)
+    assert all(s.sum() > 0 for s in out.spikes)
+
+
+@pytest.mark.parametrize("pool, reset, match", [("max", "zero", "largest spike count"),
+                                                 ("avg", "subtract", "lossy_reset=True")])
+def test_converted_network_refusals(pool, reset, match):
+    with pytest.raises(ValueError, match=match):
+        to_nir(_lenet_snn(pool, reset), dt=DT)
