@@ -1,16 +1,18 @@
-"""NIR between spikegrad, snnTorch and Norse, on the MNIST test set, and the peers' NIR bugs.
+"""NIR between spikegrad, snnTorch, Norse and SpikingJelly on the MNIST test set; the peers' NIR bugs.
 
     pip install --no-index --no-deps --find-links ../shared/wheels/peers nir==1.0.8 nirtorch==2.6 \\
-        snntorch==1.0.0 norse==1.1.0          # plus h5py
+        snntorch==1.0.0 norse==1.1.0 spikingjelly==2.0.0 loguru==0.7.3        # plus h5py
     python bench/nir_peers.py [--run outputs/DATE/TIME] [--limit N]
 
-1. spikegrad -> snnTorch / Norse: the trained mnist16 model exported with the forward-Euler
-   contract (``to_nir(model, dt=1e-4, discretization="euler", lossy_reset=True)``; snnTorch's
-   importer assumes dt = 1e-4 s, Norse's is told the same) and imported by each peer's own
-   importer. Neither peer imports ``LI``/``CubaLI`` nodes, so the readout goes to them as a CubaLIF
-   with an infinite threshold (the same equations) and its membrane is read from the peer's state.
-   Reference: the same weights resetting to zero in spikegrad (what the graph says).
-2. snnTorch / Norse -> spikegrad: a network built in the peer with mnist16's weights, exported by
+1. spikegrad -> snnTorch / Norse / SpikingJelly: the trained mnist16 model exported with the
+   forward-Euler contract (``to_nir(model, dt=1e-4, discretization="euler", lossy_reset=True)``;
+   snnTorch's importer assumes dt = 1e-4 s, Norse's and SpikingJelly's are told the same) and
+   imported by each peer's own importer. No peer imports ``LI``/``CubaLI`` nodes, so the readout
+   goes to them as a CubaLIF with an infinite threshold (the same equations) and its membrane is
+   read from the peer's state. Reference: the same weights resetting to zero in spikegrad (what
+   the graph says).
+2. snnTorch / Norse / SpikingJelly -> spikegrad: a network built in the peer with mnist16's
+   weights (Norse: without synaptic filter, see ``norse_replica``), exported by
    the peer's exporter, imported by ``from_nir(graph, dt, discretization="euler")``. Norse's
    exporter writes wrong time constants (case N3 below), so its graph is corrected before import;
    the uncorrected graph is refused by spikegrad with an error.
@@ -37,6 +39,11 @@ from norse.torch.utils.export_nir import to_nir as norse_to_nir
 from norse.torch.utils.import_nir import from_nir as norse_from_nir
 from snntorch.export_nir import export_to_nir as snntorch_to_nir
 from snntorch.import_nir import import_from_nir as snntorch_from_nir
+from spikingjelly.activation_based import functional as sj_functional
+from spikingjelly.activation_based import layer as sj_layer
+from spikingjelly.activation_based import neuron as sj_neuron
+from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir as sj_from_nir
+from spikingjelly.activation_based.nir_exchange.to_nir import export_to_nir as sj_to_nir
 
 from nir_roundtrip import load_run, max_over_time, zero_reset
 from spikegrad.interop import from_nir, to_nir
@@ -135,6 +142,13 @@ def snntorch_model(graph):
     return model, hidden, readout
 
 
+def spikingjelly_model(graph):
+    model = quiet(sj_from_nir, graph, dt=1e-4)
+    hidden = Capture(model.neurons_0, None)
+    readout = Capture(model.neurons_1, lambda m, out: out[1][0].detach().clone())  # CUBALIFNode state (v, c)
+    return model, hidden, readout
+
+
 def norse_model(graph):
     model = quiet(norse_from_nir, graph, dt=1e-4)
     hidden = Capture(model.neurons_0, None)
@@ -173,6 +187,20 @@ def norse_replica(trained):
     tau_inv = torch.tensor(1 / 8e-3)  # tau = 8 ms: 8 steps of 1 ms
     return norse.SequentialState(lin0, norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=tau_inv), dt=1e-3),
                                  lin1, norse.LIBoxCell(norse.LIBoxParameters(tau_mem_inv=tau_inv), dt=1e-3))
+
+
+def spikingjelly_replica(trained):
+    """mnist16 in SpikingJelly: Linear -> CUBALIFNode (hard reset to 0) -> Linear -> CUBALIFNode readout."""
+    l0, l1 = trained.layers[0].module, trained.layers[1].module
+
+    def cuba(neuron, threshold):
+        ds, dm = float(torch.exp(-1 / neuron.tau_syn)), float(torch.exp(-1 / neuron.tau_mem))
+        return sj_neuron.CUBALIFNode(c_decay=ds, v_decay=dm, v_threshold=threshold, v_reset=0.0)
+
+    lin0 = sj_layer.Linear(l0.in_features, l0.out_features, bias=False)
+    lin1 = sj_layer.Linear(l1.in_features, l1.out_features, bias=False)
+    lin0.weight.data, lin1.weight.data = l0.weight.detach().clone(), l1.weight.detach().clone()
+    return torch.nn.Sequential(lin0, cuba(trained.neurons[0], 1.0), lin1, cuba(trained.neurons[1], 1e30))
 
 
 def fix_norse_graph(graph: nir.NIRGraph) -> nir.NIRGraph:
@@ -309,6 +337,15 @@ def minimal_cases():
     return out
 
 
+def readout_membrane(net, x_seq):
+    """Membrane ``[T, B, C]`` of an imported network whose last module is a LIF that never spikes."""
+    h = x_seq
+    for layer in net.layers[:-1]:
+        h = layer(h)
+        h = h[0] if isinstance(h, tuple) else h
+    return net.layers[-1](h, record=True)[1].v
+
+
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -324,12 +361,18 @@ def main():
     graph = export_for_peers(trained)
     snt, snt_hidden, snt_readout = snntorch_model(graph)
     nrs, nrs_hidden, nrs_readout = norse_model(graph)
+    sj, sj_hidden, sj_readout = spikingjelly_model(graph)
     # 2. peers -> spikegrad
     rep_snt = snntorch_replica(trained)
     g_snt = quiet(snntorch_to_nir, rep_snt, torch.zeros(1, 256), ignore_dims=[0])
     sg_from_snt = from_nir(g_snt, dt=1e-4, discretization="euler")
     snt_rep_hidden = Capture(rep_snt[1], None)
     snt_rep_readout = Capture(rep_snt[3], lambda m, out: m.mem.detach().clone())
+    rep_sj = spikingjelly_replica(trained)
+    g_sj = quiet(sj_to_nir, rep_sj, torch.zeros(1, 256), dt=1e-4)
+    sg_from_sj = from_nir(g_sj, dt=1e-4, discretization="euler")
+    sj_rep_hidden = Capture(rep_sj[1], None)
+    sj_rep_readout = Capture(rep_sj[3], lambda m, out: m.v.detach().clone())
     rep_nrs = norse_replica(trained)
     g_nrs = quiet(norse_to_nir, rep_nrs, torch.zeros(1, 256))
     try:
@@ -340,7 +383,8 @@ def main():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sg_from_nrs = from_nir(fix_norse_graph(g_nrs), dt=1e-3, discretization="euler")
-    tallies = {k: Agreement() for k in ("to_snntorch", "to_norse", "from_snntorch", "from_norse")}
+    tallies = {k: Agreement() for k in ("to_snntorch", "to_norse", "to_spikingjelly", "from_snntorch", "from_norse",
+                                        "from_spikingjelly")}
     seen, t0 = 0, time.perf_counter()
     for x, y in test_loader:
         if args.limit is not None and seen >= args.limit:
@@ -351,16 +395,20 @@ def main():
         tallies["to_snntorch"].add(ref.spikes[0], snt_hidden.take(), ref.readout, snt_readout.take(), y)
         run_peer(nrs, x_seq)
         tallies["to_norse"].add(ref.spikes[0], nrs_hidden.take(), ref.readout, nrs_readout.take(), y)
+        run_peer(sj, x_seq)
+        tallies["to_spikingjelly"].add(ref.spikes[0], sj_hidden.take(), ref.readout, sj_readout.take(), y)
         snntorch_reset(rep_snt)
         for x_t in x_seq:
             rep_snt(x_t)
         out = sg_from_snt(x_seq)
-        h = x_seq
-        for layer in sg_from_snt.layers[:-1]:
-            h = layer(h)
-            h = h[0] if isinstance(h, tuple) else h
-        v = sg_from_snt.layers[-1](h, record=True)[1].v  # the readout is a LIF that never spikes: its membrane
-        tallies["from_snntorch"].add(snt_rep_hidden.take(), out.spikes[0], snt_rep_readout.take(), v, y)
+        tallies["from_snntorch"].add(snt_rep_hidden.take(), out.spikes[0], snt_rep_readout.take(),
+                                     readout_membrane(sg_from_snt, x_seq), y)
+        sj_functional.reset_net(rep_sj)
+        for x_t in x_seq:
+            rep_sj(x_t)
+        out = sg_from_sj(x_seq)
+        tallies["from_spikingjelly"].add(sj_rep_hidden.take(), out.spikes[0], sj_rep_readout.take(),
+                                         readout_membrane(sg_from_sj, x_seq), y)
         z, v = run_norse_replica(rep_nrs, x_seq)
         out = sg_from_nrs(x_seq)
         tallies["from_norse"].add(z, out.spikes[0], v, out.readout, y)
@@ -372,6 +420,8 @@ def main():
     print("|---|---|---|---|---|---|---|")
     names = {"to_snntorch": "spikegrad -> snnTorch (reference: spikegrad)",
              "to_norse": "spikegrad -> Norse (reference: spikegrad)",
+             "to_spikingjelly": "spikegrad -> SpikingJelly (reference: spikegrad)",
+             "from_spikingjelly": "SpikingJelly -> spikegrad (reference: SpikingJelly)",
              "from_snntorch": "snnTorch -> spikegrad (reference: snnTorch)",
              "from_norse": "Norse -> spikegrad, tau corrected (reference: Norse)"}
     for k, t in tallies.items():

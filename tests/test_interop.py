@@ -472,3 +472,51 @@ def test_round_trip_converted_network(tmp_path):
 def test_converted_network_refusals(pool, reset, match):
     with pytest.raises(ValueError, match=match):
         to_nir(_lenet_snn(pool, reset), dt=DT)
+
+
+# --- peers (skipped where they are not installed; bench/nir_peers.py runs the full comparison) ---
+
+def _peer_spikes(model, hidden_name, x_seq):
+    """Hidden spikes ``[T, B, N]`` of a peer's imported graph, stepped with its own state handling."""
+    seen = []
+    model.get_submodule(hidden_name).register_forward_hook(
+        lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out).detach().clone()))
+    state = None
+    for x_t in x_seq:
+        out = model(x_t) if state is None and not isinstance(model, torch.fx.GraphModule) else model(x_t, state)
+        state = out[1] if isinstance(out, tuple) else None
+    return torch.stack(seen)
+
+
+def _euler_hidden_graph(m):
+    g = to_nir(m, dt=1e-4, discretization="euler")
+    keep = ["input", "layers.0", "neurons.0"]
+    out = nir.Output(output_type={"output": np.array([16])})
+    return nir.NIRGraph(nodes={**{k: g.nodes[k] for k in keep}, "output": out},
+                        edges=[("input", "layers.0"), ("layers.0", "neurons.0"), ("neurons.0", "output")])
+
+
+@pytest.mark.parametrize("peer", ["snntorch", "norse", "spikingjelly"])
+def test_peer_imports_the_euler_export(peer):
+    pytest.importorskip(peer)
+    pytest.importorskip("nirtorch")
+    import contextlib
+    import io
+
+    m = mlp(functools.partial(LIF, tau_mem=8.0, tau_syn=4.0, reset="zero"))
+    g = _euler_hidden_graph(m)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if peer == "snntorch":
+            from snntorch.import_nir import import_from_nir
+            net = import_from_nir(g)
+        elif peer == "norse":
+            from norse.torch.utils.import_nir import from_nir as norse_from_nir
+            net = norse_from_nir(g, dt=1e-4)
+        else:
+            from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir
+            net = import_from_nir(g, dt=1e-4)
+    x = spikes(30, 4, 12)
+    ref = m(x).spikes[0]
+    assert ref.sum() > 0
+    assert torch.equal(_peer_spikes(net, "neurons_0", x), ref)
