@@ -263,7 +263,10 @@ class _StateWatch:
         if not leaves:
             return
         if self.record is None:
-            self.flags.extend(torch.isfinite(t).all() for t in leaves)
+            seq = output[0] if isinstance(output[0], Tensor) else None
+            for t in leaves:  # a recorded state sequence [T, B, ...]: a NaN/Inf membrane stays so, the last step tells
+                last = seq is not None and t.dim() == seq.dim() >= 3 and t.shape[0] == seq.shape[0]
+                self.flags.append(torch.isfinite(t[-1] if last else t).all())
         else:
             x = args[0] if args and isinstance(args[0], Tensor) else None
             self.record.append((self.names[module], module, x, all(bool(torch.isfinite(t).all()) for t in leaves)))
