@@ -60,7 +60,7 @@ InputMode = Literal["analog", "poisson"]
 Readout = Literal["membrane", "spiking_softmax"]
 
 
-CHUNK_ELEMENTS = 1 << 24  # elements of the widest [K * B, ...] value of one chunk of steps (64 MiB in float32)
+CHUNK_ELEMENTS = 1 << 26  # elements of the widest [K * B, ...] value of one chunk of steps (256 MiB in float32)
 
 
 def if_step(x: Tensor, v: Tensor, reset: ResetMode = "subtract", v_th: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -310,7 +310,7 @@ class SpikingNetwork(nn.Module):
 
         def z(i):
             fmt = torch.channels_last if len(self.shapes[i]) == 3 else torch.contiguous_format
-            return torch.zeros((batch_size, *self.shapes[i]), device=device, dtype=dtype).contiguous(memory_format=fmt)
+            return torch.empty((batch_size, *self.shapes[i]), device=device, dtype=dtype, memory_format=fmt).zero_()
         pool = tuple(None if self._pool_reads_count(i) else z(self._nodes[i].inputs[0]) for i in self.pools)
         zs = [tuple(z(i) for i in self.neurons) for _ in range(3)]
         return SNNState(*zs, pool, z(self.out), z(self.out) if self.readout == "spiking_softmax" else None)
@@ -483,7 +483,7 @@ class SpikingNetwork(nn.Module):
                              "input_mode='analog' for other inputs")
         with torch.no_grad():
             nodes = self.nodes()
-            st = _working_copy(self.init_state(len(x), x.device, x.dtype))
+            st = _working_copy(self.init_state(len(x), x.device, x.dtype), clone=False)
             static_vals: list = [None] * len(nodes)
             synops = torch.zeros(T, len(self.synaptic), dtype=torch.float64, device=x.device) if count_ops else None
             for i, n in enumerate(nodes):
@@ -500,6 +500,8 @@ class SpikingNetwork(nn.Module):
                     if count_ops and n.kind in SYNAPTIC:
                         self._count(i, xs[0], synops[:1], 1)
                     static_vals[i] = apply_stateless(n, xs, static_vals)
+                if isinstance(static_vals[i], Tensor) and static_vals[i].dim() == 4:  # the IF layers' order
+                    static_vals[i] = static_vals[i].contiguous(memory_format=torch.channels_last)
             order = [i for i in range(len(nodes)) if not self._static[i] and i != self._input]
             readout = torch.empty((T, len(x), *self.shapes[self.out]), device=x.device, dtype=x.dtype)
             K = self._chunk_steps(len(x), self._static)
@@ -514,10 +516,11 @@ class SpikingNetwork(nn.Module):
             return RunResult(readout, tuple(st.count), synops)
 
 
-def _working_copy(state: SNNState) -> SNNState:
-    """A copy of ``state`` whose per-layer fields are lists (replaced layer by layer during a chunk)."""
+def _working_copy(state: SNNState, clone: bool = True) -> SNNState:
+    """``state`` with lists as per-layer fields (replaced layer by layer during a chunk), its tensors
+    cloned (``clone=True``: the caller's state is left as it was) or shared."""
     def copy(t):
-        return None if t is None else t.clone(memory_format=torch.preserve_format)
+        return t.clone(memory_format=torch.preserve_format) if clone and t is not None else t
     return SNNState(*([copy(t) for t in f] if isinstance(f, tuple) else copy(f) for f in state))
 
 
