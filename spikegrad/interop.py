@@ -46,7 +46,6 @@ that the per-step decays survive the round trip bit for bit. :func:`from_nir` bu
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from pathlib import Path
@@ -61,8 +60,7 @@ from .conversion.snn import SpikingNetwork
 from .kernels.sparse import SparseInputLinear
 from .models import SeqWise, SpikingConvNet, SpikingMLP, SpikingOutput
 from .neurons import ALIF, IF, LI, LIF
-from .sharpening.export import BinaryNet, ThresholdLayer
-from .sharpening.export import export_binary
+from .sharpening.export import BinaryNet, ThresholdLayer, export_binary
 from .sharpening.models import ImageInput, NHotDecoder, SoftmaxDecoder, WhetstoneConvNet, WhetstoneMLP
 from .surrogates import SURROGATES, Surrogate, heaviside, make_surrogate
 
@@ -320,8 +318,9 @@ class _Exporter:
         self.nodes: list[tuple[str, Any]] = []
         self.resets: set[str] = set()
 
-    def array(self, t: Tensor | float, shape: Sequence[int] | None = None, float64: bool = False) -> np.ndarray:
-        t = torch.as_tensor(t).detach().to("cpu", torch.float64 if float64 else self.dtype)
+    def array(self, t: Tensor | float, shape: Sequence[int] | None = None) -> np.ndarray:
+        """``t`` as a CPU array of the export dtype, broadcast to ``shape`` if given."""
+        t = torch.as_tensor(t).detach().to("cpu", self.dtype)
         a = t.numpy().copy()
         if shape is not None:
             a = np.ascontiguousarray(np.broadcast_to(a, tuple(shape))).copy()
