@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from . import checks
+
 __all__ = [
     "latency_times",
     "latency_encode",
@@ -54,15 +56,12 @@ def _check_x(fn: str, x: Tensor) -> None:
 def _check_T(fn: str, T: int) -> int:
     if isinstance(T, bool) or not isinstance(T, numbers.Integral):
         raise TypeError(f"{fn}: T (number of steps) must be a positive int, got {T!r} ({type(T).__name__})")
-    if T <= 0:
-        raise ValueError(f"{fn}: T (number of steps) must be a positive int, got {T!r}")
-    return int(T)
+    return checks.positive_int(fn, "T (number of steps)", T)
 
 
 def _real(fn: str, name: str, value: float, ok: bool, rule: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or not ok:
-        raise ValueError(f"{fn}: {name} must be {rule}, got {value!r}")
-    return float(value)
+    """:func:`spikegrad.checks.real` with the rule already evaluated (``ok``)."""
+    return checks.real(fn, name, value, lambda _: ok, rule)
 
 
 def _check_latency_args(fn: str, method: str, threshold: float, tau: float) -> tuple[float, float]:
