@@ -660,6 +660,11 @@ def _meta(graph: Any, key: str) -> Any:
     return value
 
 
+def _node_meta(node: Any, key: str) -> Any:
+    value = (getattr(node, "metadata", None) or {}).get(key)
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _chain_nodes(graph: Any) -> list[str]:
     nir = _nir()
     inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
@@ -733,8 +738,10 @@ class _Importer:
     def decay(self, tau: Any) -> tuple[np.ndarray, np.ndarray]:
         return import_decay(_f64(tau), self.dt, self.discretization)
 
-    def node(self, name: str, node: Any, prev: Any) -> list[tuple[str, nn.Module, bool]]:
-        """The modules of one node: ``(name, module, spiking)``."""
+    def node(self, name: str, node: Any, prev: Any, threshold: Any = None) -> list[tuple[str, nn.Module, bool]]:
+        """The modules of one node: ``(name, module, spiking)``. ``threshold``: the ``Threshold``
+        node after an ``LI``/``CubaLI``/``I`` that :func:`to_nir` wrote for a neuron without reset;
+        the pair becomes one ``LIF``/``IF`` with ``reset="none"``."""
         nir = self.nir
         who = f"{name} ({type(node).__name__})"
         if isinstance(node, (nir.LIF, nir.CubaLIF, nir.LI, nir.CubaLI, nir.IF, nir.I)):
@@ -753,20 +760,23 @@ class _Importer:
                     tau_syn, gain = _tau_steps(ds), gain * fs * _f64(node.w_in)
             scale = _gain_module(np.broadcast_to(gain, np.shape(_f64(node.r))).copy(), who)
             out = [] if scale is None else [(f"{name}.gain", scale, False)]
-            if isinstance(node, (nir.LI, nir.CubaLI, nir.I)):
+            if isinstance(node, (nir.LI, nir.CubaLI, nir.I)) and threshold is None:
                 neuron = LI(tau_mem=_constant(np.broadcast_to(tau_mem, np.shape(node.r))),
                             tau_syn=_constant(np.broadcast_to(tau_syn, np.shape(node.r))), backend="auto")
                 return out + [(name, neuron, False)]
             tm = _constant(np.broadcast_to(tau_mem, np.shape(node.r)))
             ts = _constant(np.broadcast_to(tau_syn, np.shape(node.r)))
-            kw = dict(v_th=_constant(node.v_threshold), reset="zero", surrogate=self.surrogate(node),
-                      backend=self.backend)
-            v_reset = _constant(node.v_reset)
+            if threshold is not None:
+                kw = dict(v_th=_constant(threshold.threshold), reset="none", v_reset=0.0)
+            else:
+                kw = dict(v_th=_constant(node.v_threshold), reset="zero", v_reset=_constant(node.v_reset))
+            kw.update(surrogate=self.surrogate(node), backend=self.backend)
+            v_reset = kw["v_reset"]
             if isinstance(v_reset, Tensor):
                 raise ValueError(f"from_nir: {who} has per-neuron v_reset values; spikegrad neurons share one v_reset")
             detach = (getattr(node, "metadata", {}) or {}).get("detach_reset", True)
-            kw.update(v_reset=v_reset, detach_reset=bool(np.asarray(detach)))
-            neuron = IF(**kw) if isinstance(node, nir.IF) else LIF(tau_mem=tm, tau_syn=ts, **kw)
+            kw.update(detach_reset=bool(np.asarray(detach)))
+            neuron = IF(**kw) if isinstance(node, (nir.IF, nir.I)) else LIF(tau_mem=tm, tau_syn=ts, **kw)
             return out + [(name, neuron, True)]
         if isinstance(node, nir.Threshold):
             return [(name, Threshold(self.tensor(node.threshold)),
@@ -868,11 +878,20 @@ def from_nir(graph_or_path: Any, dt: float | None = None, discretization: str | 
     order = _chain_nodes(graph)
     importer = _Importer(dt, discretization, backend, surrogate_from_metadata, dtype)
     names, layers, spiking = [], [], []
+    fused = set()
     for k, key in enumerate(order[1:-1], start=1):
         node = graph.nodes[key]
+        if key in fused:
+            continue
         if isinstance(node, nir.NIRGraph):
             raise ValueError(f"from_nir: node {key!r} is a subgraph (e.g. a recurrent layer); not supported")
-        for n, m, s in importer.node(key, node, graph.nodes[order[k - 1]]):
+        after = graph.nodes[order[k + 1]]
+        threshold = None
+        if (isinstance(node, (nir.LI, nir.CubaLI, nir.I)) and isinstance(after, nir.Threshold)
+                and _node_meta(node, "reset") == "none" and order[k + 1] == f"{key}.threshold"):
+            threshold = after
+            fused.add(order[k + 1])
+        for n, m, s in importer.node(key, node, graph.nodes[order[k - 1]], threshold):
             names.append(n)
             layers.append(m)
             spiking.append(s)

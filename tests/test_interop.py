@@ -125,6 +125,7 @@ def test_round_trip_neurons(kind, disc, tmp_path):
     if "no_reset" in kind:
         assert isinstance(g.nodes["neurons.0.threshold"], nir.Threshold)
     net = load_nir(path)
+    assert type(net.layers[1]) is type(m.neurons[0]) and net.layers[1].reset == m.neurons[0].reset  # LIF/IF again
     x = spikes(30, 4, 12)
     out = m(x)
     assert out.spikes[0].sum() > 0
