@@ -11,7 +11,10 @@ Conventions (project-wide):
   the neurons can follow a ``Linear`` ([T, B, N]) or a ``Conv2d`` ([T, B, C, H, W]);
 * time is counted in steps: a time constant ``tau`` gives the per-step decay ``exp(-1 / tau)``;
   ``tau_syn = 0`` removes the synaptic filter, ``tau_mem = inf`` removes the leak;
-* voltages are in threshold units (``v_th = 1`` by default); a neuron spikes iff ``v - v_th > 0``.
+* voltages are in threshold units (``v_th = 1`` by default); a neuron spikes iff ``v - v_th > 0``;
+* precision: constants and states are kept in float32 for float16 / bfloat16 inputs
+  (:func:`state_dtype`); only the outputs (spikes, the LI membrane output) take the input's dtype,
+  so a half-precision input does not move the time constants.
 
 The current-based LIF neuron (as trained on BrainScaleS-2 with surrogate gradients) is, per step::
 
@@ -45,7 +48,7 @@ from torch import Tensor
 __all__ = [
     "RESET_MODES", "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState",
     "decay", "lif_step", "recurrent_lif_step", "alif_step", "li_step", "scan", "last", "detach_state",
-    "stack_states", "check_reset",
+    "stack_states", "check_reset", "state_dtype",
 ]
 
 RESET_MODES = ("subtract", "zero", "none")
@@ -131,6 +134,12 @@ class LIState(NamedTuple):
     i: Tensor
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of constants and states for inputs of ``dtype``: float32 for float16 / bfloat16
+    (a bfloat16 membrane with ``tau_mem = 100`` would decay as if ``tau`` were 84), else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def decay(tau: Tensor) -> Tensor:
     """Per-step decay ``exp(-1 / tau)`` of a time constant in steps (``tau = 0 -> 0``, ``inf -> 1``)."""
     return torch.exp(-1.0 / tau)
@@ -156,14 +165,14 @@ def lif_step(x: Tensor, state: LIFState | None, p: LIFParams, spike_fn: SpikeFn)
         ``(spikes [B, ...] in {0, 1} with the dtype of x, new state)``.
     """
     if state is None:
-        zero = torch.zeros_like(x)
+        zero = x.new_zeros(x.shape, dtype=state_dtype(x.dtype))
         state = LIFState(zero, zero, zero if p.refractory > 0 else None)
     i = p.decay_syn * state.i + x
     v = p.decay_mem * state.v + i
     if p.refractory > 0:
         active = state.r <= 0
         v = torch.where(active, v, state.v)
-        spikes = spike_fn(v - p.v_th) * active.to(x.dtype)
+        spikes = spike_fn(v - p.v_th) * active.to(v.dtype)
     else:
         spikes = spike_fn(v - p.v_th)
     s = spikes.detach() if p.detach_reset else spikes
@@ -171,7 +180,7 @@ def lif_step(x: Tensor, state: LIFState | None, p: LIFParams, spike_fn: SpikeFn)
     r = None
     if p.refractory > 0:
         r = torch.where(spikes.detach() > 0, torch.full_like(state.r, p.refractory), (state.r - 1).clamp(min=0))
-    return spikes, LIFState(v, i, r)
+    return spikes.to(x.dtype), LIFState(v, i, r)
 
 
 def recurrent_lif_step(x: Tensor, state: LIFState | None, p: LIFParams, w_rec: Tensor,
@@ -200,7 +209,7 @@ def alif_step(x: Tensor, state: ALIFState | None, p: ALIFParams, spike_fn: Spike
         ``(spikes [B, ...] in {0, 1}, new state)``.
     """
     if state is None:
-        zero = torch.zeros_like(x)
+        zero = x.new_zeros(x.shape, dtype=state_dtype(x.dtype))
         state = ALIFState(zero, zero, zero)
     i = p.decay_syn * state.i + x
     v = p.decay_mem * state.v + i
@@ -209,7 +218,7 @@ def alif_step(x: Tensor, state: ALIFState | None, p: ALIFParams, spike_fn: Spike
     s = spikes.detach() if p.detach_reset else spikes
     v = _reset(v, s, th, p.v_reset, p.reset)
     a = p.decay_ada * state.a + (1 - p.decay_ada) * s
-    return spikes, ALIFState(v, i, a)
+    return spikes.to(x.dtype), ALIFState(v, i, a)
 
 
 def li_step(x: Tensor, state: LIState | None, p: LIParams) -> tuple[Tensor, LIState]:
@@ -221,11 +230,11 @@ def li_step(x: Tensor, state: LIState | None, p: LIParams) -> tuple[Tensor, LISt
         ``(v [B, ...], new state)``: the membrane is the output.
     """
     if state is None:
-        zero = torch.zeros_like(x)
+        zero = x.new_zeros(x.shape, dtype=state_dtype(x.dtype))
         state = LIState(zero, zero)
     i = p.decay_syn * state.i + x
     v = p.decay_mem * state.v + i
-    return v, LIState(v, i)
+    return v.to(x.dtype), LIState(v, i)
 
 
 def stack_states(states: list) -> Any:

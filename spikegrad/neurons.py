@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from . import checks
 from .functional import (RESET_MODES, ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState, alif_step,
-                         check_reset, decay, detach_state, last, li_step, lif_step, recurrent_lif_step, scan)
+                         check_reset, decay, detach_state, last, li_step, lif_step, recurrent_lif_step, scan,
+                         state_dtype)
 from .kernels import BACKENDS, LI_BACKENDS, check_backend, li_sequence, lif_sequence
 from .surrogates import Surrogate, make_surrogate
 
@@ -212,9 +213,10 @@ class LIF(_Neuron):
             self.w_rec = nn.Parameter(torch.empty(recurrent, recurrent).uniform_(-1, 1) / math.sqrt(recurrent))
 
     def params(self, dtype: torch.dtype | None = None) -> LIFParams:
-        """The :class:`~spikegrad.functional.LIFParams` for the current constants, cast to ``dtype``."""
+        """The :class:`~spikegrad.functional.LIFParams` for inputs of ``dtype`` (constants in
+        :func:`~spikegrad.functional.state_dtype`: float32 for half-precision inputs)."""
         def cast(t):
-            return t if dtype is None else t.to(dtype)
+            return t if dtype is None else t.to(state_dtype(dtype))
         return LIFParams(cast(decay(self.tau_mem)), cast(decay(self.tau_syn)), cast(self.v_th),
                          cast(self.v_reset), self.reset, self.detach_reset, self.refractory)
 
@@ -303,9 +305,9 @@ class ALIF(_Neuron):
         self.register_buffer("v_reset", torch.tensor(float(v_reset)))
 
     def params(self, dtype: torch.dtype | None = None) -> ALIFParams:
-        """The :class:`~spikegrad.functional.ALIFParams` for the current constants, cast to ``dtype``."""
+        """The :class:`~spikegrad.functional.ALIFParams` for inputs of ``dtype`` (see :meth:`LIF.params`)."""
         def cast(t):
-            return t if dtype is None else t.to(dtype)
+            return t if dtype is None else t.to(state_dtype(dtype))
         return ALIFParams(cast(decay(self.tau_mem)), cast(decay(self.tau_syn)), cast(decay(self.tau_ada)),
                           cast(self.beta), cast(self.v_th), cast(self.v_reset), self.reset, self.detach_reset)
 
@@ -350,9 +352,9 @@ class LI(_Neuron):
         self._add_constant("tau_syn", tau_syn, learn_syn, shape)
 
     def params(self, dtype: torch.dtype | None = None) -> LIParams:
-        """The :class:`~spikegrad.functional.LIParams` for the current constants, cast to ``dtype``."""
+        """The :class:`~spikegrad.functional.LIParams` for inputs of ``dtype`` (see :meth:`LIF.params`)."""
         dm, ds = decay(self.tau_mem), decay(self.tau_syn)
-        return LIParams(dm, ds) if dtype is None else LIParams(dm.to(dtype), ds.to(dtype))
+        return LIParams(dm, ds) if dtype is None else LIParams(dm.to(state_dtype(dtype)), ds.to(state_dtype(dtype)))
 
     def step(self, x_t: Tensor, state: LIState | None = None) -> tuple[Tensor, LIState]:
         """One step: ``x_t [B, ...] -> (v_t [B, ...], state)``."""

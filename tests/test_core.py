@@ -284,3 +284,37 @@ def test_native_reads_a_held_input_once_and_gives_the_same_gradients():
     assert torch.equal(results[0][0], results[1][0]) and results[0][0].sum() > 0
     assert torch.equal(results[0][1], results[1][1])
     torch.testing.assert_close(results[0][2], results[1][2])
+
+
+# ------------------------------------------------------------------------------ precision
+def effective_tau(v: torch.Tensor) -> torch.Tensor:
+    """The time constant of a free decay ``v [T, ...]`` (v[t] = v[0] exp(-t / tau)), in steps."""
+    t = len(v) - 1
+    return -t / torch.log(v[-1].double() / v[0].double())
+
+
+@pytest.mark.parametrize("backend", ["torch", "fused", "native", "auto"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_keep_the_time_constants(backend, dtype):
+    from spikegrad.kernels import native
+
+    if backend == "native" and not native.available():
+        pytest.skip("the C kernels could not be built")
+    taus = torch.tensor([20.0, 100.0, 200.0])
+    x = torch.zeros(60, 2, 3, dtype=dtype)
+    x[0] = 0.5  # one sub-threshold kick, then free decay
+    _, st = LIF(tau_mem=taus, tau_syn=0.0, backend=backend)(x, record=True)
+    assert st.v.dtype == torch.float32
+    rel = (effective_tau(st.v[:, 0]) / taus.double() - 1).abs()
+    assert rel.max() < 0.005, rel
+    v, st_li = LI(tau_mem=taus, tau_syn=0.0, backend="torch" if backend == "torch" else "auto")(x, record=True)
+    assert v.dtype == dtype and st_li.v.dtype == torch.float32
+    assert (effective_tau(st_li.v[:, 0]) / taus.double() - 1).abs().max() < 0.005
+
+
+def test_half_precision_spikes_equal_float32_runs_of_the_same_input():
+    x = (torch.rand(50, 4, 8) * 0.3).to(torch.bfloat16)
+    half, st_half = LIF(tau_mem=50.0)(x)
+    full, st_full = LIF(tau_mem=50.0)(x.float())
+    assert half.dtype == torch.bfloat16 and torch.equal(half.float(), full)
+    assert torch.equal(st_half.v, st_full.v)

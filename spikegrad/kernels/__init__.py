@@ -35,6 +35,10 @@ require gradients (``learn_tau`` / ``learn_threshold``), a surrogate with ``spik
 own ``forward``, or while ``torch.compile`` traces the model (the compiler fuses ``scan`` itself).
 :func:`resolve_backend` is the one place that decides.
 
+Half-precision inputs (float16, bfloat16) run every backend in float32 (:func:`~spikegrad.functional.state_dtype`):
+the input is widened once, constants and states stay float32, and the spikes (or the LI output)
+come back in the input's dtype, so a bfloat16 input does not move the time constants.
+
 The C and Triton kernels evaluate the derivatives of some built-in surrogates themselves. Before a
 kernel's formula is used for a surrogate (per dtype and slope), it is checked against the
 surrogate's own ``grad`` (the one definition, in :mod:`spikegrad.surrogates`) on a grid of points;
@@ -51,7 +55,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..functional import LIFParams, LIFState, LIParams, LIState, li_step, lif_step, recurrent_lif_step, scan
+from ..functional import (LIFParams, LIFState, LIParams, LIState, li_step, lif_step, recurrent_lif_step, scan,
+                          state_dtype)
 from ..surrogates import Surrogate
 from . import cpu, native
 from ._common import FusedConfig
@@ -108,6 +113,14 @@ def triton_available() -> bool:
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _as_state_dtype(p, dtype: torch.dtype):
+    """Constants or a state (a NamedTuple of tensors, flags and None; or None) with their float
+    tensors in :func:`state_dtype` ``(dtype)``."""
+    if p is None:
+        return None
+    return type(p)(*(t.to(state_dtype(dtype)) if isinstance(t, Tensor) and t.is_floating_point() else t for t in p))
 
 
 def _params_need_grad(p: LIFParams | LIParams) -> bool:
@@ -187,6 +200,10 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
     Returns:
         ``(spikes [T, B, ...] in {0, 1} with the dtype of x_seq, final or recorded LIFState)``.
     """
+    if state_dtype(x_seq.dtype) != x_seq.dtype:  # half precision: float32 states, outputs in the input's dtype
+        spikes, st = lif_sequence(x_seq.to(state_dtype(x_seq.dtype)), _as_state_dtype(state, x_seq.dtype),
+                                  _as_state_dtype(p, x_seq.dtype), spike_fn, backend, record, w_rec)
+        return spikes.to(x_seq.dtype), st
     chosen = resolve_backend(backend, x_seq, p, spike_fn, state, w_rec)
     if chosen == "torch":
         if w_rec is not None:
@@ -228,6 +245,10 @@ def li_sequence(x_seq: Tensor, state: LIState | None, p: LIParams, backend: str 
         ``(v_seq [T, B, ...], final or recorded LIState)``.
     """
     check_backend("li_sequence", backend, LI_BACKENDS)
+    if state_dtype(x_seq.dtype) != x_seq.dtype:  # half precision: float32 states, output in the input's dtype
+        v_seq, st = li_sequence(x_seq.to(state_dtype(x_seq.dtype)), _as_state_dtype(state, x_seq.dtype),
+                                _as_state_dtype(p, x_seq.dtype), backend, record)
+        return v_seq.to(x_seq.dtype), st
     if backend == "native":
         _native_or_raise(backend, x_seq)
     use = (backend != "torch" and native.supports(x_seq) and not torch.compiler.is_compiling()
