@@ -274,8 +274,9 @@ def _chain(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]
                 else [(f"{prefix}{name}", layer)]
     else:
         raise ValueError(f"to_nir: cannot export a {type(model).__name__}; supported are SpikingMLP, SpikingConvNet, "
-                         "NIRNetwork, the Whetstone BinaryNet, and nn.Sequential / SeqWise chains of the supported "
-                         "layers")
+                         "NIRNetwork, Whetstone models and their BinaryNet, converted SNNs, and nn.Sequential / "
+                         "SeqWise chains of the supported layers (an ANN is exported after conversion: "
+                         "to_nir(spikegrad.conversion.ann_to_snn(ann, data, reset='zero'), ...))")
 
 
 def _input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
@@ -599,13 +600,14 @@ def to_nir(model: nn.Module, dt: float = 1e-3, discretization: str = "exact", lo
     if isinstance(model, (WhetstoneMLP, WhetstoneConvNet)):
         model = export_binary(model)
     ex = _Exporter(dt, discretization, bool(lossy_reset), dtype)
+    items = [] if isinstance(model, SpikingNetwork) else list(_chain(model))
     if isinstance(model, SpikingNetwork):
         in_shape, shape = ex.converted(model)
     else:
         in_shape = _input_shape(model, input_shape)
         shape = in_shape
     binary = False
-    for name, m in [] if isinstance(model, SpikingNetwork) else _chain(model):
+    for name, m in items:
         if isinstance(m, (LIF, LI, ALIF)):
             ex.neuron(name, m, shape)
             binary = isinstance(m, (LIF, ALIF))  # spikes in {0, 1}
