@@ -22,8 +22,9 @@ from spikegrad.models import SpikingMLP
 from spikegrad.neurons import LIF
 from spikegrad.regularizers import LowerRate, UpperRate
 from spikegrad.sharpening import AdaptiveSharpener, SimpleSharpener, SurrogateAnnealer
-from spikegrad.training import (CheckpointWriteError, NonFiniteLossError, ResumeError, _log_epoch, fit,
-                                load_checkpoint, save_checkpoint)
+from spikegrad.training import (CheckpointWriteError, NonFiniteLossError, ResumeError, fit, load_checkpoint,
+                                save_checkpoint)
+from spikegrad.training.loop import _log_epoch
 
 
 @pytest.fixture(autouse=True)
@@ -280,8 +281,10 @@ def test_grad_clip_bounds_the_update(tmp_path):
 
 
 # ---------------------------------------------------------------------- 6, 7: non-finite values are caught
-def test_nan_in_a_hidden_layer_input_names_the_layer_and_step(tmp_path):
+@pytest.mark.parametrize("record_v", [True, False])
+def test_nan_in_a_hidden_layer_input_names_the_layer_and_step(tmp_path, record_v):
     model, opt = build()
+    model.record_v = record_v  # states come back as whole sequences or as the final step
     with torch.no_grad():
         model.layers[0].module.weight[0, 0] = float("inf")  # 0 * inf = NaN in the first hidden layer's input
     x = torch.zeros(8, 4, 9)  # [T, B, N]: pixel 0 is silent until step 3

@@ -1,0 +1,500 @@
+"""The loops: :func:`train_epoch`, :func:`evaluate` and :func:`fit` (TensorBoard logging included)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader eagerly
+
+from ..models import SpikingOutput, eval_mode, recording_v, spikes_per_input
+from .checkpoints import (CHECKPOINT_VERSION, _nonfinite_names, _resume, _rng_state, _set_rng_state, _settings,
+                          load_checkpoint, save_checkpoint)
+from .guards import NonFiniteLossError, _check_stop, _Stop, _StateWatch, _StopRequest
+
+__all__ = ["resolve_device", "train_epoch", "evaluate", "fit"]
+
+log = logging.getLogger("spikegrad.training")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but no CUDA device is available; use device=cpu or device=auto")
+    return dev
+
+
+def _encode(encoder, x: Tensor, generator) -> Tensor:
+    return x if encoder is None else encoder(x, generator=generator)
+
+
+def _batch_spikes(out) -> float:
+    return float(spikes_per_input(out)) if isinstance(out, SpikingOutput) else 0.0
+
+
+def _regularization(regularizers: Sequence, out) -> Tensor | float:
+    if not regularizers or not isinstance(out, SpikingOutput):
+        return 0.0
+    return sum(r(spikes=list(out.spikes), v=list(out.v)) for r in regularizers)
+
+
+def _pair(batch, what: str) -> tuple[Tensor, Tensor]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        got = f"a {type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+        raise TypeError(f"the {what} loader must yield (x, y) pairs (inputs, integer labels), got {got}")
+    return batch[0], batch[1]
+
+
+def _progress(progress: bool) -> bool | None:
+    return None if progress else True  # tqdm's disable=None: no bar when the output is not a terminal
+
+
+# -------------------------------------------------------------------------------------- the loops
+def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, loss_fn, *,
+                encoder=None, regularizers: Sequence = (), sharpener=None, device="cpu",
+                generator: torch.Generator | None = None, epoch: int = 0, start_batch: int = 0,
+                totals: dict | None = None, resume_rng: dict | None = None, position: dict | None = None,
+                progress: bool = True, writer=None, grad_clip: float | None = None,
+                should_stop: Callable[[], bool] | None = None) -> dict:
+    """One pass over ``loader`` with backpropagation through time.
+
+    Args:
+        loader: yields ``(x [B, ...], y [B])``; x goes through ``encoder`` (``[T, B, ...]``) if given.
+        regularizers: callables ``r(spikes=[...], v=[...]) -> scalar`` added to the loss.
+        start_batch: skip this many batches (exact resume inside an epoch); ``totals`` holds their
+            partial sums and ``resume_rng`` the random state after them (restored once they are skipped).
+        position: a dict updated after every batch with ``batch`` (batches done), ``totals`` and
+            ``rng`` (the random state at that point), what an interrupt checkpoint needs.
+        grad_clip: maximum gradient norm, > 0 (None: no clipping).
+        should_stop: polled before every batch; when it returns True the epoch stops there.
+    Returns:
+        ``{"train_loss", "train_accuracy", "train_spikes_per_input", "train_samples"}``; loss and
+        accuracy are means over samples.
+    Raises:
+        NonFiniteLossError: a NaN/Inf loss, gradient or neuron state (before the weights change).
+    """
+    model.train()
+    device = torch.device(device)
+    t = dict(totals) if totals else {"n": 0.0, "loss_sum": 0.0, "correct": 0.0, "spike_sum": 0.0, "spiking": False}
+    params = [p for p in model.parameters() if p.requires_grad]
+    watch = _StateWatch(model)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=_progress(progress), dynamic_ncols=True)
+    try:
+        for k, batch in enumerate(bar):
+            if k < start_batch:
+                if k == start_batch - 1 and resume_rng is not None:
+                    _set_rng_state(resume_rng, None, generator)
+                continue
+            _check_stop(should_stop)
+            x, y = _pair(batch, "train")
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x_seq = _encode(encoder, x, generator)
+            out = model(x_seq)
+            loss = loss_fn(out, y)
+            total = loss + _regularization(regularizers, out)
+            ok = torch.isfinite(total.detach())
+            states_ok = watch.finite()
+            if not bool(ok if states_ok is None else ok & states_ok):  # one device sync for both checks
+                where = f"at epoch {epoch + 1}, batch {k + 1}"
+                data = ("" if bool(torch.isfinite(x_seq).all()) else
+                        "; the input batch itself holds NaN/Inf (after encoding): check the data and the encoder")
+                if states_ok is not None and not bool(states_ok):
+                    raise NonFiniteLossError(f"a neuron state became non-finite {where}: "
+                                             f"{watch.diagnose(model, x_seq)}{data}")
+                raise NonFiniteLossError(f"the loss became {float(total.detach())} {where} "
+                                         f"(task loss {float(loss.detach())}){data}")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+            if norm is not None and not bool(torch.isfinite(norm)):
+                bad = [n for n, p in model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+                raise NonFiniteLossError(f"the gradient became non-finite at epoch {epoch + 1}, batch {k + 1} "
+                                         f"(parameters {', '.join(bad[:5])}); the weights were not updated")
+            if grad_clip is not None and grads:
+                torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
+            optimizer.step()
+            b = y.shape[0]
+            with torch.no_grad():
+                batch_correct = float((loss_fn.predict(out) == y).sum())
+            t["n"] += b
+            t["loss_sum"] += float(loss.detach()) * b
+            t["correct"] += batch_correct
+            t["spiking"] = isinstance(out, SpikingOutput)
+            t["spike_sum"] += _batch_spikes(out) * b
+            if sharpener is not None:
+                sharpener.on_batch_end(epoch, k, float(loss.detach()))
+            if position is not None:
+                position.update(batch=k + 1, totals=dict(t), rng=_rng_state(None, generator))
+            n = t["n"]
+            bar.set_postfix(loss=f"{t['loss_sum'] / n:.4f}", acc=f"{t['correct'] / n:.4f}",
+                            **({"spikes": f"{t['spike_sum'] / n:.1f}"} if t["spiking"] else {}), refresh=False)
+    finally:
+        bar.close()
+        watch.remove()
+    if not t["n"]:
+        raise ValueError("the train loader yielded no samples; check the data split sizes (data.subset, data.val_size)")
+    n = t["n"]
+    return {"train_loss": t["loss_sum"] / n, "train_accuracy": t["correct"] / n,
+            "train_spikes_per_input": t["spike_sum"] / n if t["spiking"] else None, "train_samples": int(t["n"])}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, device="cpu",
+             generator: torch.Generator | None = None, progress: bool = False, desc: str = "eval",
+             should_stop: Callable[[], bool] | None = None) -> dict:
+    """Mean loss, accuracy (fraction in [0, 1]) and hidden spikes per input over ``loader``.
+
+    Also returns ``rates``: per hidden layer, the mean firing rate (spikes per neuron per step).
+    ``spikes_per_input`` is None for models that do not return a :class:`SpikingOutput`.
+
+    Raises:
+        NonFiniteLossError: a NaN/Inf loss or neuron state (an accuracy computed from it would be wrong).
+    """
+    device = torch.device(device)
+    n = loss_sum = correct = spike_sum = 0.0
+    rates: list[float] = []
+    watch = _StateWatch(model)
+    try:
+        with eval_mode(model):
+            for k, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=_progress(progress),
+                                           dynamic_ncols=True)):
+                _check_stop(should_stop)
+                x, y = _pair(batch, desc)
+                x, y = x.to(device), y.to(device)
+                x_seq = _encode(encoder, x, generator)
+                out = model(x_seq)
+                b = y.shape[0]
+                loss = float(loss_fn(out, y))
+                states_ok = watch.finite()
+                if not math.isfinite(loss) or (states_ok is not None and not bool(states_ok)):
+                    detail = (f"the loss is {loss}" if not math.isfinite(loss)
+                              else f"a neuron state became non-finite: {watch.diagnose(model, x_seq)}")
+                    raise NonFiniteLossError(f"{desc}: {detail} at batch {k + 1}; its accuracy would be meaningless. "
+                                             "Check the inputs for NaN/Inf and the weights")
+                n += b
+                loss_sum += loss * b
+                correct += float((loss_fn.predict(out) == y).sum())
+                spike_sum += _batch_spikes(out) * b
+                if isinstance(out, SpikingOutput):
+                    layer_rates = [float(s.float().mean()) * b for s in out.spikes]
+                    rates = [a + r for a, r in zip(rates, layer_rates)] if rates else layer_rates
+    finally:
+        watch.remove()
+    if n == 0:
+        raise ValueError(f"{desc}: the data loader yielded no samples; check the data split sizes")
+    return {"loss": loss_sum / n, "accuracy": correct / n, "spikes_per_input": spike_sum / n if rates else None,
+            "rates": [r / n for r in rates], "samples": int(n)}
+
+
+# ------------------------------------------------------------------------------------ TensorBoard
+def _log_epoch(writer, model: nn.Module, record: dict, epoch: int, sharpener) -> None:
+    step = epoch + 1
+    writer.add_scalar("loss/train", record["train_loss"], step)
+    writer.add_scalar("accuracy/train", record["train_accuracy"], step)
+    if record["train_spikes_per_input"] is not None:
+        writer.add_scalar("spikes_per_input/train", record["train_spikes_per_input"], step)
+    if "val_loss" in record:
+        writer.add_scalar("loss/val", record["val_loss"], step)
+        writer.add_scalar("accuracy/val", record["val_accuracy"], step)
+        if record["val_spikes_per_input"] is not None:
+            writer.add_scalar("spikes_per_input/val", record["val_spikes_per_input"], step)
+        for k, r in enumerate(record["val_rates"]):
+            writer.add_scalar(f"firing_rate/layer{k}", r, step)
+    writer.add_scalar("lr", record["lr"], step)  # the rate this epoch trained with
+    for name, value in (getattr(sharpener, "scalars", lambda: {})() if sharpener is not None else {}).items():
+        writer.add_scalar(f"sharpen/{name}", value, step)
+    for name, p in model.named_parameters():
+        _histogram(writer, f"weights/{name}", p, step)
+        if p.grad is not None:
+            _histogram(writer, f"grads/{name}", p.grad, step)
+
+
+def _histogram(writer, tag: str, t: Tensor, step: int) -> None:
+    """Histogram of the finite values of ``t`` (TensorBoard cannot bin NaN/Inf); warns when some are not."""
+    values = t.detach().float().cpu().flatten()
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        warnings.warn(f"{tag}: {int((~finite).sum())} of {values.numel()} values are NaN/Inf at step {step}; "
+                      "the histogram shows the finite ones only", RuntimeWarning, stacklevel=3)
+        values = values[finite]
+    if values.numel():
+        writer.add_histogram(tag, values, step)
+
+
+@torch.no_grad()
+def _log_samples(writer, model: nn.Module, encoder, samples: Tensor, labels: Tensor, device, step: int,
+                 generator: torch.Generator | None) -> None:
+    """Spike raster, membrane traces and readout of fixed test samples, as figures."""
+    from ..plots import raster_figure, readout_figure, traces_figure  # matplotlib only when figures are drawn
+
+    with eval_mode(model), recording_v(model):
+        out = model(_encode(encoder, samples.to(device), generator))
+    if not isinstance(out, SpikingOutput):
+        return
+    for b in range(samples.shape[0]):
+        for k, s in enumerate(out.spikes):
+            writer.add_figure(f"raster/sample{b}/layer{k}", raster_figure(s[:, b], f"sample {b}, layer {k}"), step)
+        for k, v in enumerate(out.v):
+            writer.add_figure(f"membrane/sample{b}/layer{k}", traces_figure(v[:, b], f"sample {b}, layer {k}"), step)
+        writer.add_figure(f"readout/sample{b}", readout_figure(out.readout[:, b], int(labels[b]), f"sample {b}"), step)
+
+
+@contextlib.contextmanager
+def _console_log() -> Iterator[None]:
+    """Show this module's INFO messages on stdout when the application configured no logging."""
+    if log.hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+# --------------------------------------------------------------------------------------- resuming
+# -------------------------------------------------------------------------------------------- fit
+def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torch.optim.Optimizer, loss_fn, *,
+        epochs: int, encoder=None, scheduler=None, regularizers: Sequence = (), sharpener=None,
+        device: str | torch.device = "cpu", out_dir: str | os.PathLike | None = None,
+        resume: str | os.PathLike | None = None, writer=None, generator: torch.Generator | None = None,
+        progress: bool = True, grad_clip: float | None = None, log_samples: int = 2,
+        use_best: bool = True) -> dict[str, Any]:
+    """Train for ``epochs`` epochs, validating each, then test (see the module docstring for the promises).
+
+    Args:
+        train_loader: a ``DataLoader`` (its ``generator``, if any, is checkpointed for exact resume).
+        val_loader: validation loader or None (then ``best.pt`` tracks training accuracy).
+        test_loader: test loader or None.
+        optimizer, scheduler: a torch optimizer and an optional epoch-level LR scheduler.
+        loss_fn: see :mod:`spikegrad.losses`.
+        encoder: maps ``x [B, ...]`` to ``[T, B, ...]`` (None: the model gets ``x``).
+        sharpener: optional schedule with ``on_batch_end`` / ``on_epoch_end`` / ``state_dict`` hooks;
+            training stops after the epoch at whose end its ``stop_training`` (if any) is True.
+        out_dir: folder for ``last.pt`` / ``best.pt`` / ``interrupted.pt`` (None: no checkpoints).
+        resume: checkpoint to continue from (model, optimizer, scheduler, sharpener, RNG, position,
+            best weights). Unchanged settings continue exactly; changed ones apply from here on.
+        writer: a TensorBoard ``SummaryWriter`` or None.
+        generator: random generator of the encoder (e.g. rate coding), on the model's device.
+        grad_clip: maximum gradient norm, a number > 0, or None for no clipping.
+        log_samples: test samples whose rasters and traces go to TensorBoard (int >= 0).
+        use_best: evaluate the test set with the best-validation weights (else the last ones).
+    Returns:
+        metrics: ``test_accuracy``, ``test_loss``, ``val_accuracy`` (best), ``spikes_per_input``
+        (hidden spikes per test sample), ``epochs``, ``train_seconds``, ``train_samples_per_second``,
+        ``history`` (per-epoch dicts, with the ``lr`` each epoch trained with).
+    Raises:
+        NonFiniteLossError, ResumeError, CheckpointWriteError; ``KeyboardInterrupt`` after Ctrl-C and
+        ``SystemExit(143)`` after SIGTERM, both once ``interrupted.pt`` is saved.
+    """
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float))
+                                  or not 0 < grad_clip < math.inf):
+        raise ValueError(f"grad_clip must be a positive finite number (the maximum gradient norm) or None for no "
+                         f"clipping, got {grad_clip!r} (trainer.grad_clip=1.0 or trainer.grad_clip=null)")
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ValueError("fit steps the scheduler once per epoch without a metric, so ReduceLROnPlateau cannot be "
+                         "used; choose an epoch-based scheduler (scheduler=cosine, scheduler=step)")
+    if not isinstance(log_samples, int) or isinstance(log_samples, bool) or log_samples < 0:
+        raise ValueError(f"log_samples must be an int >= 0 (test samples drawn to TensorBoard), got {log_samples!r}")
+    device = resolve_device(device)
+    model.to(device)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(f"cannot write checkpoints to {out_dir}; choose a writable output folder "
+                                  "(hydra.run.dir=...)")
+    settings = _settings(epochs, optimizer, scheduler, grad_clip, train_loader)
+    eval_seed = generator.initial_seed() if generator is not None else 0
+    with _console_log(), _StopRequest() as stop:
+        return _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs, encoder, scheduler,
+                    regularizers, sharpener, device, out_dir, resume, writer, generator, progress, grad_clip,
+                    log_samples, use_best, settings, stop, eval_seed)
+
+
+def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs, encoder, scheduler, regularizers,
+         sharpener, device, out_dir, resume, writer, generator, progress, grad_clip, log_samples, use_best,
+         settings, stop, eval_seed) -> dict[str, Any]:
+    def eval_generator() -> torch.Generator:
+        """Validation, test and sample figures draw their encoder noise (rate coding) from a fresh generator
+        with a fixed seed: the same noise every epoch, and the training generators are left alone."""
+        return torch.Generator(device=device).manual_seed(eval_seed)
+
+    state = {"epoch": 0, "batch": 0, "best_val": -math.inf, "history": [], "train_seconds": 0.0,
+             "train_samples": 0, "totals": None, "epoch_rng": None}
+    best_model: dict | None = None
+    boundary_rng = None  # random state after the completed batches of a resumed epoch
+    if resume is not None:
+        ckpt = load_checkpoint(resume, model)
+        report = _resume(resume, ckpt, optimizer, scheduler, sharpener, epochs, settings)
+        state.update(ckpt["state"])
+        best_model = ckpt.get("best_model")
+        _set_rng_state(ckpt["rng"], train_loader, generator)
+        boundary_rng = ckpt["rng"] if state["batch"] > 0 else None
+        log.info(f"resumed from {resume} at epoch {state['epoch'] + 1}, batch {state['batch']}\n  "
+                 + "\n  ".join(report))
+
+    def checkpoint(rng: dict) -> dict:
+        return {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "optimizer_type": type(optimizer).__name__,
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "sharpener": None if sharpener is None else sharpener.state_dict(),
+                "best_model": best_model, "settings": settings, "state": dict(state), "rng": rng}
+
+    def write(ckpt: dict, name: str, when: str) -> Path | None:
+        if out_dir is None:
+            return None
+        bad = _nonfinite_names(model)
+        if bad:
+            raise NonFiniteLossError(f"the weights became non-finite {when} ({', '.join(bad[:5])}); no checkpoint "
+                                     "is written from them")
+        save_checkpoint(ckpt, out_dir / name)
+        return out_dir / name
+
+    samples = labels = None
+    if writer is not None and log_samples and test_loader is not None:
+        samples, labels = (t[:log_samples] for t in next(iter(test_loader)))
+    phase, epoch = "train", state["epoch"]
+    position: dict = {}
+    epoch_rng: dict | None = None
+    last_weights: dict | None = None  # the last epoch's weights while the test runs on the best ones
+    try:
+        for epoch in range(state["epoch"], epochs):
+            phase = "train"
+            lr = optimizer.param_groups[0]["lr"]
+            if state["batch"] > 0:  # resuming inside an epoch: replay its shuffling, skip done batches
+                epoch_rng = state["epoch_rng"]
+                _set_rng_state({**epoch_rng, "encoder": None}, train_loader, None)
+            else:
+                epoch_rng = _rng_state(train_loader, generator)  # the epoch's shuffling is drawn from this
+            position = {"batch": state["batch"], "totals": state["totals"],
+                        "rng": boundary_rng or _rng_state(None, generator)}
+            t0 = time.perf_counter()
+            try:
+                metrics = train_epoch(model, train_loader, optimizer, loss_fn, encoder=encoder,
+                                      regularizers=regularizers, sharpener=sharpener, device=device,
+                                      generator=generator, epoch=epoch, start_batch=state["batch"],
+                                      totals=state["totals"], resume_rng=boundary_rng, position=position,
+                                      progress=progress, grad_clip=grad_clip, should_stop=lambda: bool(stop))
+            finally:
+                state["train_seconds"] += time.perf_counter() - t0
+            boundary_rng = None
+            phase = "validation"
+            val = (evaluate(model, val_loader, loss_fn, encoder=encoder, device=device, generator=eval_generator(),
+                            desc="validation",
+                            should_stop=lambda: bool(stop)) if val_loader is not None else {})
+            phase = "epoch end"
+            state["train_samples"] += metrics["train_samples"]
+            state["batch"], state["totals"], state["epoch_rng"] = 0, None, None
+            record = {"epoch": epoch + 1, "lr": lr, **metrics, **{f"val_{k}": v for k, v in val.items()}}
+            state["history"].append(record)
+            if scheduler is not None:
+                scheduler.step()
+            if sharpener is not None:
+                sharpener.on_epoch_end(epoch, {"train_loss": metrics["train_loss"], "val_loss": val.get("loss"),
+                                               "val_accuracy": val.get("accuracy")})
+            score = val["accuracy"] if val else metrics["train_accuracy"]
+            improved = score > state["best_val"]
+            if improved:
+                state["best_val"] = score
+                best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            state["epoch"] = epoch + 1
+            bad = _nonfinite_names(model)
+            if bad:
+                raise NonFiniteLossError(f"the weights became non-finite after epoch {epoch + 1} ({', '.join(bad[:5])}); "
+                                         "no checkpoint is written from them")
+            phase = "checkpoint write"
+            ckpt = checkpoint(_rng_state(train_loader, generator))
+            write(ckpt, "last.pt", f"after epoch {epoch + 1}")
+            if improved:
+                write(ckpt, "best.pt", f"after epoch {epoch + 1}")
+            _check_stop(lambda: bool(stop))
+            phase = "epoch end"
+            if writer is not None:
+                _log_epoch(writer, model, record, epoch, sharpener)
+                if samples is not None:
+                    _log_samples(writer, model, encoder, samples, labels, device, epoch + 1, eval_generator())
+                writer.flush()
+            log.info(f"epoch {epoch + 1}/{epochs}: train loss {metrics['train_loss']:.4f} acc "
+                     f"{metrics['train_accuracy']:.4f}"
+                     + (f" | val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if val else "")
+                     + (f" spikes/input {val['spikes_per_input']:.1f}" if val and val["spikes_per_input"] is not None
+                        else "") + f" | lr {lr:.3g}")
+            if getattr(sharpener, "stop_training", False):  # Whetstone: training ends once every layer is sharp
+                log.info(f"every layer is fully sharp: training stops after epoch {epoch + 1}")
+                break
+
+        result: dict[str, Any] = {"epochs": state["epoch"], "train_seconds": state["train_seconds"],
+                                  "train_samples_per_second": state["train_samples"] / max(state["train_seconds"], 1e-9),
+                                  "val_accuracy": (state["best_val"] if val_loader is not None and state["history"]
+                                                   else None),
+                                  "history": state["history"]}
+        phase = "test"
+        if test_loader is not None:
+            if use_best and best_model is not None:
+                last_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(best_model)
+            test = evaluate(model, test_loader, loss_fn, encoder=encoder, device=device, generator=eval_generator(),
+                            progress=progress, desc="test", should_stop=lambda: bool(stop))
+            result.update(test_accuracy=test["accuracy"], test_loss=test["loss"],
+                          spikes_per_input=test["spikes_per_input"], test_rates=test["rates"])
+            if writer is not None:
+                writer.add_scalar("accuracy/test", test["accuracy"], state["epoch"])
+                if test["spikes_per_input"] is not None:
+                    writer.add_scalar("spikes_per_input/test", test["spikes_per_input"], state["epoch"])
+        return result
+    except NonFiniteLossError as err:
+        kept = out_dir / "last.pt" if out_dir is not None and (out_dir / "last.pt").exists() else None
+        raise NonFiniteLossError(f"{err}. The run stopped; " + (
+            f"the last good checkpoint is kept at {kept}. " if kept else "no checkpoint was written yet. ") +
+            "Lower the learning rate (optim.lr), add grad clipping (trainer.grad_clip=1.0) or check the "
+            "inputs for NaNs.") from None
+    except (_Stop, KeyboardInterrupt) as err:
+        cause = stop.name or "KeyboardInterrupt"
+        where = f"during {phase}" + (f" of epoch {epoch + 1}" if phase in ("train", "validation") else "")
+        if stop.forced:
+            log.warning(f"\nstopped at once by a second signal {where}; no checkpoint written"
+                        + (f" (the last one is {out_dir / 'last.pt'})" if out_dir and (out_dir / "last.pt").exists()
+                           else ""))
+            raise
+        if out_dir is None:
+            log.warning(f"\n{cause} {where}; nothing saved (no out_dir)")
+        else:
+            if phase in ("train", "validation"):  # the last completed batch is the resume point
+                state.update(batch=position["batch"], totals=position["totals"], epoch_rng=epoch_rng)
+                ckpt = checkpoint(position["rng"])
+            else:  # at an epoch boundary: the end-of-epoch checkpoint
+                if last_weights is not None:
+                    model.load_state_dict(last_weights)
+                ckpt = checkpoint(_rng_state(train_loader, generator)) if phase != "checkpoint write" else ckpt
+            path = write(ckpt, "interrupted.pt", where)
+            what = (f"epoch {state['epoch'] + 1}, batch {state['batch']}" if phase in ("train", "validation")
+                    else f"{state['epoch']} completed epochs")
+            log.warning(f"\n{cause} {where}; checkpoint saved to {path} ({what})\n"
+                        f"resume with the same command plus: resume={path}")
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        if stop.name == "SIGTERM":
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise KeyboardInterrupt(cause) from None
