@@ -32,7 +32,8 @@ spike input (latency codes), for the first layer of a network.
 
 Every fast path falls back to ``"torch"`` where it does not apply: recurrent weights, constants that
 require gradients (``learn_tau`` / ``learn_threshold``), a surrogate with ``spiking=False`` or its
-own ``forward``, or while ``torch.compile`` traces the model (the compiler fuses ``scan`` itself).
+own ``forward``. While ``torch.compile`` traces a model, the C kernels run as custom operators
+(:mod:`spikegrad.kernels.ops`: one graph node, symbolic in ``T``) and other paths as ``scan``.
 :func:`resolve_backend` is the one place that decides.
 
 Half-precision inputs (float16, bfloat16) run every backend in float32 (:func:`~spikegrad.functional.state_dtype`):
@@ -58,7 +59,7 @@ from torch import Tensor
 from ..functional import (LIFParams, LIFState, LIParams, LIState, li_step, lif_step, recurrent_lif_step, scan,
                           state_dtype)
 from ..surrogates import Surrogate
-from . import cpu, native
+from . import cpu, native, ops
 from ._common import FusedConfig
 from .sparse import SparseInputLinear, sparse_linear
 
@@ -149,9 +150,12 @@ def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any,
     check_backend("lif_sequence", backend)
     if backend == "torch":
         return "torch"
-    if (w_rec is not None or torch.compiler.is_compiling() or not _fusable_surrogate(spike_fn)
-            or _params_need_grad(p) or (state is not None and getattr(state, "z", None) is not None)):
+    if (w_rec is not None or not _fusable_surrogate(spike_fn) or _params_need_grad(p)
+            or (state is not None and getattr(state, "z", None) is not None)):
         return "torch"
+    if torch.compiler.is_compiling():  # the C kernels as custom operators; elsewhere the compiler fuses scan
+        ok = native.supports(x_seq) and native.available() and ops.surrogate_name(spike_fn) is not None
+        return "native" if ok and backend in ("auto", "native") else "torch"
     lowmem = backend.endswith("_lowmem")
     if backend.startswith("triton"):
         if not triton_available():
@@ -219,6 +223,11 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
         r0 = state.r if p.refractory > 0 else None
     if chosen.startswith("triton"):
         from .triton_lif import lif_fused_triton as run
+    elif chosen == "native" and torch.compiler.is_compiling():
+        spikes, v, i, r, v_seq, i_seq, r_seq = ops.lif_compiled(
+            x_seq, v0, i0, r0, p.decay_mem, p.decay_syn, p.v_th, p.v_reset, spike_fn.slope, cfg,
+            ops.surrogate_name(spike_fn))
+        return spikes, (LIFState(v_seq, i_seq, r_seq) if record else LIFState(v, i, r))
     elif chosen == "native":
         run = native.lif_native
     else:
@@ -251,10 +260,14 @@ def li_sequence(x_seq: Tensor, state: LIState | None, p: LIParams, backend: str 
         return v_seq.to(x_seq.dtype), st
     if backend == "native":
         _native_or_raise(backend, x_seq)
-    use = (backend != "torch" and native.supports(x_seq) and not torch.compiler.is_compiling()
-           and not _params_need_grad(p) and (backend == "native" or native_available(warn=True)))
+    compiling = torch.compiler.is_compiling()
+    use = (backend != "torch" and native.supports(x_seq) and not _params_need_grad(p)
+           and (native.available() if compiling else (backend == "native" or native_available(warn=True))))
     if not use:
         return scan(li_step, x_seq, state, p, record=record)
     v0, i0 = (None, None) if state is None else (state.v, state.i)
+    if compiling:
+        v_seq, v, i, i_seq = ops.li_compiled(x_seq, v0, i0, p.decay_mem, p.decay_syn, record)
+        return v_seq, (LIState(v_seq, i_seq) if record else LIState(v, i))
     v_seq, v, i, i_seq = native.li_native(x_seq, v0, i0, p.decay_mem, p.decay_syn, record)
     return v_seq, (LIState(v_seq, i_seq) if record else LIState(v, i))

@@ -106,8 +106,9 @@ def load() -> ctypes.CDLL | None:
     return _state["lib"]
 
 
+@torch.compiler.assume_constant_result
 def available() -> bool:
-    """True if the C kernels are built (or can be built now) and loaded."""
+    """True if the C kernels are built (or can be built now) and loaded (a constant for ``torch.compile``)."""
     return load() is not None
 
 
@@ -239,31 +240,79 @@ def _state_or_zeros(s: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if s is None else s.reshape(like.shape).to(like.dtype).clone()
 
 
+def lif_forward(x: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor | None, dm: Tensor, ds: Tensor,
+                th: Tensor, vr: Tensor, reset: str, refractory: int, record: bool, keep_z: bool, T: int) -> tuple:
+    """The forward kernel on flat tensors: ``x [T, M]`` (or ``[1, M]``: held over ``T`` steps),
+    states ``[M]`` or None (rest), constants ``[1]`` or ``[M]``.
+
+    Returns:
+        ``(spikes [T, M], v [M], i [M], r [M] or None, v_seq, i_seq, r_seq ([T, M] or None),
+        z [T, M] or None)``: ``z = v - v_th`` (what backward needs) only with ``keep_z``.
+    """
+    lib = load()
+    M = x.shape[1]
+    x_step = M if len(x) == T else 0                               # x [1, M]: held over the T steps
+    refr = refractory > 0
+    v, i = _state_or_zeros(v0, x[0]), _state_or_zeros(i0, x[0])
+    r = _state_or_zeros(r0, x[0]) if refr else None
+    spikes = x.new_empty((T, M))
+    z = torch.empty_like(spikes) if keep_z else None
+    rec = (torch.empty_like(spikes), torch.empty_like(spikes), torch.empty_like(spikes) if refr else None) \
+        if record else (None, None, None)
+    fwd = getattr(lib, f"lif_forward_{_DTYPES[x.dtype]}")
+    consts, pstep = _consts((dm, ds, th, vr), M)                   # kept alive during the call
+    args = [_ptr(t) for t in (x, v, i, r, *consts)]
+    outs = [_ptr(t) for t in (spikes, z, *rec)]
+    _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES[reset], refractory, *outs, x_step), M)
+    return (spikes, v, i, r, *rec, z)
+
+
+def lif_backward(z: Tensor, dm: Tensor, ds: Tensor, th: Tensor, vr: Tensor, slope: Tensor, grad_fn, reset: str,
+                 detach_reset: bool, g_spikes: Tensor | None, g_v: Tensor | None, g_i: Tensor | None,
+                 g_vseq: Tensor | None, g_iseq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward kernels: gradients ``(x [T, M], v0 [M], i0 [M])`` from the saved ``z [T, M]`` and
+    the gradients of the outputs (None: zero)."""
+    T, M = z.shape
+    gx, gv, gi = _backward(load(), z.dtype, z, grad_fn, slope.to(z.dtype), (g_spikes, g_vseq, g_iseq),
+                           dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M)
+    return gx, gv, ds * gi
+
+
+def li_forward(x: Tensor, v0: Tensor | None, i0: Tensor | None, dm: Tensor, ds: Tensor,
+               record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The leaky integrator's forward kernel on flat tensors ``x [T, M]``: ``(v_seq, v, i, i_seq or None)``."""
+    T, M = x.shape
+    v, i = _state_or_zeros(v0, x[0]), _state_or_zeros(i0, x[0])
+    v_seq = torch.empty_like(x)
+    i_seq = torch.empty_like(x) if record else None
+    fwd = getattr(load(), f"lif_forward_{_DTYPES[x.dtype]}")
+    consts, pstep = _consts((dm, ds), M)                           # kept alive during the call
+    args = [_ptr(t) for t in (x, v, i, None, *consts, None, None)]
+    _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES["none"], 0, None, None, _ptr(v_seq), _ptr(i_seq),
+                          None, M), M)
+    return v_seq, v, i, i_seq
+
+
+def li_backward(dm: Tensor, ds: Tensor, T: int, M: int, g_vseq: Tensor | None, g_v: Tensor | None,
+                g_i: Tensor | None, g_iseq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The leaky integrator's backward: gradients ``(x [T, M], v0 [M], i0 [M])``."""
+    gx, gv, gi = _backward(load(), dm.dtype, None, None, None, (None, g_vseq, g_iseq), dm, ds, None, None,
+                           RESET_CODES["none"], 1, g_v, g_i, T, M)
+    return gx, gv, ds * gi
+
+
 class _LIFNativeFn(torch.autograd.Function):
     """LIF over time on flat tensors: ``x [T, M]``, states and constants ``[M]``."""
 
     @staticmethod
     def forward(ctx, x, v0, i0, r0, dm, ds, th, vr, slope, cfg: FusedConfig, keep_z: bool, T: int):
-        lib = load()
-        M = x.shape[1]
-        x_step = M if len(x) == T else 0                               # x [1, M]: held over the T steps
-        refr = cfg.refractory > 0
-        v, i = _state_or_zeros(v0, x[0]), _state_or_zeros(i0, x[0])
-        r = _state_or_zeros(r0, x[0]) if refr else None
-        spikes = x.new_empty((T, M))
-        z = torch.empty_like(spikes) if keep_z else None
-        rec = (torch.empty_like(spikes), torch.empty_like(spikes), torch.empty_like(spikes) if refr else None) \
-            if cfg.record else (None, None, None)
-        fwd = getattr(lib, f"lif_forward_{_DTYPES[x.dtype]}")
-        consts, pstep = _consts((dm, ds, th, vr), M)                   # kept alive during the call
-        args = [_ptr(t) for t in (x, v, i, r, *consts)]
-        outs = [_ptr(t) for t in (spikes, z, *rec)]
-        _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES[cfg.reset], cfg.refractory, *outs, x_step), M)
-        ctx.held = x_step == 0
+        spikes, v, i, r, v_seq, i_seq, r_seq, z = lif_forward(x, v0, i0, r0, dm, ds, th, vr, cfg.reset,
+                                                              cfg.refractory, cfg.record, keep_z, T)
+        ctx.held = len(x) != T
         ctx.save_for_backward(dm, ds, th, vr, slope, z)
         ctx.cfg = cfg
         ctx.set_materialize_grads(False)
-        outs = [spikes, v, i, r, *rec]
+        outs = [spikes, v, i, r, v_seq, i_seq, r_seq]
         outs = [x.new_empty(0) if o is None else o for o in outs]  # one distinct tensor per slot
         ctx.mark_non_differentiable(outs[3], outs[6])
         return tuple(outs)
@@ -272,14 +321,12 @@ class _LIFNativeFn(torch.autograd.Function):
     def backward(ctx, g_spikes, g_v, g_i, _g_r, g_vseq, g_iseq, _g_rseq):
         dm, ds, th, vr, slope, z = ctx.saved_tensors
         cfg = ctx.cfg
-        T, M = z.shape
-        gx, gv, gi = _backward(load(), z.dtype, z, cfg.grad_fn, slope.to(z.dtype), (g_spikes, g_vseq, g_iseq),
-                               dm, ds, th, vr, RESET_CODES[cfg.reset], int(cfg.detach_reset), g_v, g_i, T, M)
-        gv0 = gv if ctx.needs_input_grad[1] else None
-        gi0 = ds * gi if ctx.needs_input_grad[2] else None
+        gx, gv, gi = lif_backward(z, dm, ds, th, vr, slope, cfg.grad_fn, cfg.reset, cfg.detach_reset, g_spikes, g_v,
+                                  g_i, g_vseq, g_iseq)
         if ctx.held:
             gx = gx.sum(0, keepdim=True)
-        return gx, gv0, gi0, None, None, None, None, None, None, None, None, None
+        return (gx, gv if ctx.needs_input_grad[1] else None, gi if ctx.needs_input_grad[2] else None,
+                None, None, None, None, None, None, None, None, None)
 
 
 class _LINativeFn(torch.autograd.Function):
@@ -287,29 +334,17 @@ class _LINativeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, v0, i0, dm, ds, record: bool):
-        T, M = x.shape
-        v, i = _state_or_zeros(v0, x[0]), _state_or_zeros(i0, x[0])
-        v_seq = torch.empty_like(x)
-        i_seq = torch.empty_like(x) if record else None
-        fwd = getattr(load(), f"lif_forward_{_DTYPES[x.dtype]}")
-        consts, pstep = _consts((dm, ds), M)                           # kept alive during the call
-        args = [_ptr(t) for t in (x, v, i, None, *consts, None, None)]
-        _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES["none"], 0, None, None, _ptr(v_seq), _ptr(i_seq),
-                              None, M), M)
+        v_seq, v, i, i_seq = li_forward(x, v0, i0, dm, ds, record)
         ctx.save_for_backward(dm, ds)
-        ctx.shape = (T, M)
+        ctx.shape = tuple(x.shape)
         ctx.set_materialize_grads(False)
         return v_seq, v, i, x.new_empty(0) if i_seq is None else i_seq
 
     @staticmethod
     def backward(ctx, g_vseq, g_v, g_i, g_iseq):
         dm, ds = ctx.saved_tensors
-        T, M = ctx.shape
-        gx, gv, gi = _backward(load(), dm.dtype, None, None, None, (None, g_vseq, g_iseq), dm, ds, None, None,
-                               RESET_CODES["none"], 1, g_v, g_i, T, M)
-        gv0 = gv if ctx.needs_input_grad[1] else None
-        gi0 = ds * gi if ctx.needs_input_grad[2] else None
-        return gx, gv0, gi0, None, None, None
+        gx, gv, gi = li_backward(dm, ds, *ctx.shape, g_vseq, g_v, g_i, g_iseq)
+        return gx, gv if ctx.needs_input_grad[1] else None, gi if ctx.needs_input_grad[2] else None, None, None, None
 
 
 def lif_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor | None,

@@ -38,6 +38,12 @@ def sparse_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, max_den
     if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dtype != weight.dtype
             or (x.requires_grad and torch.is_grad_enabled()) or x.numel() == 0):
         return F.linear(x, weight, bias)
+    if torch.compiler.is_compiling():  # the same computation as one custom operator (no data-dependent shapes)
+        from .ops import sparse_linear_op
+
+        K = x.shape[-1]
+        y = sparse_linear_op(x.reshape(-1, K), weight, bias, float(max_density))
+        return y.reshape(*x.shape[:-1], weight.shape[0])
     K = x.shape[-1]
     x2 = x.reshape(-1, K)                                # [R, K]
     R = x2.shape[0]

@@ -1,0 +1,85 @@
+"""torch.compile keeps the fast kernels: custom operators, no graph breaks, no recompilation per T."""
+
+import pytest
+import torch
+
+import spikegrad as sg
+from spikegrad.kernels import native, ops
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="the C kernels could not be built")
+
+
+class Counter:
+    """A torch.compile backend that runs the captured graph eagerly and counts compilations."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return gm.forward
+
+
+def grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("backend", ["counter", "aot_eager"])
+def test_compiled_mlp_has_one_graph_for_every_T_and_equals_eager(backend):
+    torch.manual_seed(0)
+    model = sg.SpikingMLP([64, 32, 10], record_v=False, sparse_input=True)
+    counter = Counter()
+    compiled = torch.compile(model, backend=counter if backend == "counter" else backend, fullgraph=True,
+                             dynamic=True)
+    for T in (9, 16, 23):
+        x = (torch.rand(T, 4, 64) < 0.03).float()
+        got = compiled(x)
+        g_got = grads(model, got.readout.square().sum())
+        want = model(x)
+        g_want = grads(model, want.readout.square().sum())
+        torch.testing.assert_close(got.readout, want.readout, rtol=1e-6, atol=1e-6)
+        assert torch.equal(got.spikes[0], want.spikes[0])
+        for a, b in zip(g_got, g_want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if backend == "counter":
+        assert counter.graphs == 1  # fullgraph: no breaks; dynamic T: no recompilation
+
+
+@pytest.mark.parametrize("refractory,record", [(0, True), (2, False), (2, True)])
+def test_compiled_lif_and_li_states_equal_eager(refractory, record):
+    lif = sg.LIF(tau_mem=8.0, refractory=refractory, reset="zero", v_reset=-0.2, shape=(6,)).double()
+    li = sg.LI(tau_mem=5.0).double()
+
+    def run(x, state):
+        s, st = lif(x, state, record=record)
+        v, st_li = li(s, record=record)
+        return s, st, v, st_li
+
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=True, dynamic=True)
+    x = (torch.rand(20, 3, 6, dtype=torch.float64) * 0.7).requires_grad_()
+    state = sg.LIFState(torch.rand(3, 6, dtype=torch.float64), torch.zeros(3, 6, dtype=torch.float64),
+                        torch.zeros(3, 6, dtype=torch.float64) if refractory else None)
+    got, want = compiled(x, state), run(x, state)
+    for a, b in zip(got, want):
+        for u, w in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert (u is None) == (w is None)
+            if u is not None:
+                assert torch.equal(u, w)
+    g1, = torch.autograd.grad(got[2].sum() + got[1].v.sum(), x)
+    g2, = torch.autograd.grad(want[2].sum() + want[1].v.sum(), x)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_custom_operators_pass_opcheck():
+    x = torch.rand(7, 5, dtype=torch.float64) * 0.8
+    zeros = torch.zeros(5, dtype=torch.float64)
+    consts = [torch.full((1,), v, dtype=torch.float64) for v in (0.9, 0.5, 1.0, 0.0)]
+    slope = torch.tensor(5.0, dtype=torch.float64)
+    torch.library.opcheck(ops.lif_op, (x.clone().requires_grad_(), zeros, zeros, zeros, *consts, slope, "subtract",
+                                       True, 0, True, True, "atan"))
+    torch.library.opcheck(ops.li_op, (x.clone().requires_grad_(), zeros, zeros, consts[0], consts[1], False))
+    spikes = (torch.rand(12, 9) < 0.1).double()
+    w = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(ops.sparse_linear_op, (spikes, w, None, 0.5))
