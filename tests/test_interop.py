@@ -71,6 +71,21 @@ def test_euler_contract_hand_numbers():
     assert import_decay(tau, DT, "exact")[0][0] == pytest.approx(math.exp(-0.5), rel=1e-12)
 
 
+@pytest.mark.parametrize("d, euler_of_exact, exact_of_euler", [
+    (0.5, 0.306853, 0.606531),    # 1 + ln d, exp(-(1 - d))
+    (0.9, 0.894639, 0.904837),
+    (0.99, 0.989950, 0.990050),
+])
+def test_decay_error_of_the_wrong_importer(d, euler_of_exact, exact_of_euler):
+    tau_steps = np.array([-1 / math.log(d)])
+    tau_exact, _ = export_constants(tau_steps, DT, "exact")
+    tau_euler, _ = export_constants(tau_steps, DT, "euler")
+    assert import_decay(tau_exact, DT, "exact")[0][0] == pytest.approx(d, rel=1e-12)
+    assert import_decay(tau_euler, DT, "euler")[0][0] == pytest.approx(d, rel=1e-12)
+    assert import_decay(tau_exact, DT, "euler")[0][0] == pytest.approx(euler_of_exact, abs=1e-6)
+    assert import_decay(tau_euler, DT, "exact")[0][0] == pytest.approx(exact_of_euler, abs=1e-6)
+
+
 def test_euler_refuses_tau_shorter_than_dt():
     with pytest.raises(ValueError, match="shorter than dt"):
         import_decay(np.array([0.5e-3]), DT, "euler")
