@@ -29,8 +29,10 @@ The same graph read with the other rule has another decay: a per-step decay of 0
 Reset: NIR neurons reset to ``v_reset``; spikegrad's ``reset="zero"`` maps to it and
 ``reset="none"`` maps to a leaky integrator followed by a ``Threshold`` node. Subtractive reset
 has no NIR form: exporting it raises a ValueError unless ``lossy_reset=True``, which exports it as
-reset-to-zero with a warning. Refractory periods, adaptive thresholds (ALIF), recurrent weights,
-non-spiking surrogates (``spiking=False``) and modules without a NIR node are refused with an
+reset-to-zero with a warning. A recurrent LIF layer (``recurrent=N``) becomes a subgraph
+``input -> neuron -> output`` with a ``Linear`` ``W_rec`` from the neuron back to itself (the
+form snnTorch reads; the recurrent input arrives one step later, as in spikegrad). Refractory
+periods, adaptive thresholds (ALIF), non-spiking surrogates (``spiking=False``) and modules without a NIR node are refused with an
 error naming the module. Max-pooling of spikes (a logical OR) is exported as ``SumPool2d`` then
 ``Threshold(0.5)``.
 
@@ -339,9 +341,9 @@ class _Exporter:
         who = f"{name} ({type(m).__name__})"
         if isinstance(m, ALIF):
             raise ValueError(f"to_nir: {who} has an adaptive threshold, which NIR has no node for; use LIF neurons")
-        if isinstance(m, LIF) and m.w_rec is not None:
-            raise ValueError(f"to_nir: {who} has recurrent weights (recurrent={m.w_rec.shape[0]}), which this exporter "
-                             "does not map; export a feed-forward network (recurrent=None)")
+        if isinstance(m, LIF) and m.w_rec is not None and m.reset == "none":
+            raise ValueError(f"to_nir: {who} is recurrent and does not reset; its NIR form (a leaky integrator and a "
+                             "threshold) cannot carry the recurrent weights. Use reset='zero'")
         if isinstance(m, LIF) and m.refractory > 0:
             raise ValueError(f"to_nir: {who} has a refractory period of {m.refractory} steps, which NIR neurons do not "
                              "have; export a network with refractory=0")
@@ -407,6 +409,13 @@ class _Exporter:
         else:
             node = nir.LIF(v_threshold=v_th, v_reset=v_reset, **kw)
         node.metadata.update(meta)
+        if isinstance(m, LIF) and m.w_rec is not None:
+            n = np.array(shape)
+            node = nir.NIRGraph(nodes={"input": nir.Input(input_type={"input": n}), "lif": node,
+                                       "w_rec": nir.Linear(weight=self.array(m.w_rec)),
+                                       "output": nir.Output(output_type={"output": n})},
+                                edges=[("input", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")],
+                                metadata={"spikegrad": "recurrent LIF"}, type_check=False)
         self.add(name, node)
 
     def layer(self, name: str, m: nn.Module, shape: tuple[int, ...], binary: bool) -> None:
@@ -740,7 +749,25 @@ class _Importer:
     def decay(self, tau: Any) -> tuple[np.ndarray, np.ndarray]:
         return import_decay(_f64(tau), self.dt, self.discretization)
 
-    def node(self, name: str, node: Any, prev: Any, threshold: Any = None) -> list[tuple[str, nn.Module, bool]]:
+    def recurrent(self, name: str, graph: Any) -> list[tuple[str, nn.Module, bool]]:
+        """A subgraph ``input -> neuron (<-> Linear W_rec) -> output``: one recurrent :class:`LIF`."""
+        nir = self.nir
+        kinds = {type(n) for n in graph.nodes.values()}
+        neurons = [k for k, n in graph.nodes.items() if isinstance(n, (nir.LIF, nir.CubaLIF, nir.IF))]
+        weights = [k for k, n in graph.nodes.items() if isinstance(n, (nir.Linear, nir.Affine))]
+        if (len(graph.nodes) != 4 or not {nir.Input, nir.Output} <= kinds or len(neurons) != 1 or len(weights) != 1
+                or {(neurons[0], weights[0]), (weights[0], neurons[0])} - {tuple(e) for e in graph.edges}):
+            raise ValueError(f"from_nir: node {name!r} is a subgraph other than a recurrent layer (input -> LIF/CubaLIF/"
+                             f"IF <-> Linear -> output); found {sorted(t.__name__ for t in kinds)}")
+        lin = graph.nodes[weights[0]]
+        if isinstance(lin, nir.Affine) and np.any(np.asarray(lin.bias) != 0):
+            raise ValueError(f"from_nir: the recurrent weights of {name!r} have a bias; spikegrad's recurrent layers "
+                             "have none")
+        mods = self.node(name, graph.nodes[neurons[0]], None, recurrent=self.tensor(lin.weight))
+        return mods
+
+    def node(self, name: str, node: Any, prev: Any, threshold: Any = None,
+             recurrent: Tensor | None = None) -> list[tuple[str, nn.Module, bool]]:
         """The modules of one node: ``(name, module, spiking)``. ``threshold``: the ``Threshold``
         node after an ``LI``/``CubaLI``/``I`` that :func:`to_nir` wrote for a neuron without reset;
         the pair becomes one ``LIF``/``IF`` with ``reset="none"``."""
@@ -778,7 +805,14 @@ class _Importer:
                 raise ValueError(f"from_nir: {who} has per-neuron v_reset values; spikegrad neurons share one v_reset")
             detach = (getattr(node, "metadata", {}) or {}).get("detach_reset", True)
             kw.update(detach_reset=bool(np.asarray(detach)))
-            neuron = IF(**kw) if isinstance(node, (nir.IF, nir.I)) else LIF(tau_mem=tm, tau_syn=ts, **kw)
+            if recurrent is not None:  # the gain scales the recurrent input as the external one
+                g = torch.as_tensor(np.broadcast_to(gain, (recurrent.shape[0],)).copy(), dtype=recurrent.dtype)
+                w_rec = recurrent if scale is None else recurrent * g[:, None]
+                neuron = LIF(tau_mem=tm, tau_syn=ts, recurrent=recurrent.shape[0], **kw)
+                with torch.no_grad():
+                    neuron.w_rec.copy_(w_rec)
+            else:
+                neuron = IF(**kw) if isinstance(node, (nir.IF, nir.I)) else LIF(tau_mem=tm, tau_syn=ts, **kw)
             return out + [(name, neuron, True)]
         if isinstance(node, nir.Threshold):
             return [(name, Threshold(self.tensor(node.threshold)),
@@ -886,7 +920,11 @@ def from_nir(graph_or_path: Any, dt: float | None = None, discretization: str | 
         if key in fused:
             continue
         if isinstance(node, nir.NIRGraph):
-            raise ValueError(f"from_nir: node {key!r} is a subgraph (e.g. a recurrent layer); not supported")
+            for n, m, s in importer.recurrent(key, node):
+                names.append(n)
+                layers.append(m)
+                spiking.append(s)
+            continue
         after = graph.nodes[order[k + 1]]
         threshold = None
         if (isinstance(node, (nir.LI, nir.CubaLI, nir.I)) and isinstance(after, nir.Threshold)

@@ -292,8 +292,31 @@ def test_unrepresentable_neurons_are_refused(neuron, match):
         to_nir(mlp(neuron), dt=DT)
 
 
-def test_recurrent_layer_is_refused():
-    seq = nn.Sequential(SeqWise(nn.Linear(4, 6)), LIF(reset="zero", recurrent=6))
+@pytest.mark.parametrize("tau_syn", [0.0, 3.0])
+def test_round_trip_recurrent_layer(tau_syn, tmp_path):
+    torch.manual_seed(4)
+    seq = nn.Sequential(SeqWise(nn.Linear(12, 16, bias=False)),
+                        LIF(tau_mem=6.0, tau_syn=tau_syn, reset="zero", recurrent=16),
+                        SeqWise(nn.Linear(16, 5, bias=False)), LI(tau_mem=8.0, tau_syn=4.0))
+    with torch.no_grad():
+        seq[1].w_rec.mul_(3.0)  # strong enough that the recurrence changes the spikes
+    g = save_nir(seq, tmp_path / "r.nir", dt=DT, input_shape=(12,))
+    sub = g.nodes["1"]
+    assert isinstance(sub, nir.NIRGraph) and isinstance(sub.nodes["w_rec"], nir.Linear)
+    assert ("w_rec", "lif") in sub.edges and ("lif", "w_rec") in sub.edges
+    net = load_nir(tmp_path / "r.nir")
+    assert torch.equal(net.layers[1].w_rec, seq[1].w_rec)
+    x = spikes(30, 4, 12)
+    h, _ = seq[1](seq[0](x))
+    feed_forward = LIF(tau_mem=6.0, tau_syn=tau_syn, reset="zero")(seq[0](x))[0]
+    assert not torch.equal(h, feed_forward)
+    out = net(x)
+    assert torch.equal(out.spikes[0], h)
+    assert torch.equal(out.readout, seq[3](seq[2](h))[0])
+
+
+def test_recurrent_layer_without_reset_is_refused():
+    seq = nn.Sequential(SeqWise(nn.Linear(4, 6)), LIF(reset="none", recurrent=6))
     with pytest.raises(ValueError, match="recurrent"):
         to_nir(seq, dt=DT, input_shape=(4,))
 
@@ -335,7 +358,7 @@ def test_import_refuses_leak_potential():
         from_nir(_lif_graph(v_leak=np.full(2, 0.1)), dt=DT, discretization="exact")
 
 
-def test_import_refuses_branches_and_subgraphs():
+def test_import_refuses_branches_and_other_subgraphs():
     g = _lif_graph()
     g.edges.append(("input", "lif"))
     with pytest.raises(ValueError, match="feed-forward chains"):
@@ -536,3 +559,28 @@ def test_peer_imports_the_euler_export(peer):
     ref = m(x).spikes[0]
     assert ref.sum() > 0
     assert torch.equal(_peer_spikes(net, "neurons_0", x), ref)
+
+
+def test_snntorch_imports_the_recurrent_subgraph():
+    pytest.importorskip("snntorch")
+    import contextlib
+    import io
+
+    from snntorch.import_nir import import_from_nir
+
+    torch.manual_seed(4)
+    seq = nn.Sequential(SeqWise(nn.Linear(12, 16, bias=False)),
+                        LIF(tau_mem=6.0, tau_syn=3.0, reset="zero", recurrent=16))
+    with torch.no_grad():
+        seq[1].w_rec.mul_(3.0)
+    g = to_nir(seq, dt=1e-4, discretization="euler", input_shape=(12,))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        net = import_from_nir(g)
+    x = spikes(30, 4, 12)
+    ref, _ = seq[1](seq[0](x))
+    state, outs = None, []
+    for x_t in x:
+        out, state = net(x_t, state)
+        outs.append(out)
+    assert ref.sum() > 0 and torch.equal(torch.stack(outs), ref)
