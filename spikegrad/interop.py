@@ -32,8 +32,8 @@ has no NIR form: exporting it raises a ValueError unless ``lossy_reset=True``, w
 reset-to-zero with a warning. A recurrent LIF layer (``recurrent=N``) becomes a subgraph
 ``input -> neuron -> output`` with a ``Linear`` ``W_rec`` from the neuron back to itself (the
 form snnTorch reads; the recurrent input arrives one step later, as in spikegrad). Refractory
-periods, adaptive thresholds (ALIF), non-spiking surrogates (``spiking=False``) and modules without a NIR node are refused with an
-error naming the module. Max-pooling of spikes (a logical OR) is exported as ``SumPool2d`` then
+periods, adaptive thresholds (ALIF), non-spiking surrogates (``spiking=False``) and modules
+without a NIR node are refused with an error naming the module. Max-pooling of spikes (a logical OR) is exported as ``SumPool2d`` then
 ``Threshold(0.5)``.
 
 Weights and thresholds are exported as CPU arrays of ``dtype`` (float32 by default), from any
@@ -757,8 +757,8 @@ class _Importer:
         weights = [k for k, n in graph.nodes.items() if isinstance(n, (nir.Linear, nir.Affine))]
         if (len(graph.nodes) != 4 or not {nir.Input, nir.Output} <= kinds or len(neurons) != 1 or len(weights) != 1
                 or {(neurons[0], weights[0]), (weights[0], neurons[0])} - {tuple(e) for e in graph.edges}):
-            raise ValueError(f"from_nir: node {name!r} is a subgraph other than a recurrent layer (input -> LIF/CubaLIF/"
-                             f"IF <-> Linear -> output); found {sorted(t.__name__ for t in kinds)}")
+            raise ValueError(f"from_nir: node {name!r} is a subgraph other than a recurrent layer (input -> "
+                             f"LIF/CubaLIF/IF <-> Linear -> output); found {sorted(t.__name__ for t in kinds)}")
         lin = graph.nodes[weights[0]]
         if isinstance(lin, nir.Affine) and np.any(np.asarray(lin.bias) != 0):
             raise ValueError(f"from_nir: the recurrent weights of {name!r} have a bias; spikegrad's recurrent layers "
