@@ -33,8 +33,8 @@ reset-to-zero with a warning. A recurrent LIF layer (``recurrent=N``) becomes a 
 ``input -> neuron -> output`` with a ``Linear`` ``W_rec`` from the neuron back to itself (the
 form snnTorch reads; the recurrent input arrives one step later, as in spikegrad). Refractory
 periods, adaptive thresholds (ALIF), non-spiking surrogates (``spiking=False``) and modules
-without a NIR node are refused with an error naming the module. Max-pooling of spikes (a logical OR) is exported as ``SumPool2d`` then
-``Threshold(0.5)``.
+without a NIR node are refused with an error naming the module. Max-pooling of spikes (a
+logical OR) is exported as ``SumPool2d`` then ``Threshold(0.5)``.
 
 Weights and thresholds are exported as CPU arrays of ``dtype`` (float32 by default), from any
 device and dtype; the derived time constants and gains (``tau``, ``r``, ``w_in``) are float64 so
@@ -660,8 +660,10 @@ def save_nir(model: nn.Module, path: str | Path, **kwargs) -> Any:
 # Import
 # ---------------------------------------------------------------------------------------------
 
-def _meta(graph: Any, key: str) -> Any:
-    value = (graph.metadata or {}).get(key) if isinstance(getattr(graph, "metadata", None), dict) else None
+def _meta(obj: Any, key: str) -> Any:
+    """``obj.metadata[key]`` of a graph or node as a Python value (as written or as read from HDF5), or None."""
+    metadata = getattr(obj, "metadata", None)
+    value = metadata.get(key) if isinstance(metadata, dict) else None
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, np.ndarray) and value.size == 1:
@@ -669,11 +671,6 @@ def _meta(graph: Any, key: str) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     return value
-
-
-def _node_meta(node: Any, key: str) -> Any:
-    value = (getattr(node, "metadata", None) or {}).get(key)
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _chain_nodes(graph: Any) -> list[str]:
@@ -735,12 +732,9 @@ class _Importer:
         self.metadata_surrogate = metadata_surrogate
 
     def surrogate(self, node: Any) -> Surrogate | str:
-        meta = getattr(node, "metadata", {}) or {}
-        name = meta.get("surrogate")
-        if isinstance(name, bytes):
-            name = name.decode()
+        name, slope = _meta(node, "surrogate"), _meta(node, "slope")
         if self.metadata_surrogate and name in SURROGATES:
-            return make_surrogate(name, slope=float(np.asarray(meta.get("slope", SURROGATES[name].default_slope))))
+            return make_surrogate(name, slope=float(slope) if slope is not None else None)
         return "fast_sigmoid"
 
     def tensor(self, a: Any) -> Tensor:
@@ -803,8 +797,8 @@ class _Importer:
             v_reset = kw["v_reset"]
             if isinstance(v_reset, Tensor):
                 raise ValueError(f"from_nir: {who} has per-neuron v_reset values; spikegrad neurons share one v_reset")
-            detach = (getattr(node, "metadata", {}) or {}).get("detach_reset", True)
-            kw.update(detach_reset=bool(np.asarray(detach)))
+            detach = _meta(node, "detach_reset")
+            kw.update(detach_reset=True if detach is None else bool(detach))
             if recurrent is not None:  # the gain scales the recurrent input as the external one
                 g = torch.as_tensor(np.broadcast_to(gain, (recurrent.shape[0],)).copy(), dtype=recurrent.dtype)
                 w_rec = recurrent if scale is None else recurrent * g[:, None]
@@ -821,13 +815,11 @@ class _Importer:
             w = self.tensor(node.weight)
             if w.dim() != 2:
                 raise ValueError(f"from_nir: {who} has a weight of shape {tuple(w.shape)}; only [out, in] is supported")
-            meta = getattr(node, "metadata", {}) or {}
-            kind = meta.get("spikegrad")
-            kind = kind.decode() if isinstance(kind, bytes) else kind
             bias = isinstance(node, nir.Affine)
-            if kind == "SparseInputLinear":
+            if _meta(node, "spikegrad") == "SparseInputLinear":
+                density = _meta(node, "max_density")
                 lin = SparseInputLinear(w.shape[1], w.shape[0], bias=bias, dtype=self.dtype,
-                                        max_density=float(np.asarray(meta.get("max_density", 0.05))))
+                                        max_density=0.05 if density is None else float(density))
             else:
                 lin = nn.Linear(w.shape[1], w.shape[0], bias=bias, dtype=self.dtype)
             with torch.no_grad():
@@ -928,7 +920,7 @@ def from_nir(graph_or_path: Any, dt: float | None = None, discretization: str | 
         after = graph.nodes[order[k + 1]]
         threshold = None
         if (isinstance(node, (nir.LI, nir.CubaLI, nir.I)) and isinstance(after, nir.Threshold)
-                and _node_meta(node, "reset") == "none" and order[k + 1] == f"{key}.threshold"):
+                and _meta(node, "reset") == "none" and order[k + 1] == f"{key}.threshold"):
             threshold = after
             fused.add(order[k + 1])
         for n, m, s in importer.node(key, node, graph.nodes[order[k - 1]], threshold):
