@@ -261,7 +261,7 @@ def test_fit_trains_in_the_loop_and_the_analysis_reports_the_substrate(tmp_path)
     out = substrate_analysis(hil, _loader(), None, _loader(seed=2), substrate=None, loss=loss, encoder=_time_first,
                              other_chips=[1], mismatches=[0.0, 0.3], timing_batches=2, progress=False)
     for key in ("software_test_accuracy", "substrate_test_accuracy", "substrate_spikes_per_input",
-                "substrate_chip1_test_accuracy", "epoch_time_ratio"):
+                "substrate_chip1_test_accuracy", "epoch_time_ratio", "epoch_cpu_time_ratio"):
         assert math.isfinite(out[key]), key
     assert list(out["substrate_accuracy_by_mismatch"]) == ["0", "0.2", "0.3"]
     assert out["substrate"]["mismatch"] == 0.2 and out["substrate_train_on"] == "substrate"
