@@ -289,7 +289,8 @@ def test_mismatch_figure_from_a_sweep(tmp_path):
         (tmp_path / str(k) / "metrics.json").write_text(json.dumps(r))
     path = write_mismatch_figure(tmp_path)
     assert path == tmp_path / FIGURE_NAME and path.stat().st_size > 1000
-    assert write_mismatch_figure(tmp_path / "0") is None
+    assert write_mismatch_figure(tmp_path / "4") is None
+    assert write_mismatch_figure(tmp_path / "4", extra=[tmp_path / "3"]) == tmp_path / "4" / FIGURE_NAME
 
 
 def test_hil_experiment_registers_the_figure_callback(tmp_path):

@@ -202,12 +202,21 @@ def mismatch_figure(curves: Mapping[str, Mapping[float, Sequence[float]]]) -> Fi
     return fig
 
 
-def write_mismatch_figure(sweep_dir: str | os.PathLike, writer=None) -> Path | None:
+def write_mismatch_figure(sweep_dir: str | os.PathLike, writer=None,
+                          extra: Sequence[str | os.PathLike] = ()) -> Path | None:
     """Draw :func:`mismatch_figure` from ``sweep_dir/*/metrics.json`` into ``sweep_dir/accuracy_vs_mismatch.png``
-    and to TensorBoard (``writer``, or a new writer in ``sweep_dir/tb``). Returns the PNG's path, or
-    None when no run has substrate metrics."""
+    and to TensorBoard (``writer``, or a new writer in ``sweep_dir/tb``).
+
+    Args:
+        extra: more runs to draw (run folders or their ``metrics.json``), e.g. a weight-transfer
+            run (``experiment=mnist16_transfer``) next to an in-the-loop sweep.
+    Returns:
+        the PNG's path, or None when no run has substrate metrics.
+    """
     sweep_dir = Path(sweep_dir)
-    metrics = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+    paths = sorted(sweep_dir.glob("*/metrics.json"))
+    paths += [Path(p) / "metrics.json" if Path(p).is_dir() else Path(p) for p in extra]
+    metrics = [json.loads(p.read_text()) for p in paths]
     curves = mismatch_points(metrics)
     if not curves:
         return None
@@ -226,9 +235,16 @@ def write_mismatch_figure(sweep_dir: str | os.PathLike, writer=None) -> Path | N
 
 
 class MismatchFigure(Callback):
-    """Hydra callback: after a multirun, write :func:`write_mismatch_figure` at the sweep root."""
+    """Hydra callback: after a multirun, write :func:`write_mismatch_figure` at the sweep root.
+
+    Args:
+        extra: more runs to draw (see :func:`write_mismatch_figure`).
+    """
+
+    def __init__(self, extra: Sequence[str] = ()):
+        self.extra = list(extra or ())
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        path = write_mismatch_figure(config.hydra.sweep.dir)
+        path = write_mismatch_figure(config.hydra.sweep.dir, extra=self.extra)
         if path is not None:
             print(f"accuracy against mismatch: {path}")
