@@ -1,6 +1,6 @@
 """spikegrad -> NIR file -> spikegrad on the MNIST test set: are spikes and readout bit for bit equal?
 
-    python bench/nir_roundtrip.py                      # newest mnist16 run in outputs/ with a best.pt
+    python bench/nir_roundtrip.py                      # newest finished mnist16 run in outputs/
     python bench/nir_roundtrip.py --run outputs/DATE/TIME --data-root /path/to/mnist --limit 2000
 
 Networks: the trained mnist16 model of the run (256 -> 246 LIF -> 10 LI, latency code, T=32), a
@@ -36,6 +36,8 @@ from spikegrad.neurons import IF, LI, LIF
 def newest_mnist16_run() -> Path:
     runs = [Path(p).parent for p in sorted(glob.glob("outputs/*/*/best.pt"))
             if "- experiment=mnist16" in (Path(p).parent / ".hydra" / "overrides.yaml").read_text().splitlines()]
+    finished = [r for r in runs if (r / "metrics.json").exists()]  # a run still training rewrites best.pt
+    runs = finished or runs
     if not runs:
         raise SystemExit("no outputs/*/*/best.pt of an mnist16 run; train one: python train.py experiment=mnist16")
     return runs[-1]
