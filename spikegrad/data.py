@@ -364,14 +364,17 @@ def load_split(name: str = "mnist", root: str | os.PathLike | None = None, split
         digest = _sha256([root / f for f in files])
         cache_file = (Path(cache_dir).expanduser() if cache_dir is not None else cache_root()) / \
             f"{name}_{split}_{size}px_{_RESIZE_METHOD}_{digest[:24]}.pt"
+        cached = None
         if cache_file.is_file():
             try:
                 cached = torch.load(cache_file, weights_only=True)
-                if cached["sha256"] == digest:
-                    _check_labels(cached["labels"], n_classes, root / files[1])
-                    return cached["images"], cached["labels"]
+                cached = cached if cached["sha256"] == digest else None
             except Exception as e:  # unreadable cache: rebuild it
                 warnings.warn(f"Ignoring unreadable cache {cache_file}: {e}", stacklevel=2)
+                cached = None
+        if cached is not None:
+            _check_labels(cached["labels"], n_classes, root / files[1])
+            return cached["images"], cached["labels"]
 
     images, labels = _read_pair(root, files)
     _check_labels(labels, n_classes, root / files[1])

@@ -16,7 +16,8 @@ returns a metrics dict. Its promises:
   optimizer / scheduler hyperparameters apply from the resume point: the scheduler is rebuilt from
   the new settings and fast-forwarded over the completed epochs. ``fit`` logs what it restored and
   what was overridden; a change that cannot apply (another optimizer type, fewer epochs than
-  completed, another model) is a :class:`ResumeError`.
+  completed, a mid-epoch position in an epoch of another number of batches) is a
+  :class:`ResumeError`, another model architecture a ``ValueError``.
 - **Non-finite values**: a NaN/Inf loss or gradient, or a neuron state that became non-finite,
   stops the run with :class:`NonFiniteLossError` naming the epoch, batch and (for states) the
   layer and time step; the last good checkpoint is kept.
