@@ -62,6 +62,21 @@ def test_ideal_substrate_reproduces_the_software_model(sparse, record_v):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("record_v", [False, True])
+def test_surrogate_at_the_recorded_membrane_equals_software_on_an_ideal_chip(record_v):
+    model, x = mlp(record_v=record_v), spikes_in()
+    g_sw = grads(model, model(x))
+    out = InTheLoop(model, AnalogSubstrate.ideal(), surrogate_at="membrane")(x)
+    for a, b in zip(g_sw, grads(model, out)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    noisy = InTheLoop(model, AnalogSubstrate(**NOISY), surrogate_at="membrane")(x)
+    at_software = in_the_loop(model, x, AnalogSubstrate(**NOISY).run(x, layer_specs(model)))
+    assert torch.equal(noisy.spikes[0], at_software.spikes[0])  # same chip, same noise seed: same values
+    assert any((a - b).abs().max() > 1e-4 for a, b in zip(grads(model, noisy), grads(model, at_software)))
+    with pytest.raises(ValueError, match="reset"):
+        InTheLoop(mlp(reset="zero"), AnalogSubstrate(), surrogate_at="membrane")
+
+
 def test_in_the_loop_gradient_differs_on_a_mismatched_chip_and_values_are_the_chips():
     model, x = mlp(), spikes_in()
     sub = AnalogSubstrate(**NOISY)

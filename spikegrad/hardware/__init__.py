@@ -9,9 +9,10 @@
   a sweep.
 """
 
-from .loop import TRAIN_ON, InTheLoop, in_the_loop, substitute
+from .loop import SURROGATE_AT, TRAIN_ON, InTheLoop, in_the_loop, substitute
 from .substrate import (SPREAD_NAMES, AnalogSubstrate, LayerSpec, NeuronConstants, Observables, Substrate, cadc_read,
                         layer_specs, quantize_weights)
 
 __all__ = ["Substrate", "AnalogSubstrate", "LayerSpec", "NeuronConstants", "Observables", "layer_specs", "quantize_weights",
-           "cadc_read", "SPREAD_NAMES", "InTheLoop", "in_the_loop", "substitute", "TRAIN_ON"]
+           "cadc_read", "SPREAD_NAMES", "InTheLoop", "in_the_loop", "substitute", "TRAIN_ON",
+           "SURROGATE_AT"]

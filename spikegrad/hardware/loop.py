@@ -12,6 +12,16 @@ observables, and backpropagation runs through the software model's surrogate gra
 chip's activity (the substitution of hxtorch's in-the-loop mode). On an ideal substrate the
 measured values equal the software ones, so the gradient is exactly the software gradient.
 
+Where the surrogate derivative is evaluated (``surrogate_at``):
+
+* ``"software"`` (default): at the software membrane, driven by the chip's input spikes; the
+  hidden layers run on the fast kernels.
+* ``"membrane"``: at the chip's recorded membrane. Every step, the software membrane is replaced by
+  the sampled one (before reset, reconstructed as ``v + s v_th`` from the post-reset sample), so
+  the surrogate sees the chip's distance to threshold, as when CADC samples are injected on
+  BrainScaleS-2. This runs a time loop in PyTorch (slower) and needs the substrate to record the
+  hidden membranes.
+
 :class:`InTheLoop` wraps a model so that the training loop of :mod:`spikegrad.training` needs no
 change: in training mode (with gradients enabled) it returns the substituted output; otherwise
 (validation, test) the substrate's observables alone.
@@ -25,9 +35,10 @@ from torch import Tensor, nn
 from ..models import SpikingOutput
 from .substrate import Observables, Substrate, layer_specs
 
-__all__ = ["InTheLoop", "in_the_loop", "substitute", "TRAIN_ON"]
+__all__ = ["InTheLoop", "in_the_loop", "substitute", "TRAIN_ON", "SURROGATE_AT"]
 
 TRAIN_ON = ("substrate", "software")
+SURROGATE_AT = ("software", "membrane")
 
 
 def substitute(sw: Tensor, hw: Tensor) -> Tensor:
@@ -35,7 +46,34 @@ def substitute(sw: Tensor, hw: Tensor) -> Tensor:
     return sw + (hw - sw).detach()
 
 
-def in_the_loop(model: nn.Module, x_seq: Tensor, obs: Observables) -> SpikingOutput:
+def _lif_at_membrane(neuron: nn.Module, current: Tensor, s_hw: Tensor, v_hw: Tensor) -> tuple[Tensor, Tensor]:
+    """A LIF layer whose membrane is replaced every step by the recorded one (``current``, ``s_hw``,
+    ``v_hw``: ``[T, B, N]``; ``v_hw`` after reset). Returns ``(spikes, v)``, both ``[T, B, N]``."""
+    p = neuron.params(current.dtype)
+    i = v = torch.zeros_like(current[0])
+    spikes, vs = [], []
+    for t in range(current.shape[0]):
+        i = p.decay_syn * i + current[t]
+        v = p.decay_mem * v + i
+        v_pre = v_hw[t] + s_hw[t] * p.v_th if p.reset == "subtract" else v_hw[t]
+        v = substitute(v, v_pre)
+        s = substitute(neuron.surrogate(v - p.v_th), s_hw[t])
+        if p.reset == "subtract":
+            v = v - (s.detach() if p.detach_reset else s) * p.v_th
+        spikes.append(s)
+        vs.append(v)
+    return torch.stack(spikes), torch.stack(vs)
+
+
+def _check_membrane_mode(model: nn.Module) -> None:
+    for k, neuron in enumerate(model.neurons[:-1]):
+        if neuron.reset not in ("subtract", "none") or neuron.refractory > 0:
+            raise ValueError(f"surrogate_at='membrane': layer {k} uses reset={neuron.reset!r}, refractory="
+                             f"{neuron.refractory}; the pre-reset membrane can only be reconstructed for reset "
+                             "'subtract' or 'none' without a refractory period (or use surrogate_at='software')")
+
+
+def in_the_loop(model: nn.Module, x_seq: Tensor, obs: Observables, surrogate_at: str = "software") -> SpikingOutput:
     """The software :class:`~spikegrad.models.SpikingMLP` ``model`` evaluated at the observables ``obs``.
 
     Each layer gets the recorded spikes of the layer below as its input; its own output (and the
@@ -45,6 +83,8 @@ def in_the_loop(model: nn.Module, x_seq: Tensor, obs: Observables) -> SpikingOut
         model: the software model (its weights are the ones the substrate ran).
         x_seq: the input ``[T, B, ...]`` the substrate ran.
         obs: what the substrate recorded (:class:`~spikegrad.hardware.substrate.Observables`).
+        surrogate_at: ``"software"`` or ``"membrane"`` (see the module docstring; ``"membrane"``
+            needs ``obs.v`` for every hidden layer).
     Returns:
         :class:`~spikegrad.models.SpikingOutput` with the substrate's values and the software
         model's gradients.
@@ -55,7 +95,15 @@ def in_the_loop(model: nn.Module, x_seq: Tensor, obs: Observables) -> SpikingOut
     readout = None
     for k, (layer, neuron) in enumerate(zip(model.layers, model.neurons)):
         current = layer(h)
-        if k < last:
+        if k < last and surrogate_at == "membrane":
+            if k >= len(obs.v) or obs.v[k] is None:
+                raise ValueError("surrogate_at='membrane' needs the hidden membranes; run the substrate with "
+                                 "record_v=True")
+            h, v = _lif_at_membrane(neuron, current, obs.spikes[k], obs.v[k])
+            spikes.append(h)
+            if model.record_v:
+                vs.append(substitute(v, obs.v[k]))
+        elif k < last:
             if model.record_v:
                 s_sw, states = neuron(current, record=True)
                 v_hw = obs.v[k] if k < len(obs.v) and obs.v[k] is not None else states.v
@@ -82,34 +130,44 @@ class InTheLoop(nn.Module):
             (:func:`in_the_loop`). ``"software"``: the wrapper is transparent (train and evaluate in
             software, e.g. to measure weight transfer afterwards with
             :func:`~spikegrad.hardware.analysis.substrate_analysis`).
+        surrogate_at: where the surrogate derivative is evaluated in the loop: ``"software"`` (the
+            software membrane, fast kernels) or ``"membrane"`` (the chip's recorded membrane).
     Shapes: ``forward(x_seq [T, B, ...]) -> SpikingOutput(readout [T, B, C], spikes, v)``.
     """
 
-    def __init__(self, model: nn.Module, substrate: Substrate, train_on: str = "substrate"):
+    def __init__(self, model: nn.Module, substrate: Substrate, train_on: str = "substrate",
+                 surrogate_at: str = "software"):
         super().__init__()
         if train_on not in TRAIN_ON:
             raise ValueError(f"InTheLoop: train_on must be one of {TRAIN_ON}, got {train_on!r}")
+        if surrogate_at not in SURROGATE_AT:
+            raise ValueError(f"InTheLoop: surrogate_at must be one of {SURROGATE_AT}, got {surrogate_at!r}")
         if not isinstance(substrate, Substrate):
             raise TypeError(f"InTheLoop: substrate must be a spikegrad.hardware.Substrate, got "
                             f"{type(substrate).__name__}")
         substrate.check(layer_specs(model))  # a model the substrate cannot run fails here, not mid-training
+        if surrogate_at == "membrane":
+            _check_membrane_mode(model)
         self.model = model
         self.substrate = substrate
         self.train_on = train_on
+        self.surrogate_at = surrogate_at
 
-    def observe(self, x_seq: Tensor) -> Observables:
-        """Run ``x_seq [T, B, ...]`` on the substrate with the model's current weights (no autograd)."""
-        return self.substrate.run(x_seq, layer_specs(self.model), record_v=self.model.record_v)
+    def observe(self, x_seq: Tensor, record_v: bool = False) -> Observables:
+        """Run ``x_seq [T, B, ...]`` on the substrate with the model's current weights (no autograd);
+        hidden membranes are recorded if ``record_v`` or the model records them."""
+        return self.substrate.run(x_seq, layer_specs(self.model), record_v=record_v or self.model.record_v)
 
     def forward(self, x_seq: Tensor) -> SpikingOutput:
         if self.train_on == "software":
             return self.model(x_seq)
         if x_seq.dim() < 3:
             raise ValueError(f"InTheLoop: input must be [T, B, features...], got shape {tuple(x_seq.shape)}")
-        obs = self.observe(x_seq)
-        if self.training and torch.is_grad_enabled():
-            return in_the_loop(self.model, x_seq, obs)
+        train = self.training and torch.is_grad_enabled()
+        obs = self.observe(x_seq, record_v=train and self.surrogate_at == "membrane")
+        if train:
+            return in_the_loop(self.model, x_seq, obs, self.surrogate_at)
         return SpikingOutput(obs.readout, obs.spikes, tuple(v for v in obs.v if v is not None))
 
     def extra_repr(self) -> str:
-        return f"train_on={self.train_on!r}"
+        return f"train_on={self.train_on!r}, surrogate_at={self.surrogate_at!r}"
