@@ -501,3 +501,27 @@ def test_mid_epoch_resume_with_other_batches_per_epoch_is_an_error(tmp_path):
 
     with pytest.raises(ResumeError, match=r"stopped after batch 3 of an epoch of 4 batches.*has 2 batches"):
         run(tmp_path, resume=ckpt, wrap=bigger_batches)
+
+
+def test_dropout_resume_is_exact(tmp_path):
+    """Dropout draws from the global generator inside the forward pass; a mid-batch SIGINT must not shift it."""
+    from spikegrad.losses import CrossEntropy
+
+    class Loss(SignalAt):
+        def __init__(self, sig, at):
+            super().__init__(sig, at)
+            self.inner = CrossEntropy()
+
+    def go(out, **kw):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                    torch.nn.Linear(16, 3))
+        tr, va, te = loaders()
+        fit(model, tr, va, te, torch.optim.SGD(model.parameters(), lr=0.1), kw.pop("loss", CrossEntropy()), epochs=3,
+            out_dir=out, progress=False, **kw)
+        return model
+
+    full = go(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        go(tmp_path / "cut", loss=Loss(signal.SIGINT, 6))
+    assert_same_weights(full, go(tmp_path / "cut", resume=tmp_path / "cut" / "interrupted.pt"))
