@@ -525,3 +525,26 @@ def test_dropout_resume_is_exact(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         go(tmp_path / "cut", loss=Loss(signal.SIGINT, 6))
     assert_same_weights(full, go(tmp_path / "cut", resume=tmp_path / "cut" / "interrupted.pt"))
+
+
+def test_resuming_a_run_that_stopped_sharp_trains_no_further(tmp_path):
+    from spikegrad.losses import CrossEntropy
+    from spikegrad.sharpening import WhetstoneMLP
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(32, 6, generator=g), torch.randint(0, 2, (32,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+
+    def go(resume=None):
+        torch.manual_seed(0)
+        model = WhetstoneMLP([6, 8], n_classes=2, n_hot=2)
+        sharpener = SimpleSharpener(model, start_epoch=1, duration=0.5, per_batch=True)
+        res = fit(model, loader, None, None, torch.optim.Adam(model.parameters(), 1e-2), CrossEntropy(), epochs=10,
+                  sharpener=sharpener, out_dir=tmp_path, resume=resume, progress=False)
+        return model, res
+
+    stopped, res = go()
+    assert res["epochs"] == 2  # every layer sharp after epoch 2
+    again, res = go(resume=tmp_path / "last.pt")
+    assert res["epochs"] == 2
+    assert_same_weights(stopped, again)

@@ -381,6 +381,9 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
     last_weights: dict | None = None  # the last epoch's weights while the test runs on the best ones
     try:
         for epoch in range(state["epoch"], epochs):
+            if state["batch"] == 0 and getattr(sharpener, "stop_training", False):  # resumed after the sharp stop
+                log.info(f"every layer is fully sharp: no training after epoch {epoch}")
+                break
             phase = "train"
             lr = optimizer.param_groups[0]["lr"]
             if state["batch"] > 0:  # resuming inside an epoch: replay its shuffling, skip done batches
