@@ -48,6 +48,10 @@ sys.path.insert(0, str(HERE.parent))
 
 LIF_TAUS = (20.0, 5.0)      # tau_mem, tau_syn (steps) of the LIF-layer workloads
 MNIST_TAUS = (8.0, 4.0)     # as conf/neuron/lif.yaml and conf/readout/li.yaml
+# rows also run under torch.compile (default inductor backend; compile time is in the warm-up):
+# spikegrad/torch is the plain ten-line loop (scan of lif_step); norse/unbind its functional step
+COMPILED_LIF = ("spikegrad/torch", "spikegrad/native", "norse/unbind")
+COMPILED_MNIST = ("spikegrad/torch", "spikegrad/native+sparse")
 
 
 # ----------------------------------------------------------------------------- row list
@@ -70,7 +74,15 @@ def make_rows(device: str, only: str | None) -> list[dict]:
             for sj in env_opts:
                 rows.append(dict(workload=workload, shape=shape, variant=v + (f" ({sj})" if sj else ""),
                                  base_variant=v, sj_impl=sj, device=device))
+    if not gpu:  # what a speed-minded user does instead: torch.compile (inductor) around a plain loop
+        for v in COMPILED_LIF:
+            rows.append(dict(workload="lif", shape=(100, 128, 512), variant=v + " compiled", base_variant=v,
+                             sj_impl=None, device=device, compiled=True))
     for mode in ("train", "infer"):
+        if not gpu:
+            for v in COMPILED_MNIST:
+                rows.append(dict(workload=f"mnist16 {mode}", shape=(100, 256, 246), variant=v + " compiled",
+                                 base_variant=v, sj_impl=None, device=device, compiled=True))
         for v in libs.MNIST_VARIANTS:
             if not gpu and "triton" in v:
                 continue
@@ -163,6 +175,8 @@ def measure(row: dict, threads: int, quick: bool) -> dict:
                     linear.weight /= neuron.a
         if linear is None:
             x.requires_grad_(True)
+        if row.get("compiled"):
+            neuron = torch.compile(neuron)
 
         def forward():
             return neuron(x if linear is None else linear(x))
@@ -181,6 +195,8 @@ def measure(row: dict, threads: int, quick: bool) -> dict:
         lib = libs.MNIST_VARIANTS[row["base_variant"]][0]
         res["note"] = libs.MNIST_VARIANTS[row["base_variant"]][1]
         model = libs.build_mnist_model(row["base_variant"], *MNIST_TAUS).to(device)
+        if row.get("compiled"):
+            model = torch.compile(model)
         x, y = libs.latency_batch(B, T)
         x, y = x.to(device), y.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
