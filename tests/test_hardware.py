@@ -247,6 +247,8 @@ def test_models_the_substrate_cannot_run_are_rejected():
         InTheLoop(SpikingMLP([8, 4, 4, 2]), AnalogSubstrate(weight_max=[1.0, 0.5]))
     with pytest.raises(ValueError, match="train_on"):
         InTheLoop(SpikingMLP([8, 4, 2]), sub, train_on="chip")
+    with pytest.raises(ValueError, match="surrogate_at"):
+        InTheLoop(SpikingMLP([8, 4, 2]), sub, surrogate_at="chip")
     with pytest.raises(ValueError, match="inputs per step"):
         InTheLoop(SpikingMLP([8, 4, 2]), sub)(torch.zeros(3, 2, 9))
     with pytest.raises(NotImplementedError):

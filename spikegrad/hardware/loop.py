@@ -89,6 +89,8 @@ def in_the_loop(model: nn.Module, x_seq: Tensor, obs: Observables, surrogate_at:
         :class:`~spikegrad.models.SpikingOutput` with the substrate's values and the software
         model's gradients.
     """
+    if surrogate_at not in SURROGATE_AT:
+        raise ValueError(f"in_the_loop: surrogate_at must be one of {SURROGATE_AT}, got {surrogate_at!r}")
     h = x_seq.flatten(2)  # [T, B, N_in]
     spikes, vs = [], []
     last = len(model.layers) - 1
