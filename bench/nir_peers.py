@@ -316,6 +316,24 @@ def minimal_cases():
     out.append(f"N4 Norse LIFCell(tau_syn=5 ms, tau_mem=10 ms) exports CubaLIF w_in={cuba.w_in.tolist()}, "
                f"r={cuba.r.tolist()}, tau_syn={cuba.tau_syn.tolist()}, tau_mem={cuba.tau_mem.tolist()}")
 
+    # N5: Norse's IAFCell adds its whole input every step but exports IF(r=1) (NIR: dv/dt = r I, so r = 1/dt).
+    iaf = norse.IAFCell(norse.IAFParameters(v_th=torch.tensor(1.0)))
+    lin = torch.nn.Linear(1, 1, bias=False)
+    lin.weight.data.fill_(1.0)
+    model = norse.SequentialState(lin, iaf)
+    g = quiet(norse_to_nir, model, torch.zeros(1, 1))
+    node = [n for n in g.nodes.values() if isinstance(n, nir.IF)][0]
+    x3 = torch.full((5, 1, 1), 0.3)
+    state, zs = None, []
+    for x_t in x3:
+        z, state = model(x_t, state)
+        zs.append(int(z))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = from_nir(g, dt=1e-3, discretization="euler")(x3).readout.flatten().int().tolist()
+    out.append(f"N5 Norse IAFCell (v += input per step) exports IF r={node.r.tolist()}; input 0.3: Norse spikes {zs}; "
+               f"the graph read as NIR says (dv/dt = r I, dt = 1 ms) spikes {ours}")
+
     # P1: neither peer imports LI (leaky-integrator readouts): snnTorch raises, Norse drops the node silently.
     g = nir.NIRGraph.from_list(nir.Linear(weight=np.ones((1, 1), np.float32)),
                                nir.LI(tau=np.full(1, 2e-3), r=np.ones(1), v_leak=np.zeros(1)))
