@@ -302,12 +302,12 @@ def test_rates_converge_to_ann_activations_like_one_over_T():
     assert 2.5 < err[0] / err[1] < 6.5  # error ~ 1/T: 4x the steps, ~1/4 the error
 
 
-def reference_run(snn, x: torch.Tensor, T: int, reset: str) -> tuple[torch.Tensor, list]:
+def reference_run(snn, x: torch.Tensor, T: int, reset: str, gate: str = "count") -> tuple[torch.Tensor, list]:
     """A slow, obvious per-step simulation of a converted network (analog input): returns the
     membrane readout [T, B, C] and the spike counts of every IF layer."""
     nodes = snn.nodes()
     v, count, pool_sum, out, readout = {}, {}, {}, 0.0, []
-    for _ in range(T):
+    for t in range(1, T + 1):
         vals = [None] * len(nodes)
         for i, n in enumerate(nodes):
             if n.kind == "input":
@@ -323,7 +323,14 @@ def reference_run(snn, x: torch.Tensor, T: int, reset: str) -> tuple[torch.Tenso
                 vals[i] = s
             elif n.kind == "maxpool":
                 src, cur = n.inputs[0], gained(n, vals)[0]
-                if nodes[src].kind == "relu" and n.gains[0] is None:  # most spikes before this step; ties: a spike now
+                r = pool_sum.get(i, torch.zeros_like(cur))
+                if gate == "fir":
+                    key = pool_sum[i] = r + cur / t
+                elif gate == "avg":
+                    key = pool_sum[i] = r + (cur - r) / t
+                elif gate == "exp":
+                    key = pool_sum[i] = 1.005 * r + 0.995 * cur
+                elif nodes[src].kind == "relu" and n.gains[0] is None:  # most spikes before this step; ties: a spike now
                     key = 2 * (count[src] - vals[src]) + vals[src]
                 else:  # the largest summed input so far
                     pool_sum[i] = pool_sum.get(i, 0.0) + cur
@@ -358,6 +365,60 @@ def test_simulation_equals_a_per_step_reference(make, shape, reset, chunk, monke
     for a, b in zip(res.spike_counts, counts):
         assert torch.equal(a, b)
     torch.testing.assert_close(res.readout, readout, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("gate", ["fir", "avg", "exp"])
+def test_maxpool_gates_equal_a_per_step_reference(gate, monkeypatch):
+    import spikegrad.conversion.snn as snn_module
+
+    monkeypatch.setattr(snn_module, "CHUNK_ELEMENTS", 6 * 300)  # several chunks of a few steps
+    model = randomize_bn(small_cnn()).eval()
+    x = torch.rand(6, 1, 10, 10)
+    snn = ann_to_snn(model, x, maxpool_gate=gate)
+    res = snn.run(x, 31)
+    with torch.no_grad():
+        readout, counts = reference_run(snn, x, 31, "subtract", gate)
+    for a, b in zip(res.spike_counts, counts):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(res.readout, readout, rtol=1e-6, atol=1e-6)
+    # the update rules by hand: input 1, 0, 1 from rest
+    spikes = torch.tensor([1.0, 0.0, 1.0]).view(3, 1)
+    want = {"fir": [1.0, 1.0, 1 + 1 / 3], "avg": [1.0, 0.5, 2 / 3],
+            "exp": [0.995, 1.005 * 0.995, 1.005 * 1.005 * 0.995 + 0.995]}[gate]
+    got = snn._rates(torch.zeros(1), spikes, torch.tensor(0))
+    torch.testing.assert_close(got.flatten(), torch.tensor(want))
+
+
+def test_softmax_clock_readout_by_hand_and_against_a_reference():
+    model = mlp((6, 8, 3)).eval()
+    x = torch.rand(5, 6)
+    snn = ann_to_snn(model, x, readout="softmax_clock", softmax_clock_rate=1.0)
+    # a tick every step: the output with the largest membrane fires, all membranes reset, so
+    # each step's spike goes to the argmax of that step's output current
+    res = snn.run(x, 4)
+    counts = res.readout.floor()
+    assert torch.equal(counts.sum(-1), torch.arange(1.0, 5.0)[:, None].expand(4, 5))
+    snn = ann_to_snn(model, x, readout="softmax_clock", softmax_clock_rate=0.3)
+    g = torch.Generator().manual_seed(5)
+    got = snn.run(x, 40, generator=g).readout
+    g = torch.Generator().manual_seed(5)
+    ref, v, n = [], torch.zeros(5, 3), torch.zeros(5, 3)
+    # the output current of every step, from the membrane readout (tested against a per-step reference)
+    membrane = convert(normalize(calibrate(model, x), 99.9)).run(x, 40).readout
+    current = torch.diff(membrane, dim=0, prepend=torch.zeros(1, 5, 3))
+    for o in current:
+        v = v + o
+        p = torch.softmax(v, 1)
+        tick = torch.rand(5, generator=g) < 0.3
+        n = n + ((p == p.amax(1, keepdim=True)) & tick[:, None]).float()
+        v = torch.where(tick[:, None], torch.zeros_like(v), v)
+        ref.append(n + 0.5 * p)
+    torch.testing.assert_close(got, torch.stack(ref), rtol=1e-5, atol=1e-5)
+    assert 0 < float(got[-1].floor().sum()) < 5 * 40
+    with pytest.raises(ValueError, match="softmax_clock_rate must be a probability"):
+        ann_to_snn(model, x, readout="softmax_clock", softmax_clock_rate=0.0)
+    with pytest.raises(ValueError, match="maxpool_gate must be one of"):
+        ann_to_snn(model, x, maxpool_gate="median")
 
 
 def test_forward_equals_the_fast_path_and_state_is_not_mutated():

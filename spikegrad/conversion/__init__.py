@@ -37,22 +37,24 @@ __all__ = [
 
 
 def convert(program: Program, reset: ResetMode = "subtract", input_mode: InputMode = "analog",
-            readout: Readout = "membrane") -> SpikingNetwork:
+            readout: Readout = "membrane", **options) -> SpikingNetwork:
     """The :class:`SpikingNetwork` of a normalised program (arguments as there).
 
     Args:
         program: from :func:`normalize`.
         reset: "subtract" (default) | "zero". input_mode: "analog" (default) | "poisson".
-        readout: "membrane" (default) | "spiking_softmax".
+        readout: "membrane" (default) | "spiking_softmax" | "softmax_clock".
+        options: further :class:`SpikingNetwork` arguments (``maxpool_gate``, ``softmax_clock_rate``,
+            ``backend``).
     """
     if not program.lambdas:
         raise ValueError("convert: the program is not normalised; pass normalize(calibrate(model, data))")
-    return SpikingNetwork(program, reset=reset, input_mode=input_mode, readout=readout)
+    return SpikingNetwork(program, reset=reset, input_mode=input_mode, readout=readout, **options)
 
 
 def ann_to_snn(model: nn.Module, data, *, percentile: float = 99.9, channelwise: bool = False,
                reset: ResetMode = "subtract", input_mode: InputMode = "analog", readout: Readout = "membrane",
-               max_inputs: int | None = None, max_values: int = 2**22, device=None) -> SpikingNetwork:
+               max_inputs: int | None = None, max_values: int = 2**22, device=None, **options) -> SpikingNetwork:
     """``convert(normalize(calibrate(model, data, ...), ...), ...)`` in one call (arguments as there)."""
     calib = calibrate(model, data, max_inputs=max_inputs, max_values=max_values, device=device)
-    return convert(normalize(calib, percentile, channelwise), reset, input_mode, readout)
+    return convert(normalize(calib, percentile, channelwise), reset, input_mode, readout, **options)

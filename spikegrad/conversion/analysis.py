@@ -120,7 +120,8 @@ def conversion_analysis(model: nn.Module, train_loader: Iterable | None = None, 
                         channelwise: bool = False, reset: str = "subtract", input_mode: str = "analog",
                         readout: str = "membrane", calib_inputs: int | None = 10000, max_test: int | None = None,
                         compare_max_norm: bool = True, count_bias: bool = False, seed: int = 0,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, maxpool_gate: str = "count",
+                        softmax_clock_rate: float = 0.3) -> dict[str, Any]:
     """Converts the trained ANN (Rueckauer et al. 2017) and simulates the SNN on the test set.
 
     Args:
@@ -132,7 +133,9 @@ def conversion_analysis(model: nn.Module, train_loader: Iterable | None = None, 
         out_dir: unused (metrics go to metrics.json through the returned dict).
         T: simulation steps. percentile: normalisation percentile (100 = max-norm).
         channelwise: per-channel scale factors. reset: "subtract" | "zero".
-        input_mode: "analog" | "poisson". readout: "membrane" | "spiking_softmax".
+        input_mode: "analog" | "poisson". readout: "membrane" | "spiking_softmax" | "softmax_clock".
+        maxpool_gate: "count" | "fir" | "avg" | "exp" (spiking max-pool rate estimate).
+        softmax_clock_rate: clock ticks per step of ``readout="softmax_clock"``.
         calib_inputs: number of training images for calibration (None: all).
         max_test: simulate only this many test images (None: all).
         compare_max_norm: also convert and simulate with ``percentile=100`` (keys ``maxnorm_*``).
@@ -153,7 +156,8 @@ def conversion_analysis(model: nn.Module, train_loader: Iterable | None = None, 
     model.to(device)
 
     def run(p: float, calib: Calibration, with_ann: bool) -> tuple[SpikingNetwork, SimulationResult, float]:
-        snn = SpikingNetwork(normalize(calib, p, channelwise), reset=reset, input_mode=input_mode, readout=readout)
+        snn = SpikingNetwork(normalize(calib, p, channelwise), reset=reset, input_mode=input_mode, readout=readout,
+                             maxpool_gate=maxpool_gate, softmax_clock_rate=softmax_clock_rate)
         gen = torch.Generator(device=device).manual_seed(seed)
         t0 = time.perf_counter()
         r = simulate(snn, test_loader, T, ann=model if with_ann else None, generator=gen, max_inputs=max_test,

@@ -18,6 +18,14 @@ Per time step ``t`` (Rueckauer et al. 2017, Sec. 2):
   prediction after ``t`` steps is the argmax of that sum. ``readout="spiking_softmax"`` instead
   integrates into a membrane ``v``, fires output ``c`` with probability ``softmax(v)[c]`` each step
   (resetting ``v_c`` to 0), and predicts the most frequent output (ties: larger ``softmax(v)``).
+  ``readout="softmax_clock"`` is the paper's first variant: an external Poisson clock ticks with
+  probability ``softmax_clock_rate`` per step and sample; on a tick the output with the largest
+  ``softmax(v)`` fires and that sample's membranes reset to 0;
+* ``maxpool_gate`` chooses the online rate estimate of spiking max-pooling: ``"count"`` (default,
+  spike counts with the tie rule above), or the three of the authors' simulator, updated every step
+  ``t = 1, 2, ...`` from the input ``x_t``: ``"fir"`` (``r += x_t / t``), ``"avg"`` (the running
+  mean, ``r += (x_t - r) / t``) and ``"exp"`` (``r = 1.005 r + 0.995 x_t``, the reference code's
+  constants); the input with the largest ``r`` (first in the window on ties) passes.
 
 Constant analog input makes the first layers' currents constant: :meth:`SpikingNetwork.run`
 computes every time-invariant value once per batch. The other nodes run on chunks of steps at
@@ -47,6 +55,7 @@ from torch import Tensor, nn
 from ..functional import LIFParams, LIFState, check_reset, lif_step
 from ..models import eval_mode
 from ..neurons import IF
+from .. import checks
 from ..surrogates import heaviside
 from .graph import SYNAPTIC, Node, Program, apply_stateless, eval_call, gained
 
@@ -57,7 +66,9 @@ __all__ = [
 
 ResetMode = Literal["subtract", "zero", "none"]  # spikegrad.functional.RESET_MODES
 InputMode = Literal["analog", "poisson"]
-Readout = Literal["membrane", "spiking_softmax"]
+Readout = Literal["membrane", "spiking_softmax", "softmax_clock"]
+READOUTS = ("membrane", "spiking_softmax", "softmax_clock")
+MAXPOOL_GATES = ("count", "fir", "avg", "exp")
 
 
 CHUNK_ELEMENTS = 1 << 26  # elements of the widest [K * B, ...] value of one chunk of steps (256 MiB in float32)
@@ -123,11 +134,12 @@ class SNNState(NamedTuple):
     v: membrane of each IF layer (threshold units, in the order of ``Program.neurons``).
     count: spikes emitted so far by each IF layer (the max-pool rate estimate).
     s: spikes of each IF layer at the last step.
-    pool: per max-pool node, the running sum of its input when that input is not an IF layer
-        (None otherwise).
+    pool: per max-pool node, its rate estimate of its input (None for the ``"count"`` gate of an
+        input that is an IF layer: that layer's counts serve).
     out_v: readout membrane ``[B, C]`` (accumulated output current; reset on output spikes for
         the spiking softmax).
     out_count: output spikes so far ``[B, C]`` (spiking softmax only, else None).
+    time: steps simulated so far, a 0-dim int64 tensor (the ``"fir"`` and ``"avg"`` gates weigh by it).
     """
 
     v: tuple[Tensor, ...]
@@ -136,6 +148,7 @@ class SNNState(NamedTuple):
     pool: tuple[Tensor | None, ...]
     out_v: Tensor
     out_count: Tensor | None = None
+    time: Tensor | None = None
 
 
 class RunResult(NamedTuple):
@@ -204,7 +217,9 @@ class SpikingNetwork(nn.Module):
         reset: IF reset, "subtract" (default, Rueckauer et al.), "zero" (for comparison) or "none".
         input_mode: "analog" (constant current, default) or "poisson" (Bernoulli spikes, rate =
             intensity; inputs must lie in [0, 1]).
-        readout: "membrane" (default) or "spiking_softmax".
+        readout: "membrane" (default), "spiking_softmax" or "softmax_clock" (see the module doc).
+        softmax_clock_rate: ticks per step of the external Poisson clock of ``"softmax_clock"``.
+        maxpool_gate: the rate estimate of spiking max-pooling: "count" (default), "fir", "avg", "exp".
         surrogate: the IF layers' surrogate (used only if gradients are taken through them).
         backend: the IF layers' backend (:data:`spikegrad.kernels.BACKENDS`; "auto": the fastest).
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (readout [T, B, C], state)``;
@@ -212,13 +227,15 @@ class SpikingNetwork(nn.Module):
     """
 
     def __init__(self, program: Program, reset: ResetMode = "subtract", input_mode: InputMode = "analog",
-                 readout: Readout = "membrane", surrogate: str = "fast_sigmoid", backend: str = "auto"):
+                 readout: Readout = "membrane", surrogate: str = "fast_sigmoid", backend: str = "auto",
+                 softmax_clock_rate: float = 0.3, maxpool_gate: str = "count"):
         super().__init__()
         check_reset("SpikingNetwork", reset)
-        if input_mode not in ("analog", "poisson"):
-            raise ValueError(f"SpikingNetwork: input_mode must be 'analog' or 'poisson', got {input_mode!r}")
-        if readout not in ("membrane", "spiking_softmax"):
-            raise ValueError(f"SpikingNetwork: readout must be 'membrane' or 'spiking_softmax', got {readout!r}")
+        checks.one_of("SpikingNetwork", "input_mode", input_mode, ("analog", "poisson"))
+        checks.one_of("SpikingNetwork", "readout", readout, READOUTS)
+        self.maxpool_gate = checks.one_of("SpikingNetwork", "maxpool_gate", maxpool_gate, MAXPOOL_GATES)
+        self.softmax_clock_rate = checks.real("SpikingNetwork", "softmax_clock_rate", softmax_clock_rate,
+                                              lambda r: 0 < r <= 1, "a probability in (0, 1] (ticks per step)")
         if program.shapes is None:
             raise ValueError("SpikingNetwork: the program has no shapes; build it with calibrate -> normalize")
         self.reset, self.input_mode, self.readout = reset, input_mode, readout
@@ -313,11 +330,13 @@ class SpikingNetwork(nn.Module):
             return torch.empty((batch_size, *self.shapes[i]), device=device, dtype=dtype, memory_format=fmt).zero_()
         pool = tuple(None if self._pool_reads_count(i) else z(self._nodes[i].inputs[0]) for i in self.pools)
         zs = [tuple(z(i) for i in self.neurons) for _ in range(3)]
-        return SNNState(*zs, pool, z(self.out), z(self.out) if self.readout == "spiking_softmax" else None)
+        return SNNState(*zs, pool, z(self.out), z(self.out) if self.readout != "membrane" else None,
+                        torch.zeros((), dtype=torch.int64, device=device))
 
     def _pool_reads_count(self, i: int) -> bool:
-        """A max-pool fed directly by an IF layer uses that layer's spike count as its rate estimate."""
-        return self._nodes[i].inputs[0] in self._slot and (i, 0) not in self._gained
+        """A max-pool fed directly by an IF layer uses that layer's spike count as its rate estimate
+        (the ``"count"`` gate)."""
+        return self.maxpool_gate == "count" and self._nodes[i].inputs[0] in self._slot and (i, 0) not in self._gained
 
     # ------------------------------------------------------------------ time chunks
     def _chunk_steps(self, batch: int, static: list[bool]) -> int:
@@ -377,10 +396,10 @@ class SpikingNetwork(nn.Module):
                 if p is None:  # fed by an IF layer: its spike counts so far are the rates
                     rate = counts_seq[self._slot[n.inputs[0]]]
                 else:
-                    sums = _running_sum(p, xs[0].reshape(K, *p.shape))
-                    p.copy_(sums[-1])
-                    rate = sums.reshape(K * B, *p.shape[1:])
-                if self._binary[n.inputs[0]] and n.gains[0] is None:
+                    rates = self._rates(p, xs[0].reshape(K, *p.shape), st.time)
+                    st.pool[self._pool_slot[i]] = rates[-1]
+                    rate = rates.reshape(K * B, *p.shape[1:])
+                if self.maxpool_gate == "count" and self._binary[n.inputs[0]] and n.gains[0] is None:
                     vals[i] = spike_max_pool2d(xs[0], rate, **n.conf)
                 else:
                     vals[i] = gated_max_pool2d(xs[0], rate, **n.conf)
@@ -388,7 +407,27 @@ class SpikingNetwork(nn.Module):
                 if synops is not None and k in SYNAPTIC:
                     self._count(i, xs[0], synops, K)
                 vals[i] = apply_stateless(n, xs, ins)
-        return self._read(folded(self.out).reshape(K, B, -1), st, generator)
+        out = self._read(folded(self.out).reshape(K, B, -1), st, generator)
+        if st.time is not None:
+            st.time.add_(K)
+        return out
+
+    def _rates(self, r: Tensor, x: Tensor, time: Tensor) -> Tensor:
+        """The max-pool gate's rate estimates after each of ``K`` steps of input ``x [K, B, ...]``,
+        from ``r [B, ...]`` after ``time`` steps: ``[K, B, ...]`` (see ``maxpool_gate``)."""
+        if self.maxpool_gate == "count":
+            return _running_sum(r, x)
+        out = torch.empty_like(x)
+        for k in range(len(x)):
+            t = (time + k + 1).to(x.dtype)
+            if self.maxpool_gate == "fir":
+                r = r + x[k] / t
+            elif self.maxpool_gate == "avg":
+                r = r + (x[k] - r) / t
+            else:
+                r = 1.005 * r + 0.995 * x[k]
+            out[k] = r
+        return out
 
     def _count(self, i: int, x: Tensor, synops: Tensor, K: int) -> None:
         """Adds the synaptic operations of node ``i`` for input ``x [K * B, ...]`` to ``synops [K, L]``."""
@@ -407,11 +446,17 @@ class SpikingNetwork(nn.Module):
             st.out_v.copy_(out[-1])
             return out
         outs = []
-        for o_t in o:  # the spiking softmax draws per step: [B, C] work only
+        for o_t in o:  # the spiking softmaxes draw per step: [B, C] work only
             st.out_v.add_(o_t)
             p = torch.softmax(st.out_v, 1)
-            fired = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p
-            st.out_v.masked_fill_(fired, 0.0)
+            if self.readout == "spiking_softmax":
+                fired = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p
+                st.out_v.masked_fill_(fired, 0.0)
+            else:  # a clock tick: the most probable output fires, the sample's membranes reset
+                tick = torch.rand(p.shape[:1], generator=generator, device=p.device, dtype=p.dtype) \
+                    < self.softmax_clock_rate
+                fired = (p == p.amax(1, keepdim=True)) & tick[:, None]
+                st.out_v.masked_fill_(tick[:, None], 0.0)
             st.out_count.add_(fired.to(p.dtype))
             outs.append(st.out_count + 0.5 * p)  # p < 1 only breaks ties between equal counts
         return torch.stack(outs)
