@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import __version__
 from .conversion.snn import SpikingNetwork
 from .kernels.sparse import SparseInputLinear
 from .models import SeqWise, SpikingConvNet, SpikingMLP, SpikingOutput
@@ -581,7 +582,8 @@ def to_nir(model: nn.Module, dt: float = 1e-3, discretization: str = "exact", lo
     Args:
         model: a :class:`~spikegrad.models.SpikingMLP`, :class:`~spikegrad.models.SpikingConvNet`,
             :class:`NIRNetwork`, the Whetstone ``BinaryNet`` (:func:`spikegrad.sharpening.export_binary`;
-            a fully sharpened ``WhetstoneMLP``/``WhetstoneConvNet`` is passed through it first), or an
+            a fully sharpened ``WhetstoneMLP``/``WhetstoneConvNet`` is passed through it first), a
+            converted SNN (:class:`spikegrad.conversion.SpikingNetwork`, membrane readout), or an
             ``nn.Sequential`` of supported layers (on any device, any dtype). The binary net runs one
             step per input: its graph is ``Linear/Conv2d -> Threshold`` per layer, and its output node
             gives the decoder's logits (an ``Affine``/``Linear`` node).
@@ -599,11 +601,9 @@ def to_nir(model: nn.Module, dt: float = 1e-3, discretization: str = "exact", lo
         ``discretization``, ``reset`` (the reset modes exported) and ``producer``.
     Raises:
         ValueError: anything NIR cannot represent (subtract reset without ``lossy_reset``,
-            refractory periods, adaptive or recurrent neurons, unsupported layers).
+            refractory periods, adaptive neurons, recurrent layers without reset, unsupported layers).
     """
     nir = _nir()
-    from . import __version__
-
     dt = _check_dt("to_nir", dt)
     discretization = _check_discretization("to_nir", discretization)
     if isinstance(model, (WhetstoneMLP, WhetstoneConvNet)):
