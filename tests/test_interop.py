@@ -3,6 +3,7 @@ supported node and neuron, metadata, and every refused case."""
 
 import functools
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -584,3 +585,9 @@ def test_snntorch_imports_the_recurrent_subgraph():
         out, state = net(x_t, state)
         outs.append(out)
     assert ref.sum() > 0 and torch.equal(torch.stack(outs), ref)
+
+
+def test_missing_nir_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nir", None)  # as if not installed: importing the module still works
+    with pytest.raises(ImportError, match=r"spikegrad\[nir\]"):
+        to_nir(mlp(functools.partial(LIF, reset="zero")), dt=DT)
