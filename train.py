@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> float:
     metrics = fit(model, train_loader, val_loader, test_loader, optimizer, instantiate(cfg.loss),
                   encoder=instantiate(cfg.encoding) if cfg.encoding else None, scheduler=scheduler, regularizers=regularizers,
                   sharpener=sharpener, device=device, out_dir=out, resume=cfg.resume, writer=writer,
-                  generator=generator, **cfg.trainer)
+                  generator=generator, config=OmegaConf.to_container(cfg, resolve=True), **cfg.trainer)
     if cfg.analysis:
         metrics.update(instantiate(cfg.analysis)(model=model, train_loader=train_loader, val_loader=val_loader,
                                                  test_loader=test_loader, device=device, writer=writer, out_dir=out))

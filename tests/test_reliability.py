@@ -548,3 +548,16 @@ def test_resuming_a_run_that_stopped_sharp_trains_no_further(tmp_path):
     again, res = go(resume=tmp_path / "last.pt")
     assert res["epochs"] == 2
     assert_same_weights(stopped, again)
+
+
+def test_config_changes_on_resume_are_reported_and_split_changes_refused(tmp_path, caplog):
+    config = {"seed": 0, "T": 8, "data": {"name": "folder", "val_size": 16, "subset": None}, "trainer": {"epochs": 1}}
+    run(tmp_path, epochs=1, config=config)
+    with pytest.raises(ResumeError, match=r"seed 0 -> 1 would change the train / validation split"):
+        run(tmp_path / "b", epochs=2, resume=tmp_path / "last.pt", config={**config, "seed": 1})
+    with pytest.raises(ResumeError, match=r"data\.val_size 16 -> 8 would change"):
+        run(tmp_path / "b", epochs=2, resume=tmp_path / "last.pt",
+            config={**config, "data": {**config["data"], "val_size": 8}})
+    caplog.clear()
+    run(tmp_path / "b", epochs=1, resume=tmp_path / "last.pt", config={**config, "T": 16})
+    assert "overridden: T 8 -> 16" in caplog.text

@@ -14,6 +14,9 @@ from torch import nn
 __all__ = ["ResumeError", "CheckpointWriteError", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_VERSION = 2
+# run settings (flattened config keys) that fix the train / validation split: a resume may not change them
+SPLIT_KEYS = ("seed", "data.name", "data.val_size", "data.subset")
+_REPORTED_AS_SETTINGS = ("resume", "trainer.", "optim.", "scheduler.")  # compared from the built objects instead
 _SCHEDULER_COUNTERS = ("base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step",
                        "_last_lr", "verbose")
 
@@ -136,10 +139,20 @@ def _set_rng_state(state: dict, train_loader, generator) -> None:
         generator.set_state(state["encoder"])
 
 
-def _settings(epochs: int, optimizer, scheduler, grad_clip, train_loader) -> dict:
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _settings(epochs: int, optimizer, scheduler, grad_clip, train_loader, config: dict | None = None) -> dict:
     """The settings a checkpoint records, to tell an exact continuation from an overridden one."""
     batches = len(train_loader) if hasattr(train_loader, "__len__") else None
-    return {"epochs": epochs, "batches_per_epoch": batches, "optimizer": type(optimizer).__name__,
+    return {"config": None if config is None else _flatten(config),"epochs": epochs, "batches_per_epoch": batches, "optimizer": type(optimizer).__name__,
             "hyper": [{k: v for k, v in g.items() if k not in ("params", "initial_lr")} for g in optimizer.param_groups],
             "scheduler": None if scheduler is None else type(scheduler).__name__,
             "scheduler_params": None if scheduler is None else
@@ -180,6 +193,15 @@ def _resume(path, ckpt: dict, optimizer, scheduler, sharpener, epochs: int, sett
                           f"{settings['batches_per_epoch']} batches per epoch (other data.batch_size, data.subset or "
                           "data.val_size?), so the position cannot be found again. Resume with the data settings of "
                           "the checkpoint's run, or from its last.pt (an epoch boundary)")
+    old_cfg, new_cfg = (saved or {}).get("config"), settings.get("config")
+    config_changes = [] if old_cfg is None or new_cfg is None else [
+        (key, old_cfg.get(key), new_cfg.get(key)) for key in sorted(set(old_cfg) | set(new_cfg))
+        if not key.startswith(_REPORTED_AS_SETTINGS) and repr(old_cfg.get(key)) != repr(new_cfg.get(key))]
+    split = [f"{k} {a} -> {b}" for k, a, b in config_changes if k in SPLIT_KEYS]
+    if split:
+        raise ResumeError(f"checkpoint {path}: {'; '.join(split)} would change the train / validation split, so "
+                          "samples the model was trained on could land in the validation set. Resume with the "
+                          "checkpoint's values, or start a new run")
     fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     _load_optimizer(optimizer, ckpt, path)
     changed = [] if saved is None else _changes(saved, settings)
@@ -210,6 +232,8 @@ def _resume(path, ckpt: dict, optimizer, scheduler, sharpener, epochs: int, sett
         changed.append(f"{type(sharpener).__name__} starts now (the checkpoint's run had no sharpener)")
     elif ckpt.get("sharpener") is not None:
         changed.append("sharpening stops (the sharpness reached so far stays in the weights)")
+    changed += [f"{k} {a} -> {b}" for k, a, b in config_changes]
+    exact = not changed
     return [f"restored: {', '.join(restored)}",
-            "overridden: " + ("; ".join(changed) if changed else "nothing (exact continuation)")]
+            "overridden: " + ("; ".join(changed) if not exact else "nothing (exact continuation)")]
 

@@ -278,7 +278,7 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         device: str | torch.device = "cpu", out_dir: str | os.PathLike | None = None,
         resume: str | os.PathLike | None = None, writer=None, generator: torch.Generator | None = None,
         progress: bool = True, grad_clip: float | None = None, log_samples: int = 2,
-        use_best: bool = True) -> dict[str, Any]:
+        use_best: bool = True, config: dict | None = None) -> dict[str, Any]:
     """Train for ``epochs`` epochs, validating each, then test (see the module docstring for the promises).
 
     Args:
@@ -298,6 +298,9 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         grad_clip: maximum gradient norm, a number > 0, or None for no clipping.
         log_samples: test samples whose rasters and traces go to TensorBoard (int >= 0).
         use_best: evaluate the test set with the best-validation weights (else the last ones).
+        config: the run's settings as a plain nested dict (e.g. the composed Hydra config), kept in
+            the checkpoints. On resume its changes are logged as overrides; a change of a key in
+            :data:`~spikegrad.training.checkpoints.SPLIT_KEYS` (seed, data split) is a ResumeError.
     Returns:
         metrics: ``test_accuracy``, ``test_loss``, ``val_accuracy`` (best), ``spikes_per_input``
         (hidden spikes per test sample), ``epochs``, ``train_seconds``, ``train_samples_per_second``,
@@ -325,7 +328,7 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         if not os.access(out_dir, os.W_OK):
             raise PermissionError(f"cannot write checkpoints to {out_dir}; choose a writable output folder "
                                   "(hydra.run.dir=...)")
-    settings = _settings(epochs, optimizer, scheduler, grad_clip, train_loader)
+    settings = _settings(epochs, optimizer, scheduler, grad_clip, train_loader, config)
     eval_seed = generator.initial_seed() if generator is not None else 0
     with _console_log(), _StopRequest() as stop:
         return _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs, encoder, scheduler,
