@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 LatencyMethod = Literal["log", "linear"]
+BINNINGS = ("round", "floor")
 _METHODS = ("log", "linear")
 
 
@@ -89,6 +90,7 @@ def latency_times(
     tau: float = 5.0,
     normalize: bool = True,
     clip: bool = False,
+    binning: str = "round",
 ) -> Tensor:
     """Time-to-first-spike of every pixel, in whole steps (``inf`` = silent).
 
@@ -105,6 +107,10 @@ def latency_times(
           t = tau * ln(x / (x - threshold))                          # normalize=False
 
       ``t`` grows without bound as ``x`` -> ``threshold``, so dim pixels can fall past the window.
+      The shift is ``tau * ln(1 - threshold)`` steps (-1.8 steps for ``tau = 8``, ``threshold =
+      0.2``): every pixel fires that much earlier than in the unnormalised code of the
+      BrainScaleS-2 software model (hxtorch's ``PixelsToSpikeTimes``), which ``normalize=False``
+      with ``binning="floor"`` reproduces.
     * ``method="linear"``: with ``x' = (x - threshold) / (1 - threshold)`` in (0, 1]::
 
           t = (T - 1) * (1 - x')
@@ -112,8 +118,10 @@ def latency_times(
       which maps (threshold, 1] onto [0, T - 1) (``tau`` and ``normalize`` are not used: x = 1
       already fires at step 0 and every pixel above threshold fires inside the window).
 
-    The spike step is ``k = round(t)`` (``torch.round``: half to even). If ``k > T - 1`` the pixel
-    is silent (``clip=False``) or fires at the last step ``T - 1`` (``clip=True``).
+    The spike step is ``k = round(t)`` (``binning="round"``, ``torch.round``: half to even) or
+    ``k = floor(t)`` (``binning="floor"``: the bin that contains ``t``, as the BrainScaleS-2 software
+    model bins spike times). If ``k > T - 1`` the pixel is silent (``clip=False``) or fires at the
+    last step ``T - 1`` (``clip=True``).
 
     Args:
         x: intensities in [0, 1], shape [B, ...], floating dtype.
@@ -123,12 +131,14 @@ def latency_times(
         tau: RC time constant of ``method="log"``, in steps (> 0).
         normalize: ``method="log"`` only: shift times so ``x == 1`` fires at step 0.
         clip: fire late pixels at step ``T - 1`` instead of dropping them.
+        binning: ``"round"`` (nearest step) or ``"floor"`` (the step whose bin contains the time).
     Returns:
         spike steps, shape of ``x``, integer values in [0, T - 1] or ``inf`` for silent pixels;
         dtype float32 (float64 if ``x`` is float64). Not differentiable (pure data transform).
     """
     T = _check_T("latency_times", T)
     threshold, tau = _check_latency_args("latency_times", method, threshold, tau)
+    checks.one_of("latency_times", "binning", binning, BINNINGS)
     _check_x("latency_times", x)
     xw = x.detach().to(_work_dtype(x))
     fires = xw > threshold
@@ -140,7 +150,7 @@ def latency_times(
             t = t + tau * math.log1p(-threshold)
     else:
         t = (T - 1) * (1 - (xs - threshold) / (1 - threshold))
-    k = torch.round(t).clamp_min(0)  # clamp only guards -0.0 / rounding noise at x == 1
+    k = (torch.round(t) if binning == "round" else torch.floor(t)).clamp_min(0)  # clamp: -0.0 / noise at x == 1
     if clip:
         k = k.clamp_max(T - 1)
     else:
@@ -156,6 +166,7 @@ def latency_encode(
     tau: float = 5.0,
     normalize: bool = True,
     clip: bool = False,
+    binning: str = "round",
 ) -> Tensor:
     """Time-to-first-spike (latency) code: each pixel fires at most once, brighter pixels earlier.
 
@@ -168,7 +179,7 @@ def latency_encode(
     Returns:
         spikes [T, B, ...], dtype of ``x``, values in {0, 1}, at most one spike per pixel.
     """
-    times = latency_times(x, T, method, threshold, tau, normalize, clip)
+    times = latency_times(x, T, method, threshold, tau, normalize, clip, binning)
     steps = torch.arange(int(T), device=x.device, dtype=times.dtype).view(-1, *([1] * x.dim()))  # [T, 1, ...]
     return (times.unsqueeze(0) == steps).to(x.dtype)  # [T, B, ...]
 
@@ -226,9 +237,10 @@ class LatencyEncoder(nn.Module):
     """Module form of :func:`latency_encode` (no parameters); ``forward(x [B, ...]) -> [T, B, ...]``."""
 
     def __init__(self, T: int, method: LatencyMethod = "log", threshold: float = 0.2, tau: float = 5.0,
-                 normalize: bool = True, clip: bool = False):
+                 normalize: bool = True, clip: bool = False, binning: str = "round"):
         super().__init__()
         self.T = _check_T("LatencyEncoder", T)
+        self.binning = checks.one_of("LatencyEncoder", "binning", binning, BINNINGS)
         self.threshold, self.tau = _check_latency_args("LatencyEncoder", method, threshold, tau)
         self.method = method
         self.normalize = bool(normalize)
@@ -236,11 +248,12 @@ class LatencyEncoder(nn.Module):
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``generator`` is accepted for a uniform encoder interface and ignored (deterministic)."""
-        return latency_encode(x, self.T, self.method, self.threshold, self.tau, self.normalize, self.clip)
+        return latency_encode(x, self.T, self.method, self.threshold, self.tau, self.normalize, self.clip,
+                              self.binning)
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, method={self.method!r}, threshold={self.threshold:g}, tau={self.tau:g}, "
-                f"normalize={self.normalize}, clip={self.clip}")
+                f"normalize={self.normalize}, clip={self.clip}, binning={self.binning!r}")
 
 
 class RateEncoder(nn.Module):

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 from torch import Tensor, nn
 
 from .functional import last
-from .neurons import LI, LIF
+from .neurons import LI, LIF, DelayedState
 
 __all__ = ["SpikingOutput", "SeqWise", "SpikingMLP", "SpikingConvNet", "spikes_per_input", "eval_mode",
            "recording_v"]
@@ -99,6 +99,8 @@ def _run_neuron(neuron: nn.Module, x_seq: Tensor, state, record_v: bool) -> tupl
         out, final = neuron(x_seq, state)
         return out, None, final
     out, states = neuron(x_seq, state, record=True)
+    if isinstance(states, DelayedState):  # the neuron's states are recorded, its carried input is not
+        return out, states.neuron.v, DelayedState(last(states.neuron), states.last_x)
     return out, states.v, last(states)
 
 

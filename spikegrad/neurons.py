@@ -18,7 +18,7 @@ imported from here.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,7 @@ from .kernels import BACKENDS, LI_BACKENDS, check_backend, li_sequence, lif_sequ
 from .surrogates import Surrogate, make_surrogate
 
 __all__ = [
-    "LIF", "IF", "ALIF", "LI",
+    "LIF", "IF", "ALIF", "LI", "BSS2LIF", "BSS2LI", "DelayedState",
     # the functional core, re-exported
     "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState", "lif_step", "recurrent_lif_step",
     "alif_step", "li_step", "scan", "last", "detach_state", "RESET_MODES",
@@ -370,3 +370,77 @@ class LI(_Neuron):
 
     def extra_repr(self) -> str:
         return self._describe("tau_mem", "tau_syn")
+
+
+# ----------------------------------------------------------------------------- BrainScaleS-2 model
+class DelayedState(NamedTuple):
+    """State of a neuron whose input arrives one step late: the neuron's own state and the last
+    input step ``[B, ...]`` (the next call's first input)."""
+
+    neuron: Any
+    last_x: Tensor
+
+
+def _delayed_input(x_seq: Tensor, state: DelayedState | None, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """``scale * x`` delayed by one step (``[T, B, ...]``, the first step from ``state``) and the
+    last input step to carry over."""
+    first = torch.zeros_like(x_seq[:1]) if state is None else state.last_x.unsqueeze(0).to(x_seq.dtype)
+    return scale * torch.cat([first, x_seq[:-1]]), x_seq[-1].detach()
+
+
+class BSS2LIF(LIF):
+    """The LIF neuron of the BrainScaleS-2 group's software model (hxtorch's CUBA LIF integration,
+    with which Cramer et al. 2022 compare the chip), in threshold units with leak potential 0::
+
+        v[t] = dm v[t-1] + (1 - dm) i[t-1]        # the current of the previous step: one step of delay
+        i[t] = ds i[t-1] + x[t]
+        s[t] = H(v[t] - v_th);  v[t] = v_reset where s[t]
+
+    It is :class:`LIF` with ``reset="zero"`` fed ``(1 - dm) x[t-1]`` (so it runs on the same fast
+    kernels): the input is scaled by ``1 - exp(-1 / tau_mem)`` (about ``1 / tau_mem``) and arrives
+    one step late. Arguments as :class:`LIF` (``reset`` is always ``"zero"``; no recurrent weights).
+    Shapes: ``forward(x_seq [T, B, ...], state=None) -> (spikes [T, B, ...], DelayedState)``.
+    """
+
+    def __init__(self, tau_mem: float | Tensor = 20.0, tau_syn: float | Tensor = 5.0, v_th: float | Tensor = 1.0,
+                 v_reset: float = 0.0, detach_reset: bool = True, surrogate: str | Surrogate = "fast_sigmoid",
+                 refractory: int = 0, learn_tau: bool | str = False, learn_threshold: bool = False,
+                 shape: tuple[int, ...] | None = None, backend: str = "auto"):
+        super().__init__(tau_mem=tau_mem, tau_syn=tau_syn, v_th=v_th, v_reset=v_reset, reset="zero",
+                         detach_reset=detach_reset, surrogate=surrogate, refractory=refractory, learn_tau=learn_tau,
+                         learn_threshold=learn_threshold, shape=shape, backend=backend)
+
+    def step(self, x_t: Tensor, state: DelayedState | None = None) -> tuple[Tensor, DelayedState]:
+        """One step: ``x_t [B, ...] -> (spikes_t [B, ...], state)``."""
+        out, state = self.forward(x_t.unsqueeze(0), state)
+        return out[0], state
+
+    def forward(self, x_seq: Tensor, state: DelayedState | None = None,
+                record: bool = False) -> tuple[Tensor, DelayedState]:
+        """Run ``T`` steps (``record=True``: ``state.neuron`` holds every step, ``[T, B, ...]``)."""
+        self._check_input(x_seq)
+        scale = 1 - self.params(x_seq.dtype).decay_mem
+        x, last = _delayed_input(x_seq, state, scale)
+        spikes, st = super().forward(x, None if state is None else state.neuron, record)
+        return spikes, DelayedState(st, last)
+
+
+class BSS2LI(LI):
+    """The leaky-integrator readout of the BrainScaleS-2 software model: :class:`LI` fed
+    ``(1 - dm) x[t-1]`` (``v[t] = dm v[t-1] + (1 - dm) i[t-1]``, ``i[t] = ds i[t-1] + x[t]``).
+    Shapes: ``forward(x_seq [T, B, ...], state=None) -> (v_seq [T, B, ...], DelayedState)``.
+    """
+
+    def step(self, x_t: Tensor, state: DelayedState | None = None) -> tuple[Tensor, DelayedState]:
+        """One step: ``x_t [B, ...] -> (v_t [B, ...], state)``."""
+        out, state = self.forward(x_t.unsqueeze(0), state)
+        return out[0], state
+
+    def forward(self, x_seq: Tensor, state: DelayedState | None = None,
+                record: bool = False) -> tuple[Tensor, DelayedState]:
+        """Run ``T`` steps; the output is the membrane trace ``[T, B, ...]``."""
+        self._check_input(x_seq)
+        scale = 1 - self.params(x_seq.dtype).decay_mem
+        x, last = _delayed_input(x_seq, state, scale)
+        v, st = super().forward(x, None if state is None else state.neuron, record)
+        return v, DelayedState(st, last)

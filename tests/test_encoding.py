@@ -246,3 +246,18 @@ def test_modules_match_functional_and_keep_trailing_shape():
         assert list(enc.parameters()) == [] and enc.state_dict() == {}
         clone = pickle.loads(pickle.dumps(enc))
         assert repr(clone) == repr(enc) == repr(copy.deepcopy(enc))
+
+
+def test_floor_binning_and_the_normalising_shift_by_hand():
+    from spikegrad.encoding import latency_times
+
+    tau, th = 8.0, 0.2
+    x = torch.tensor([0.5, 0.3, 1.0])
+    t = tau * torch.log(x / (x - th))                       # unnormalised times: 4.09, 8.79, 1.79 steps
+    got = latency_times(x, 32, tau=tau, threshold=th, normalize=False, binning="floor")
+    assert got.tolist() == torch.floor(t).tolist() == [4.0, 8.0, 1.0]
+    assert latency_times(x, 32, tau=tau, threshold=th, normalize=False).tolist() == [4.0, 9.0, 2.0]
+    shifted = latency_times(x, 32, tau=tau, threshold=th, normalize=True, binning="floor")
+    assert shifted.tolist() == torch.floor(t + tau * math.log(1 - th)).clamp_min(0).tolist() == [2.0, 7.0, 0.0]
+    with pytest.raises(ValueError, match="binning must be one of"):
+        latency_times(x, 32, binning="ceil")
