@@ -388,7 +388,25 @@ def _delayed_input(x_seq: Tensor, state: DelayedState | None, scale: Tensor) -> 
     return scale * torch.cat([first, x_seq[:-1]]), x_seq[-1].detach()
 
 
-class BSS2LIF(LIF):
+class _DelayedInput:
+    """Mixin for a neuron module whose input arrives one step late, scaled by ``1 - decay_mem``
+    (the BrainScaleS-2 software model); the state is a :class:`DelayedState`."""
+
+    def step(self, x_t: Tensor, state: DelayedState | None = None) -> tuple[Tensor, DelayedState]:
+        """One step: ``x_t [B, ...] -> (output_t [B, ...], state)``."""
+        out, state = self.forward(x_t.unsqueeze(0), state)
+        return out[0], state
+
+    def forward(self, x_seq: Tensor, state: DelayedState | None = None,
+                record: bool = False) -> tuple[Tensor, DelayedState]:
+        """Run ``T`` steps (``record=True``: ``state.neuron`` holds every step, ``[T, B, ...]``)."""
+        self._check_input(x_seq)
+        x, last = _delayed_input(x_seq, state, 1 - self.params(x_seq.dtype).decay_mem)
+        out, st = super().forward(x, None if state is None else state.neuron, record)
+        return out, DelayedState(st, last)
+
+
+class BSS2LIF(_DelayedInput, LIF):
     """The LIF neuron of the BrainScaleS-2 group's software model (hxtorch's CUBA LIF integration,
     with which Cramer et al. 2022 compare the chip), in threshold units with leak potential 0::
 
@@ -410,37 +428,9 @@ class BSS2LIF(LIF):
                          detach_reset=detach_reset, surrogate=surrogate, refractory=refractory, learn_tau=learn_tau,
                          learn_threshold=learn_threshold, shape=shape, backend=backend)
 
-    def step(self, x_t: Tensor, state: DelayedState | None = None) -> tuple[Tensor, DelayedState]:
-        """One step: ``x_t [B, ...] -> (spikes_t [B, ...], state)``."""
-        out, state = self.forward(x_t.unsqueeze(0), state)
-        return out[0], state
 
-    def forward(self, x_seq: Tensor, state: DelayedState | None = None,
-                record: bool = False) -> tuple[Tensor, DelayedState]:
-        """Run ``T`` steps (``record=True``: ``state.neuron`` holds every step, ``[T, B, ...]``)."""
-        self._check_input(x_seq)
-        scale = 1 - self.params(x_seq.dtype).decay_mem
-        x, last = _delayed_input(x_seq, state, scale)
-        spikes, st = super().forward(x, None if state is None else state.neuron, record)
-        return spikes, DelayedState(st, last)
-
-
-class BSS2LI(LI):
+class BSS2LI(_DelayedInput, LI):
     """The leaky-integrator readout of the BrainScaleS-2 software model: :class:`LI` fed
     ``(1 - dm) x[t-1]`` (``v[t] = dm v[t-1] + (1 - dm) i[t-1]``, ``i[t] = ds i[t-1] + x[t]``).
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (v_seq [T, B, ...], DelayedState)``.
     """
-
-    def step(self, x_t: Tensor, state: DelayedState | None = None) -> tuple[Tensor, DelayedState]:
-        """One step: ``x_t [B, ...] -> (v_t [B, ...], state)``."""
-        out, state = self.forward(x_t.unsqueeze(0), state)
-        return out[0], state
-
-    def forward(self, x_seq: Tensor, state: DelayedState | None = None,
-                record: bool = False) -> tuple[Tensor, DelayedState]:
-        """Run ``T`` steps; the output is the membrane trace ``[T, B, ...]``."""
-        self._check_input(x_seq)
-        scale = 1 - self.params(x_seq.dtype).decay_mem
-        x, last = _delayed_input(x_seq, state, scale)
-        v, st = super().forward(x, None if state is None else state.neuron, record)
-        return v, DelayedState(st, last)
