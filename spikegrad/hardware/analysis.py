@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -234,8 +233,10 @@ def write_mismatch_figure(sweep_dir: str | os.PathLike, writer=None,
     return path
 
 
-class MismatchFigure(Callback):
-    """Hydra callback: after a multirun, write :func:`write_mismatch_figure` at the sweep root.
+class MismatchFigure:
+    """Hydra callback (``hydra.callbacks``): after a multirun, write :func:`write_mismatch_figure` at
+    the sweep root. It has every hook Hydra calls; all but ``on_multirun_end`` do nothing (the
+    library imports no hydra outside :mod:`spikegrad.sweep`).
 
     Args:
         extra: more runs to draw (see :func:`write_mismatch_figure`).
@@ -243,6 +244,24 @@ class MismatchFigure(Callback):
 
     def __init__(self, extra: Sequence[str] = ()):
         self.extra = list(extra or ())
+
+    def on_run_start(self, config, **kwargs) -> None:
+        pass
+
+    def on_run_end(self, config, **kwargs) -> None:
+        pass
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        pass
+
+    def on_job_start(self, config, **kwargs) -> None:
+        pass
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        pass
+
+    def on_compose_config(self, config, **kwargs) -> None:
+        pass
 
     def on_multirun_end(self, config, **kwargs) -> None:
         path = write_mismatch_figure(config.hydra.sweep.dir, extra=self.extra)
