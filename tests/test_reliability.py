@@ -257,7 +257,7 @@ def test_overrides_that_cannot_apply_are_errors(tmp_path):
     run(tmp_path, epochs=2)
     with pytest.raises(ResumeError, match=r"completed 2 epochs.*epochs >= 2"):
         run(tmp_path / "x", epochs=1, resume=tmp_path / "last.pt")
-    with pytest.raises(ResumeError, match=r"Adam optimizer.*built SGD.*optim=adam"):
+    with pytest.raises(ResumeError, match=r"optimizer Adam, but this run built SGD.*optim=adam"):
         run(tmp_path / "y", epochs=3, optim=torch.optim.SGD, resume=tmp_path / "last.pt")
 
 

@@ -103,8 +103,8 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, ckpt: dict, path) -> None:
     same_keys = all(set(g) - {"params", "initial_lr"} == set(h) - {"params", "initial_lr"}
                     for g, h in zip(groups, optimizer.param_groups))
     if (saved is not None and saved != mine) or not same_keys:
-        raise ResumeError(f"checkpoint {path} holds the state of a {saved or 'different'} optimizer, but this run "
-                          f"built {mine}: its state (e.g. Adam's moments) cannot continue in {mine}. Resume with the "
+        raise ResumeError(f"checkpoint {path} holds the state of the optimizer {saved or '(another type)'}, but "
+                          f"this run built {mine}: its state (e.g. Adam's moments) cannot continue in {mine}. Resume with the "
                           f"checkpoint's optimizer (optim={(saved or 'the same').lower()}), or start a new run from its "
                           "weights only (ann_checkpoint=PATH in train.py, load_checkpoint(path, model) in Python)")
     try:
