@@ -1,4 +1,5 @@
-"""Train a spiking network: ``python train.py experiment=mnist16`` (configs in ``conf/``)."""
+"""Train a spiking network: ``python train.py experiment=mnist16`` (configs in ``conf/``); data-parallel on N
+processes: ``torchrun --nproc_per_node=N train.py experiment=mnist16`` (see spikegrad.training.distributed)."""
 
 from spikegrad.malloc import retain_freed_memory
 
@@ -6,6 +7,7 @@ retain_freed_memory()  # before torch allocates: reuse freed tensor memory inste
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -18,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from spikegrad.interop import check_nir_export, save_nir
 from spikegrad.sweep import check_objective
-from spikegrad.training import fit, load_checkpoint, resolve_device
+from spikegrad.training import distributed, fit, load_checkpoint, resolve_device
 
 log = logging.getLogger("train")
 
@@ -41,9 +43,13 @@ def main(cfg: DictConfig) -> float:
     check_objective(cfg.objective, has_validation=bool(cfg.data.get("val_size", 1)),
                     sweep=HydraConfig.get().mode == RunMode.MULTIRUN)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
+    rank, world = distributed.rank(), distributed.world_size()
     train_loader, val_loader, test_loader = instantiate(cfg.data).loaders(cfg.seed)
+    shards = distributed.shard_loaders(train_loader, val_loader, test_loader, cfg.seed)  # unchanged in one process
     model = instantiate(cfg.model)
+    if world > 1:
+        torch.manual_seed(cfg.seed + rank)  # other dropout noise on each process (DDP copies rank 0's weights)
     if cfg.get("ann_checkpoint"):
         load_checkpoint(cfg.ann_checkpoint, model)
     nir_kw = {k: v for k, v in cfg.nir.items() if k != "export"} if (cfg.get("nir") or {}).get("export") else None
@@ -53,16 +59,19 @@ def main(cfg: DictConfig) -> float:
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler else None
     sharpener = instantiate(cfg.sharpen)(model) if cfg.sharpen else None
     regularizers = [instantiate(r) for r in (cfg.regularizer or {}).values()]
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    writer = SummaryWriter(str(out / "tb"))
-    metrics = fit(model, train_loader, val_loader, test_loader, optimizer, instantiate(cfg.loss),
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + rank)
+    writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
+    metrics = fit(model, *shards, optimizer, instantiate(cfg.loss),
                   encoder=instantiate(cfg.encoding) if cfg.encoding else None, scheduler=scheduler, regularizers=regularizers,
                   sharpener=sharpener, device=device, out_dir=out, resume=cfg.resume, writer=writer,
                   generator=generator, config=OmegaConf.to_container(cfg, resolve=True), **cfg.trainer)
+    if rank > 0:
+        return metrics.get(cfg.objective)
     if cfg.analysis:
         metrics.update(instantiate(cfg.analysis)(model=model, train_loader=train_loader, val_loader=val_loader,
                                                  test_loader=test_loader, device=device, writer=writer, out_dir=out))
     metrics["overrides"] = list(HydraConfig.get().overrides.task)
+    metrics["world_size"] = world
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if nir_kw:
         save_nir(model, out / "model.nir", **nir_kw)
@@ -76,4 +85,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    sys.argv += distributed.launch_overrides(sys.argv[1:])  # torchrun: one process group, one run folder
+    try:
+        main()
+    finally:
+        distributed.shutdown()

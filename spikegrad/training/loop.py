@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader eagerly
 
 from ..models import SpikingOutput, eval_mode, recording_v, spikes_per_input
-from .checkpoints import (CHECKPOINT_VERSION, _nonfinite_names, _resume, _rng_state, _set_rng_state, _settings,
-                          load_checkpoint, save_checkpoint)
+from . import distributed as _dist
+from .checkpoints import (CHECKPOINT_VERSION, ResumeError, _nonfinite_names, _resume, _rng_state, _set_rng_state,
+                          _settings, load_checkpoint, save_checkpoint)
 from .guards import NonFiniteLossError, _check_stop, _Stop, _StateWatch, _StopRequest
 
 __all__ = ["resolve_device", "train_epoch", "evaluate", "fit"]
@@ -80,6 +81,10 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             ``rng`` (the random state at that point), what an interrupt checkpoint needs.
         grad_clip: maximum gradient norm, > 0 (None: no clipping).
         should_stop: polled before every batch; when it returns True the epoch stops there.
+    In a distributed run (``model`` wrapped in DDP, see :mod:`~spikegrad.training.distributed`) the
+    stop request and the finiteness check are agreed by all processes at every batch (one
+    all-reduce), the sharpener sees the global-batch loss, and the returned metrics are over all
+    processes' samples.
     Returns:
         ``{"train_loss", "train_accuracy", "train_spikes_per_input", "train_samples"}``; loss and
         accuracy are means over samples.
@@ -88,6 +93,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     """
     model.train()
     device = torch.device(device)
+    sync = _dist.active()
     t = dict(totals) if totals else {"n": 0.0, "loss_sum": 0.0, "correct": 0.0, "spike_sum": 0.0, "spiking": False}
     params = [p for p in model.parameters() if p.requires_grad]
     watch = _StateWatch(model)
@@ -98,7 +104,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
                 if k == start_batch - 1 and resume_rng is not None:
                     _set_rng_state(resume_rng, None, generator)
                 continue
-            _check_stop(should_stop)
+            if not sync:
+                _check_stop(should_stop)
             x, y = _pair(batch, "train")
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x_seq = _encode(encoder, x, generator)
@@ -107,13 +114,23 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             total = loss + _regularization(regularizers, out)
             ok = torch.isfinite(total.detach())
             states_ok = watch.finite()
-            if not bool(ok if states_ok is None else ok & states_ok):  # one device sync for both checks
+            finite = ok if states_ok is None else ok & states_ok
+            batch_loss = None
+            if sync:  # all processes stop, or fail, at the same batch
+                stop_now, all_finite, batch_loss = _dist.agree_batch(should_stop is not None and should_stop(),
+                                                                     finite, loss, y.shape[0])
+                if stop_now:
+                    raise _Stop
+                if not all_finite and bool(finite):
+                    raise NonFiniteLossError(f"the loss or a neuron state became non-finite on another process at "
+                                             f"epoch {epoch + 1}, batch {k + 1} (its log names the layer)")
+            if not bool(finite):  # one device sync for both checks
                 where = f"at epoch {epoch + 1}, batch {k + 1}"
                 data = ("" if bool(torch.isfinite(x_seq).all()) else
                         "; the input batch itself holds NaN/Inf (after encoding): check the data and the encoder")
                 if states_ok is not None and not bool(states_ok):
                     raise NonFiniteLossError(f"a neuron state became non-finite {where}: "
-                                             f"{watch.diagnose(model, x_seq)}{data}")
+                                             f"{watch.diagnose(getattr(model, 'module', model), x_seq)}{data}")
                 raise NonFiniteLossError(f"the loss became {float(total.detach())} {where} "
                                          f"(task loss {float(loss.detach())}){data}")
             optimizer.zero_grad(set_to_none=True)
@@ -136,7 +153,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             t["spiking"] = isinstance(out, SpikingOutput)
             t["spike_sum"] += _batch_spikes(out) * b
             if sharpener is not None:
-                sharpener.on_batch_end(epoch, k, float(loss.detach()))
+                sharpener.on_batch_end(epoch, k, float(loss.detach()) if batch_loss is None else batch_loss)
             if position is not None:
                 position.update(batch=k + 1, totals=dict(t), rng=_rng_state(None, generator))
             n = t["n"]
@@ -145,6 +162,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     finally:
         bar.close()
         watch.remove()
+    if sync:
+        t = _sum_totals(_dist.gather(t))
     if not t["n"]:
         raise ValueError("the train loader yielded no samples; check the data split sizes (data.subset, data.val_size)")
     n = t["n"]
@@ -160,19 +179,25 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
 
     Also returns ``rates``: per hidden layer, the mean firing rate (spikes per neuron per step).
     ``spikes_per_input`` is None for models that do not return a :class:`SpikingOutput`.
+    In a distributed run each process evaluates its shard of ``loader``; the sums and sample counts
+    are added over the processes before dividing (the same numbers as one process on all samples),
+    and ``should_stop`` is polled once, after the last batch, by all processes together.
 
     Raises:
         NonFiniteLossError: a NaN/Inf loss or neuron state (an accuracy computed from it would be wrong).
     """
     device = torch.device(device)
+    sync = _dist.active()
     n = loss_sum = correct = spike_sum = 0.0
     rates: list[float] = []
+    error = None
     watch = _StateWatch(model)
     try:
         with eval_mode(model):
             for k, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=_progress(progress),
                                            dynamic_ncols=True)):
-                _check_stop(should_stop)
+                if not sync:
+                    _check_stop(should_stop)
                 x, y = _pair(batch, desc)
                 x, y = x.to(device), y.to(device)
                 x_seq = _encode(encoder, x, generator)
@@ -183,8 +208,11 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
                 if not math.isfinite(loss) or (states_ok is not None and not bool(states_ok)):
                     detail = (f"the loss is {loss}" if not math.isfinite(loss)
                               else f"a neuron state became non-finite: {watch.diagnose(model, x_seq)}")
-                    raise NonFiniteLossError(f"{desc}: {detail} at batch {k + 1}; its accuracy would be meaningless. "
-                                             "Check the inputs for NaN/Inf and the weights")
+                    error = (f"{desc}: {detail} at batch {k + 1}" + (f" of process {_dist.rank()}" if sync else "")
+                             + "; its accuracy would be meaningless. Check the inputs for NaN/Inf and the weights")
+                    if not sync:
+                        raise NonFiniteLossError(error)
+                    break
                 n += b
                 loss_sum += loss * b
                 correct += float((loss_fn.predict(out) == y).sum())
@@ -194,10 +222,25 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
                     rates = [a + r for a, r in zip(rates, layer_rates)] if rates else layer_rates
     finally:
         watch.remove()
+    if sync:  # every process reaches this point, also after an error, so none waits forever
+        parts = _dist.gather({"n": n, "loss_sum": loss_sum, "correct": correct, "spike_sum": spike_sum,
+                              "rates": rates, "error": error})
+        errors = [p["error"] for p in parts if p["error"]]
+        if errors:
+            raise NonFiniteLossError(errors[0])
+        n, loss_sum, correct, spike_sum = (sum(p[key] for p in parts) for key in ("n", "loss_sum", "correct", "spike_sum"))
+        rates = [sum(r) for r in zip(*[p["rates"] for p in parts if p["rates"]])]
+        _check_stop(lambda: _dist.agree(should_stop is not None and should_stop()))
     if n == 0:
         raise ValueError(f"{desc}: the data loader yielded no samples; check the data split sizes")
     return {"loss": loss_sum / n, "accuracy": correct / n, "spikes_per_input": spike_sum / n if rates else None,
             "rates": [r / n for r in rates], "samples": int(n)}
+
+
+def _sum_totals(parts: list[dict]) -> dict:
+    """Training totals added over the processes."""
+    return {**{key: sum(p[key] for p in parts) for key in ("n", "loss_sum", "correct", "spike_sum")},
+            "spiking": any(p["spiking"] for p in parts)}
 
 
 # ------------------------------------------------------------------------------------ TensorBoard
@@ -308,6 +351,13 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
     Raises:
         NonFiniteLossError, ResumeError, CheckpointWriteError; ``KeyboardInterrupt`` after Ctrl-C and
         ``SystemExit(143)`` after SIGTERM, both once ``interrupted.pt`` is saved.
+
+    Distributed (inside a ``torch.distributed`` process group of N > 1 processes, with loaders from
+    :func:`~spikegrad.training.distributed.shard_loaders`): the model is wrapped in DDP, the training
+    sampler is reseeded every epoch, metrics are over all processes, only rank 0 writes checkpoints,
+    TensorBoard and log lines (``writer`` and ``progress`` are ignored on the other ranks), a stop on
+    any process stops all at the same batch, and checkpoints hold every process's random state and
+    partial sums, so a resume with the same N is exact; another N is a :class:`ResumeError`.
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
@@ -320,8 +370,10 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
                          "used; choose an epoch-based scheduler (scheduler=cosine, scheduler=step)")
     if not isinstance(log_samples, int) or isinstance(log_samples, bool) or log_samples < 0:
         raise ValueError(f"log_samples must be an int >= 0 (test samples drawn to TensorBoard), got {log_samples!r}")
-    device = resolve_device(device)
+    device = _dist.local_device(resolve_device(device))
     model.to(device)
+    if _dist.rank() > 0:  # rank 0 reports and writes for all processes
+        writer, progress = None, False
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -330,7 +382,7 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
                                   "(hydra.run.dir=...)")
     settings = _settings(epochs, optimizer, scheduler, grad_clip, train_loader, config)
     eval_seed = generator.initial_seed() if generator is not None else 0
-    with _console_log(), _StopRequest() as stop:
+    with _console_log() if _dist.rank() == 0 else contextlib.nullcontext(), _StopRequest() as stop:
         return _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs, encoder, scheduler,
                     regularizers, sharpener, device, out_dir, resume, writer, generator, progress, grad_clip,
                     log_samples, use_best, settings, stop, eval_seed)
@@ -348,25 +400,42 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
              "train_samples": 0, "totals": None, "epoch_rng": None}
     best_model: dict | None = None
     boundary_rng = None  # random state after the completed batches of a resumed epoch
+    sync, world = _dist.active(), _dist.world_size()
+    net = nn.parallel.DistributedDataParallel(model) if sync else model  # trains; `model` evaluates and is saved
     if resume is not None:
         ckpt = load_checkpoint(resume, model)
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != world:
+            raise ResumeError(f"checkpoint {resume} was written by a run of {saved_world} process(es), and this run "
+                              f"has {world}: the data shards, the random generators of each process and the position "
+                              f"inside the epoch cannot be mapped. Resume with {saved_world} process(es) ("
+                              + ("plain python train.py" if saved_world == 1 else f"torchrun --nproc_per_node={saved_world}")
+                              + f" for one node), or start a new run from its weights (ann_checkpoint={resume})")
         report = _resume(resume, ckpt, optimizer, scheduler, sharpener, epochs, settings)
         state.update(ckpt["state"])
+        rng = ckpt["rng"]
+        if sync:  # this process's own random state and partial sums
+            own = ckpt["ranks"][_dist.rank()]
+            rng, state["totals"], state["epoch_rng"] = own["rng"], own["totals"], own["epoch_rng"]
         best_model = ckpt.get("best_model")
-        _set_rng_state(ckpt["rng"], train_loader, generator)
-        boundary_rng = ckpt["rng"] if state["batch"] > 0 else None
+        _set_rng_state(rng, train_loader, generator)
+        boundary_rng = rng if state["batch"] > 0 else None
         log.info(f"resumed from {resume} at epoch {state['epoch'] + 1}, batch {state['batch']}\n  "
                  + "\n  ".join(report))
 
+    def stop_agreed() -> bool:
+        return _dist.agree(bool(stop)) if sync else bool(stop)
+
     def checkpoint(rng: dict) -> dict:
-        return {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        ranks = _dist.gather({"rng": rng, "totals": state["totals"], "epoch_rng": state["epoch_rng"]}) if sync else None
+        return {"version": CHECKPOINT_VERSION, **({"world_size": world, "ranks": ranks} if sync else {}), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "optimizer_type": type(optimizer).__name__,
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "sharpener": None if sharpener is None else sharpener.state_dict(),
                 "best_model": best_model, "settings": settings, "state": dict(state), "rng": rng}
 
     def write(ckpt: dict, name: str, when: str) -> Path | None:
-        if out_dir is None:
+        if out_dir is None or _dist.rank() > 0:
             return None
         bad = _nonfinite_names(model)
         if bad:
@@ -394,11 +463,13 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
                 _set_rng_state({**epoch_rng, "encoder": None}, train_loader, None)
             else:
                 epoch_rng = _rng_state(train_loader, generator)  # the epoch's shuffling is drawn from this
+            if sync:
+                _dist.set_epoch(train_loader, epoch)
             position = {"batch": state["batch"], "totals": state["totals"],
                         "rng": boundary_rng or _rng_state(None, generator)}
             t0 = time.perf_counter()
             try:
-                metrics = train_epoch(model, train_loader, optimizer, loss_fn, encoder=encoder,
+                metrics = train_epoch(net, train_loader, optimizer, loss_fn, encoder=encoder,
                                       regularizers=regularizers, sharpener=sharpener, device=device,
                                       generator=generator, epoch=epoch, start_batch=state["batch"],
                                       totals=state["totals"], resume_rng=boundary_rng, position=position,
@@ -435,7 +506,7 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
             write(ckpt, "last.pt", f"after epoch {epoch + 1}")
             if improved:
                 write(ckpt, "best.pt", f"after epoch {epoch + 1}")
-            _check_stop(lambda: bool(stop))
+            _check_stop(stop_agreed)
             phase = "epoch end"
             if writer is not None:
                 _log_epoch(writer, model, record, epoch, sharpener)
@@ -477,7 +548,7 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
             "Lower the learning rate (optim.lr), add grad clipping (trainer.grad_clip=1.0) or check the "
             "inputs for NaNs.") from None
     except (_Stop, KeyboardInterrupt) as err:
-        cause = stop.name or "KeyboardInterrupt"
+        cause = stop.name or ("a stop request of another process" if sync and isinstance(err, _Stop) else "KeyboardInterrupt")
         where = f"during {phase}" + (f" of epoch {epoch + 1}" if phase in ("train", "validation") else "")
         if stop.forced:
             log.warning(f"\nstopped at once by a second signal {where}; no checkpoint written"
@@ -486,7 +557,7 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
             raise
         if out_dir is None:
             log.warning(f"\n{cause} {where}; nothing saved (no out_dir)")
-        else:
+        else:  # every process builds the checkpoint (its random state goes in), rank 0 writes it and says where
             if phase in ("train", "validation"):  # the last completed batch is the resume point
                 state.update(batch=position["batch"], totals=position["totals"], epoch_rng=epoch_rng)
                 ckpt = checkpoint(position["rng"])
@@ -497,8 +568,9 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
             path = write(ckpt, "interrupted.pt", where)
             what = (f"epoch {state['epoch'] + 1}, batch {state['batch']}" if phase in ("train", "validation")
                     else f"{state['epoch']} completed epochs")
-            log.warning(f"\n{cause} {where}; checkpoint saved to {path} ({what})\n"
-                        f"resume with the same command plus: resume={path}")
+            if _dist.rank() == 0:
+                log.warning(f"\n{cause} {where}; checkpoint saved to {path} ({what})\n"
+                            f"resume with the same command plus: resume={path}")
         if isinstance(err, KeyboardInterrupt):
             raise
         if stop.name == "SIGTERM":
