@@ -208,11 +208,18 @@ def test_bad_use_is_explained(tmp_path):
         sgdist.choose_backend("mpi")
 
 
-def test_outside_a_process_group_nothing_changes():
+def test_outside_a_process_group_nothing_changes(monkeypatch):
     train, val, test = loaders(16)
     assert sgdist.shard_loaders(train, val, test, SEED) == (train, val, test)
     assert (sgdist.rank(), sgdist.world_size(), sgdist.active()) == (0, 1, False)
-    assert sgdist.launch_overrides(["trainer.epochs=1"]) == [] or os.environ.get("WORLD_SIZE", "1") != "1"
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert sgdist.launch_overrides(["trainer.epochs=1"]) == []
+
+
+def test_a_sweep_under_torchrun_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(sgdist.DistributedError, match=r"a sweep \(-m\) cannot run under torchrun"):
+        sgdist.launch_overrides(["-m", "seed=0,1"])
 
 
 def test_torchrun_train_py_writes_one_run_folder_once(tmp_path):

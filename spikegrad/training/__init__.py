@@ -24,6 +24,11 @@ returns a metrics dict. Its promises:
 - ``use_best``: the test set is evaluated with the best-validation weights, kept in memory and in
   ``last.pt``, so the promise holds without ``out_dir`` and across resumes.
 
+- **Several processes**: inside a ``torch.distributed`` process group (``torchrun``), with loaders from
+  :func:`~spikegrad.training.distributed.shard_loaders`, ``fit`` trains data-parallel with DDP and keeps
+  these promises (exact resume with the same number of processes); see
+  :mod:`spikegrad.training.distributed` for what the batch, metrics and regularizers mean there.
+
 Messages go to the ``spikegrad.training`` logger (to stdout when logging is not configured).
 """
 
