@@ -63,7 +63,7 @@ def one_of(who: str, name: str, value: Any, choices: Sequence[Any]) -> Any:
 
 
 def float_seq(who: str, name: str, t: Any, min_dim: int, shape: str) -> None:
-    """Check that ``t`` is a non-empty floating-point tensor with at least ``min_dim`` dims.
+    """Check that ``t`` is a non-empty time-first floating-point tensor with at least ``min_dim`` dims.
 
     Args:
         shape: the expected shape in words for the message, e.g. ``"[T, B, ...]"``.
@@ -76,5 +76,6 @@ def float_seq(who: str, name: str, t: Any, min_dim: int, shape: str) -> None:
         raise TypeError(f"{who}: {name} must be a floating-point tensor, got {t.dtype}; "
                         f"convert it with {name}.to(torch.float32)")
     if t.dim() < min_dim or t.numel() == 0:
-        raise ValueError(f"{who}: {name} must be a non-empty tensor of shape {shape} (at least {min_dim} "
-                         f"dims, no zero-length axis), got shape {tuple(t.shape)}")
+        raise ValueError(f"{who}: {name} must be a non-empty time-first tensor of shape {shape} (at least "
+                         f"{min_dim} dims), got shape {tuple(t.shape)}; record the whole sequence, and add "
+                         "missing batch/neuron dims with .unsqueeze")

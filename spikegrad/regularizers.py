@@ -31,11 +31,12 @@ the same way and each one reads the recording it needs.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from . import checks
 
 __all__ = [
     "spike_counts",
@@ -53,32 +54,13 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_seq(fn: str, name: str, t: Tensor, min_dim: int, shape: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{fn}: {name} must be a tensor of shape {shape}, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {t.dtype}; "
-                        f"convert it with {name}.to(torch.float32)")
-    if t.dim() < min_dim or t.numel() == 0:
-        raise ValueError(f"{fn}: {name} must be a non-empty time-first tensor of shape {shape} "
-                         f"(at least {min_dim} dims), got shape {tuple(t.shape)}; record the whole "
-                         "sequence, and add missing batch/neuron dims with .unsqueeze")
-
-
-def _check_real(fn: str, name: str, value: float, ok, rule: str) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value)
-            or not ok(float(value))):
-        raise ValueError(f"{fn}: {name} must be {rule}, got {value!r}")
-    return float(value)
-
-
 def _theta(fn: str, theta: float) -> float:
-    return _check_real(fn, "theta", theta, lambda t: 0 <= t < math.inf,
+    return checks.real(fn, "theta", theta, lambda t: 0 <= t < math.inf,
                        "a finite number >= 0 (spikes per sample)")
 
 
 def _power(fn: str, p: float) -> float:
-    return _check_real(fn, "p", p, lambda q: 1 <= q < math.inf,
+    return checks.real(fn, "p", p, lambda q: 1 <= q < math.inf,
                        "a finite number >= 1 (1 = L1, 2 = squared L2; p < 1 has an infinite slope at 0)")
 
 
@@ -90,8 +72,8 @@ def _form(fn: str, form: str) -> str:
 
 
 def _bounds(fn: str, low: float, high: float) -> tuple[float, float]:
-    low = _check_real(fn, "low", low, math.isfinite, "a finite number (threshold units)")
-    high = _check_real(fn, "high", high, math.isfinite, "a finite number (threshold units)")
+    low = checks.real(fn, "low", low, math.isfinite, "a finite number (threshold units)")
+    high = checks.real(fn, "high", high, math.isfinite, "a finite number (threshold units)")
     if not low < high:
         raise ValueError(f"{fn}: need low < high (threshold units), got low={low:g}, high={high:g}")
     return low, high
@@ -106,7 +88,7 @@ def spike_counts(spikes: Tensor) -> Tensor:
     Returns:
         zeta [B, N...], dtype of ``spikes``, in spikes per sample.
     """
-    _check_seq("spike_counts", "spikes", spikes, 3, "[T, B, N...]")
+    checks.float_seq("spike_counts", "spikes", spikes, 3, "[T, B, N...]")
     return spikes.sum(0)
 
 
@@ -125,7 +107,7 @@ def upper_rate_penalty(spikes: Tensor, theta: float, p: float = 2.0) -> Tensor:
     """
     fn = "upper_rate_penalty"
     theta, p = _theta(fn, theta), _power(fn, p)
-    _check_seq(fn, "spikes", spikes, 3, "[T, B, N...]")
+    checks.float_seq(fn, "spikes", spikes, 3, "[T, B, N...]")
     pop = spikes.sum(0).flatten(1).mean(1)  # [B] mean count per neuron
     return torch.relu(pop - theta).pow(p).mean()
 
@@ -151,7 +133,7 @@ def lower_rate_penalty(spikes: Tensor, theta: float, p: float = 2.0, form: str =
     """
     fn = "lower_rate_penalty"
     theta, p, form = _theta(fn, theta), _power(fn, p), _form(fn, form)
-    _check_seq(fn, "spikes", spikes, 3, "[T, B, N...]")
+    checks.float_seq(fn, "spikes", spikes, 3, "[T, B, N...]")
     counts = spikes.sum(0)  # [B, N...] count of each neuron on each sample
     if form == "batch_mean":
         counts = counts.mean(0)  # [N...] batch-mean count of each neuron
@@ -168,7 +150,7 @@ def spike_count_penalty(spikes: Tensor, p: float = 1.0) -> Tensor:
         0-dim tensor, dtype of ``spikes`` (units: (spikes per sample)^p summed over neurons).
     """
     p = _power("spike_count_penalty", p)
-    _check_seq("spike_count_penalty", "spikes", spikes, 3, "[T, B, N...]")
+    checks.float_seq("spike_count_penalty", "spikes", spikes, 3, "[T, B, N...]")
     return spikes.sum(0).flatten(1).pow(p).sum(1).mean()  # no abs(): keeps d/dzeta = 1 at 0 for p = 1
 
 
@@ -185,7 +167,7 @@ def voltage_range_penalty(v: Tensor, low: float = -1.0, high: float = 1.0) -> Te
         0-dim tensor, dtype of ``v`` (units: threshold units squared).
     """
     low, high = _bounds("voltage_range_penalty", low, high)
-    _check_seq("voltage_range_penalty", "v", v, 2, "[T, B, ...]")
+    checks.float_seq("voltage_range_penalty", "v", v, 2, "[T, B, ...]")
     return (torch.relu(v - high).square() + torch.relu(low - v).square()).mean()
 
 
@@ -202,7 +184,7 @@ class Regularizer:
     needs: str = "spikes"
 
     def __init__(self, weight: float):
-        self.weight = _check_real(type(self).__name__, "weight", weight,
+        self.weight = checks.real(type(self).__name__, "weight", weight,
                                   lambda w: 0 <= w < math.inf, "a finite number >= 0")
 
     def penalty(self, t: Tensor) -> Tensor:  # pragma: no cover - abstract

@@ -19,7 +19,6 @@ code keeps the ``autograd.Function``\\ s (same kernels, same numbers).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..surrogates import SURROGATES

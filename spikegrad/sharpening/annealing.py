@@ -16,7 +16,8 @@ from torch import nn
 
 from ..surrogates import Surrogate
 from .activations import check_sharpness
-from .schedules import Sharpener, _is_number
+from .. import checks
+from .schedules import Sharpener
 
 __all__ = ["SurrogateSlope", "SurrogateAnnealer", "surrogate_slopes"]
 
@@ -32,7 +33,7 @@ class SurrogateSlope:
         if not isinstance(surrogate, Surrogate):
             raise TypeError("SurrogateSlope: expected a spikegrad.surrogates.Surrogate, "
                             f"got {type(surrogate).__name__}")
-        if not (_is_number(slope_min) and _is_number(slope_max) and 0 < slope_min <= slope_max):
+        if not (checks.is_number(slope_min) and checks.is_number(slope_max) and 0 < slope_min <= slope_max):
             raise ValueError(f"SurrogateSlope: need 0 < slope_min <= slope_max, got slope_min={slope_min!r}, "
                              f"slope_max={slope_max!r}")
         self.surrogate, self.slope_min, self.slope_max = surrogate, float(slope_min), float(slope_max)

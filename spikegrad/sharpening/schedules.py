@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .. import checks
 from .activations import check_min_width, check_sharpness, sharpenable_layers
 
 __all__ = ["MODES", "Sharpener", "SimpleSharpener", "ScheduledSharpener", "AdaptiveSharpener"]
@@ -50,8 +51,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+_is_number = checks.is_number
 
 
 def _resolve_layers(layers: nn.Module | Sequence, who: str) -> list:
