@@ -406,7 +406,7 @@ class AnalogSubstrate(Substrate):
     def _noise(self, shape: Sequence[int], std: float, like: Tensor) -> Tensor:
         if self._noise_gen is None:
             self._noise_gen = torch.Generator().manual_seed(self.noise_seed)
-        return (torch.randn(*shape, generator=self._noise_gen) * std).to(like.device, like.dtype)
+        return torch.empty(*shape, dtype=like.dtype).normal_(0.0, std, generator=self._noise_gen).to(like.device)
 
     def _membrane_drive(self, x: Tensor, decay_syn: Tensor, drive: Tensor | None) -> Tensor:
         """Input current that adds ``drive [T, B, N]`` (or ``[N]``) to the membrane every step
@@ -415,7 +415,7 @@ class AnalogSubstrate(Substrate):
             return x
         e = torch.broadcast_to(drive, x.shape)
         x = x + e
-        x[1:] -= decay_syn * e[:-1]
+        x[1:].addcmul_(e[:-1], decay_syn, value=-1)
         return x
 
     # ------------------------------------------------------------------------------------ running
@@ -443,7 +443,7 @@ class AnalogSubstrate(Substrate):
             drive = None if c.v_leak is None else (1 - c.decay_mem) * c.v_leak  # [N]
             if self.noise > 0:
                 xi = self._noise(x.shape, self.noise, x)
-                drive = xi if drive is None else xi + drive
+                drive = xi if drive is None else xi.add_(drive)
             x = self._membrane_drive(x, c.decay_syn, drive)
             lo, hi = self.cadc_range if spiking else self.output_range
             if spiking:
