@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader eagerly
 
 from ..models import SpikingOutput, eval_mode, recording_v, spikes_per_input
@@ -446,7 +447,10 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
 
     samples = labels = None
     if writer is not None and log_samples and test_loader is not None:
-        samples, labels = (t[:log_samples] for t in next(iter(test_loader)))
+        first = test_loader  # in a distributed run its shard: take the first samples of the whole test set
+        if sync and isinstance(test_loader, DataLoader):
+            first = DataLoader(test_loader.dataset, batch_size=log_samples, collate_fn=test_loader.collate_fn)
+        samples, labels = (t[:log_samples] for t in next(iter(first)))
     phase, epoch = "train", state["epoch"]
     position: dict = {}
     epoch_rng: dict | None = None
