@@ -15,16 +15,20 @@ on the same machine::
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
+from spikegrad.malloc import retain_freed_memory
 
-import torch
-import torch.nn.functional as F
+retain_freed_memory()  # as train.py: reuse freed tensor memory (before torch allocates)
 
-import spikegrad
-from spikegrad.conversion import LeNet, ann_to_snn, simulate
-from spikegrad.data import load_split
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import spikegrad  # noqa: E402
+from spikegrad.conversion import LeNet, ann_to_snn, simulate  # noqa: E402
+from spikegrad.data import load_split  # noqa: E402
 
 
 def main() -> None:
