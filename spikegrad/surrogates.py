@@ -64,6 +64,7 @@ __all__ = [
     "heaviside",
     "spike_fn",
     "register_surrogate",
+    "registered_name",
     "make_surrogate",
     "make",
 ]
@@ -274,6 +275,12 @@ class Boxcar(Surrogate):
     @staticmethod
     def primitive(x, slope):
         return (slope * x + 0.5).clamp(0, 1)
+
+
+def registered_name(grad_fn: GradFn) -> str | None:
+    """The registry name of the surrogate whose ``grad`` is ``grad_fn`` (None if no registered
+    class defines it): how the fast kernels recognise a derivative they compute themselves."""
+    return next((name for name, cls in SURROGATES.items() if cls.grad is grad_fn), None)
 
 
 def make_surrogate(name: str | Surrogate, **kwargs) -> Surrogate:

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from ..functional import (LIFParams, LIFState, LIParams, LIState, li_step, lif_step, recurrent_lif_step, scan,
                           state_dtype)
-from ..surrogates import Surrogate
+from ..surrogates import Surrogate, registered_name
 from . import cpu, native, ops
 from ._common import FusedConfig
 from .sparse import SparseInputLinear, sparse_linear
@@ -154,7 +154,7 @@ def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any,
             or (state is not None and getattr(state, "z", None) is not None)):
         return "torch"
     if torch.compiler.is_compiling():  # the C kernels as custom operators; elsewhere the compiler fuses scan
-        ok = native.supports(x_seq) and native.available() and ops.surrogate_name(spike_fn) is not None
+        ok = native.supports(x_seq) and native.available() and registered_name(type(spike_fn).grad) is not None
         return "native" if ok and backend in ("auto", "native") else "torch"
     lowmem = backend.endswith("_lowmem")
     if backend.startswith("triton"):
@@ -226,7 +226,7 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
     elif chosen == "native" and torch.compiler.is_compiling():
         spikes, v, i, r, v_seq, i_seq, r_seq = ops.lif_compiled(
             x_seq, v0, i0, r0, p.decay_mem, p.decay_syn, p.v_th, p.v_reset, spike_fn.slope, cfg,
-            ops.surrogate_name(spike_fn))
+            registered_name(type(spike_fn).grad))
         return spikes, (LIFState(v_seq, i_seq, r_seq) if record else LIFState(v, i, r))
     elif chosen == "native":
         run = native.lif_native

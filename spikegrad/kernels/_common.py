@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..functional import RESET_MODES
+from ..surrogates import SURROGATES
 
 RESET_CODES = {mode: code for code, mode in enumerate(RESET_MODES)}  # the kernels' numbers
 
@@ -79,3 +81,16 @@ def probe_points(slope: float, dtype: torch.dtype) -> Tensor:
     near = torch.linspace(-8.0, 8.0, 4001, dtype=torch.float64)
     far = torch.linspace(-100.0, 100.0, 401, dtype=torch.float64)
     return (torch.cat([near, far, torch.zeros(1, dtype=torch.float64)]) / slope).to(dtype)
+
+
+def formula_agrees(kernels: str, name: str, got: Tensor, want: Tensor, rtol: float, atol_rel: float,
+                   fallback: str) -> bool:
+    """Whether a kernel's surrogate derivative ``got`` equals the surrogate's own ``grad`` values
+    ``want`` (at :func:`probe_points`) within ``rtol`` and ``atol_rel`` times the largest value;
+    warns, naming the surrogate and the ``fallback`` that runs instead, when it does not."""
+    ok = bool(torch.allclose(got, want, rtol=rtol, atol=atol_rel * float(want.abs().max())))
+    if not ok:
+        warnings.warn(f"spikegrad: the {kernels} kernels' derivative of surrogate {name!r} differs from "
+                      f"{SURROGATES[name].__name__}.grad (the surrogate's definition); {fallback} instead. "
+                      "Update the kernel's formula to match.", RuntimeWarning, stacklevel=3)
+    return ok

@@ -26,15 +26,14 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..surrogates import SURROGATES
-from ._common import RESET_CODES, FusedConfig, compact_param, unflatten_outputs, probe_points
+from ..surrogates import SURROGATES, registered_name
+from ._common import RESET_CODES, FusedConfig, compact_param, formula_agrees, probe_points, unflatten_outputs
 
 __all__ = ["available", "build_error", "lif_native", "li_native", "load", "surrogate_code", "kernel_surrogate_grad",
            "SURROGATE_CODES"]
@@ -187,24 +186,17 @@ def _verified(name: str, dtype: torch.dtype, slope: float) -> bool:
     want = SURROGATES[name].grad(z, torch.tensor(slope, dtype=dtype))
     got = kernel_surrogate_grad(SURROGATE_CODES[name], z, slope)
     eps = torch.finfo(dtype).eps
-    ok = bool(torch.allclose(got, want, rtol=8 * eps, atol=8 * eps * float(want.abs().max())))
-    if not ok:
-        warnings.warn(f"spikegrad: the C kernels' derivative of surrogate {name!r} differs from "
-                      f"{SURROGATES[name].__name__}.grad (slope {slope:g}, {dtype}); it is computed in PyTorch "
-                      "instead. Update SURROGATE_CODES / lif.c to match the surrogate's definition.",
-                      RuntimeWarning, stacklevel=2)
-    return ok
+    return formula_agrees("C", name, got, want, 8 * eps, 8 * eps, f"it is computed in PyTorch ({dtype}, slope {slope:g})")
 
 
 def surrogate_code(grad_fn, dtype: torch.dtype, slope: float) -> int:
     """The C kernels' number for a surrogate derivative ``grad_fn`` (a registered Surrogate's
     ``grad``), or 0 (the derivative is then computed in PyTorch): 0 unless the kernel formula is
     in :data:`SURROGATE_CODES` and agrees with ``grad_fn`` at this slope and dtype."""
-    for name in SURROGATE_CODES:
-        cls = SURROGATES.get(name)
-        if cls is not None and cls.grad is grad_fn:
-            return SURROGATE_CODES[name] if _verified(name, dtype, float(slope)) else 0
-    return 0
+    name = registered_name(grad_fn)
+    if name not in SURROGATE_CODES:
+        return 0
+    return SURROGATE_CODES[name] if _verified(name, dtype, float(slope)) else 0
 
 
 def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, vr, reset: int, detach: int,

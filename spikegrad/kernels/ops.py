@@ -25,17 +25,11 @@ from ..surrogates import SURROGATES
 from . import native
 from ._common import FusedConfig, compact_param, unflatten_outputs
 
-__all__ = ["lif_op", "li_op", "sparse_linear_op", "surrogate_name", "lif_compiled", "li_compiled"]
+__all__ = ["lif_op", "li_op", "sparse_linear_op", "lif_compiled", "li_compiled"]
 
 
 def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
-
-
-def surrogate_name(spike_fn) -> str | None:
-    """The registry name of a surrogate whose class is the registered one (None otherwise)."""
-    name = getattr(type(spike_fn), "name", None)
-    return name if name in SURROGATES and SURROGATES[name] is type(spike_fn) else None
 
 
 # ------------------------------------------------------------------------------ LIF

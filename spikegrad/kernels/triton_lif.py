@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..surrogates import SURROGATES
-from ._common import RESET_CODES, FusedConfig, flat_param, probe_points
+from ..surrogates import SURROGATES, registered_name
+from ._common import RESET_CODES, FusedConfig, flat_param, formula_agrees, probe_points
 
 BLOCK = 512
 NUM_WARPS = 4
@@ -40,11 +40,8 @@ _verified: dict = {}
 
 def surrogate_name(grad_fn) -> str | None:
     """The registry name of a surrogate derivative that the kernels compute (None: not supported)."""
-    for name in SURROGATE_CODES:
-        cls = SURROGATES.get(name)
-        if cls is not None and cls.grad is grad_fn:
-            return name
-    return None
+    name = registered_name(grad_fn)
+    return name if name in SURROGATE_CODES else None
 
 
 def kernel_surrogate_grad(name: str, z: Tensor, slope: float) -> Tensor:
@@ -72,15 +69,8 @@ def supports_surrogate(spike_fn, device: torch.device | str | None = None) -> bo
         z = probe_points(slope, torch.float32)
         want = SURROGATES[name].grad(z.double(), torch.tensor(slope, dtype=torch.float64))
         got = kernel_surrogate_grad(name, z.to(device), slope).cpu().double()
-        ok = bool(torch.allclose(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max())))
-        if not ok:
-            import warnings
-
-            warnings.warn(f"spikegrad: the Triton kernels' derivative of surrogate {name!r} differs from "
-                          f"{SURROGATES[name].__name__}.grad (slope {slope:g}); the 'fused' PyTorch path runs "
-                          "instead. Update SURROGATE_CODES / _surrogate_grad to match the surrogate's definition.",
-                          RuntimeWarning, stacklevel=2)
-        _verified[key] = ok
+        _verified[key] = formula_agrees("Triton", name, got, want, 1e-5, 1e-6,
+                                        f"the 'fused' PyTorch path runs (slope {slope:g})")
     return _verified[key]
 
 
