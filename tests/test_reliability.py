@@ -25,19 +25,12 @@ from spikegrad.sharpening import AdaptiveSharpener, SimpleSharpener, SurrogateAn
 from spikegrad.training import (CheckpointWriteError, NonFiniteLossError, ResumeError, fit, load_checkpoint,
                                 save_checkpoint)
 from spikegrad.training.loop import _log_epoch
+from synthetic import synthetic
 
 
 @pytest.fixture(autouse=True)
 def _info_logs(caplog):
     caplog.set_level(logging.INFO, logger="spikegrad")
-
-
-def synthetic(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    x = torch.rand(n, 1, 3, 3, generator=g) * 0.3
-    x[torch.arange(n), 0, y, :] += 0.7  # class = bright row
-    return x.clamp(0, 1), y
 
 
 def loaders(shift=0, seeded=True):

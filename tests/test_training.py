@@ -12,14 +12,7 @@ from spikegrad.models import SpikingMLP
 from spikegrad.neurons import LIF
 from spikegrad.regularizers import UpperRate
 from spikegrad.training import NonFiniteLossError, evaluate, fit, load_checkpoint, resolve_device
-
-
-def synthetic(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    x = torch.rand(n, 1, 3, 3, generator=g) * 0.3
-    x[torch.arange(n), 0, y, :] += 0.7  # class = bright row
-    return x.clamp(0, 1), y
+from synthetic import synthetic
 
 
 def loaders(seed=0, batch=16):
