@@ -66,8 +66,7 @@ def _real(fn: str, name: str, value: float, ok: bool, rule: str) -> float:
 
 
 def _check_latency_args(fn: str, method: str, threshold: float, tau: float) -> tuple[float, float]:
-    if method not in _METHODS:
-        raise ValueError(f"{fn}: method must be one of {_METHODS}, got {method!r}")
+    checks.one_of(fn, "method", method, _METHODS)
     ok = isinstance(threshold, numbers.Real) and 0 <= threshold < 1
     threshold = _real(fn, "threshold", threshold, ok,
                       "a number in [0, 1) (intensity at or below which pixels stay silent)")

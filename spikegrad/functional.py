@@ -45,6 +45,8 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from . import checks
+
 __all__ = [
     "RESET_MODES", "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState",
     "decay", "lif_step", "recurrent_lif_step", "alif_step", "li_step", "scan", "last", "detach_state",
@@ -59,9 +61,7 @@ SpikeFn = Callable[[Tensor], Tensor]
 
 def check_reset(who: str, reset: Any) -> str:
     """``reset`` if it is one of :data:`RESET_MODES`; else a ValueError naming ``who``."""
-    if not isinstance(reset, str) or reset not in RESET_MODES:
-        raise ValueError(f"{who}: reset must be one of {RESET_MODES}, got {reset!r}")
-    return reset
+    return checks.one_of(who, "reset", reset, RESET_MODES)
 
 
 class LIFParams(NamedTuple):

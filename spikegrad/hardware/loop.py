@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import checks
 from ..models import SpikingOutput
 from .substrate import Observables, Substrate, layer_specs
 
@@ -89,8 +90,7 @@ def in_the_loop(model: nn.Module, x_seq: Tensor, obs: Observables, surrogate_at:
         :class:`~spikegrad.models.SpikingOutput` with the substrate's values and the software
         model's gradients.
     """
-    if surrogate_at not in SURROGATE_AT:
-        raise ValueError(f"in_the_loop: surrogate_at must be one of {SURROGATE_AT}, got {surrogate_at!r}")
+    checks.one_of("in_the_loop", "surrogate_at", surrogate_at, SURROGATE_AT)
     h = x_seq.flatten(2)  # [T, B, N_in]
     spikes, vs = [], []
     last = len(model.layers) - 1
@@ -140,10 +140,8 @@ class InTheLoop(nn.Module):
     def __init__(self, model: nn.Module, substrate: Substrate, train_on: str = "substrate",
                  surrogate_at: str = "software"):
         super().__init__()
-        if train_on not in TRAIN_ON:
-            raise ValueError(f"InTheLoop: train_on must be one of {TRAIN_ON}, got {train_on!r}")
-        if surrogate_at not in SURROGATE_AT:
-            raise ValueError(f"InTheLoop: surrogate_at must be one of {SURROGATE_AT}, got {surrogate_at!r}")
+        checks.one_of("InTheLoop", "train_on", train_on, TRAIN_ON)
+        checks.one_of("InTheLoop", "surrogate_at", surrogate_at, SURROGATE_AT)
         if not isinstance(substrate, Substrate):
             raise TypeError(f"InTheLoop: substrate must be a spikegrad.hardware.Substrate, got "
                             f"{type(substrate).__name__}")

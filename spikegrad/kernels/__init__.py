@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import checks
 from ..functional import (LIFParams, LIFState, LIParams, LIState, li_step, lif_step, recurrent_lif_step, scan,
                           state_dtype)
 from ..surrogates import Surrogate, registered_name
@@ -73,8 +74,7 @@ _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def check_backend(owner: str, backend: str, allowed: tuple[str, ...] = BACKENDS) -> None:
     """Raise a ValueError naming ``owner`` unless ``backend`` is one of ``allowed``."""
-    if backend not in allowed:
-        raise ValueError(f"{owner}: backend must be one of {allowed}, got {backend!r}")
+    checks.one_of(owner, "backend", backend, allowed)
 
 
 _warned: set = set()

@@ -101,8 +101,7 @@ class Sharpener:
                  stop_when_sharp: bool = True):
         who = type(self).__name__
         self.layers = _resolve_layers(layers, who)
-        if mode not in MODES:
-            raise ValueError(f"{who}: mode must be one of {MODES}, got {mode!r}")
+        checks.one_of(who, "mode", mode, MODES)
         if batches_per_epoch is not None and (not _is_int(batches_per_epoch) or batches_per_epoch < 1):
             raise ValueError(f"{who}: batches_per_epoch must be a positive int (len(train_loader)) or None, "
                              f"got {batches_per_epoch!r}")
