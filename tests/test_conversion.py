@@ -11,6 +11,7 @@ from spikegrad.conversion import (ConversionError, LeNet, SpikingNetwork, ann_to
                                   convert, evaluate_ann, fold_batchnorm, forward_ann, gated_max_pool2d, if_step,
                                   normalize, percentile, run_ann, simulate, spike_max_pool2d, trace)
 from spikegrad.conversion.graph import apply_stateless, eval_call, gained
+from spikegrad.kernels.native import available as native_kernels
 from spikegrad.neurons import IF
 
 # random test networks have dead channels; test_dead_layer_warns checks the warning itself
@@ -302,9 +303,35 @@ def test_rates_converge_to_ann_activations_like_one_over_T():
     assert 2.5 < err[0] / err[1] < 6.5  # error ~ 1/T: 4x the steps, ~1/4 the error
 
 
-def reference_run(snn, x: torch.Tensor, T: int, reset: str, gate: str = "count") -> tuple[torch.Tensor, list]:
+def event_order(n, x: torch.Tensor) -> torch.Tensor:
+    """Conv2d / Linear node ``n`` summed as the event-driven kernels document it: the bias, then
+    ``x * w`` of every input (a zero adds nothing), Linear inputs in increasing order, Conv2d kernel
+    positions in row-major order, then input channels."""
+    w, b = n.params["weight"], n.params["bias"]
+    if n.kind == "linear":
+        out = b.expand(len(x), -1)
+        for k in range(x.shape[1]):
+            out = out + x[:, k:k + 1] * w[:, k]
+        return out
+    (sh, sw), (ph, pw), (dh, dw) = (c if isinstance(c, tuple) else (c, c) for c in
+                                    (n.conf["stride"], n.conf["padding"], n.conf["dilation"]))
+    xp = F.pad(x, (pw, pw, ph, ph))
+    ref = F.conv2d(x, w, b, **n.conf)
+    out = b.view(1, -1, 1, 1).expand_as(ref)
+    OH, OW = ref.shape[2:]
+    for ky in range(w.shape[2]):
+        for kx in range(w.shape[3]):
+            patch = xp[:, :, ky * dh:ky * dh + sh * (OH - 1) + 1:sh, kx * dw:kx * dw + sw * (OW - 1) + 1:sw]
+            for c in range(w.shape[1]):
+                out = out + patch[:, c:c + 1] * w[:, c, ky, kx].view(1, -1, 1, 1)
+    return out
+
+
+def reference_run(snn, x: torch.Tensor, T: int, reset: str, gate: str = "count",
+                  event_nodes=()) -> tuple[torch.Tensor, list]:
     """A slow, obvious per-step simulation of a converted network (analog input): returns the
-    membrane readout [T, B, C] and the spike counts of every IF layer."""
+    membrane readout [T, B, C] and the spike counts of every IF layer. The nodes in
+    ``event_nodes`` sum in the event-driven kernels' order (:func:`event_order`)."""
     nodes = snn.nodes()
     v, count, pool_sum, out, readout = {}, {}, {}, 0.0, []
     for t in range(1, T + 1):
@@ -337,6 +364,8 @@ def reference_run(snn, x: torch.Tensor, T: int, reset: str, gate: str = "count")
                     key = pool_sum[i]
                 _, idx = F.max_pool2d(key, **n.conf, return_indices=True)
                 vals[i] = cur.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+            elif i in event_nodes:
+                vals[i] = event_order(n, gained(n, vals)[0])
             else:
                 vals[i] = apply_stateless(n, gained(n, vals), vals)
         o = vals[snn.out] if snn.readout_gain is None else vals[snn.out] * snn.readout_gain
@@ -349,18 +378,31 @@ def reference_run(snn, x: torch.Tensor, T: int, reset: str, gate: str = "count")
                                         (relu_after_pool, (6, 1, 10, 10)), (Functional, (6, 1, 10, 10))])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("chunk", [1 << 24, 6 * 300])  # all steps at once / a few steps per chunk
-def test_simulation_equals_a_per_step_reference(make, shape, reset, chunk, monkeypatch):
+@pytest.mark.parametrize("synapses", ["dense", "auto", "event"])
+def test_simulation_equals_a_per_step_reference(make, shape, reset, chunk, synapses, monkeypatch):
     import spikegrad.conversion.snn as snn_module
 
     monkeypatch.setattr(snn_module, "CHUNK_ELEMENTS", chunk)
     model = randomize_bn(make()).eval()
     x = torch.rand(shape)
-    snn = ann_to_snn(model, x, reset=reset)
+    snn = ann_to_snn(model, x, reset=reset, synapses=synapses)
     assert all(isinstance(m, IF) for m in snn.if_layers) and len(snn.if_layers) == len(snn.neurons)
+    plan = snn._event_plan(snn.nodes(), x)
+    event_nodes = set(plan.tables)
+    if synapses == "auto" and native_kernels():
+        assert bool(plan.fused) == (make in (small_cnn, Functional))  # IF layers that feed only a max-pool  # every Conv2d / Linear fed by spikes sums events
+        nodes = snn.nodes()
+
+        def spikes(j):  # an IF layer, or max-pooling / reshaping of spikes
+            n = nodes[j]
+            return n.kind == "relu" or n.kind in ("maxpool", "call") and all(spikes(k) for k in n.inputs)
+        spiking = {i for i, n in enumerate(nodes) if n.kind in ("conv", "linear") and spikes(n.inputs[0])
+                   and n.gains[0] is None}
+        assert spiking and event_nodes == spiking
     T = 23
     res = snn.run(x, T)
     with torch.no_grad():
-        readout, counts = reference_run(snn, x, T, reset)
+        readout, counts = reference_run(snn, x, T, reset, event_nodes=event_nodes)
     assert sum(float(c.sum()) for c in counts) > 0
     for a, b in zip(res.spike_counts, counts):
         assert torch.equal(a, b)
@@ -419,6 +461,8 @@ def test_softmax_clock_readout_by_hand_and_against_a_reference():
         ann_to_snn(model, x, readout="softmax_clock", softmax_clock_rate=0.0)
     with pytest.raises(ValueError, match="maxpool_gate must be one of"):
         ann_to_snn(model, x, maxpool_gate="median")
+    with pytest.raises(ValueError, match="synapses must be one of"):
+        ann_to_snn(model, x, synapses="sparse")
 
 
 def test_forward_equals_the_fast_path_and_state_is_not_mutated():

@@ -121,7 +121,7 @@ def conversion_analysis(model: nn.Module, train_loader: Iterable | None = None, 
                         readout: str = "membrane", calib_inputs: int | None = 10000, max_test: int | None = None,
                         compare_max_norm: bool = True, count_bias: bool = False, seed: int = 0,
                         progress: bool = True, maxpool_gate: str = "count",
-                        softmax_clock_rate: float = 0.3) -> dict[str, Any]:
+                        softmax_clock_rate: float = 0.3, synapses: str = "auto") -> dict[str, Any]:
     """Converts the trained ANN (Rueckauer et al. 2017) and simulates the SNN on the test set.
 
     Args:
@@ -136,6 +136,7 @@ def conversion_analysis(model: nn.Module, train_loader: Iterable | None = None, 
         input_mode: "analog" | "poisson". readout: "membrane" | "spiking_softmax" | "softmax_clock".
         maxpool_gate: "count" | "fir" | "avg" | "exp" (spiking max-pool rate estimate).
         softmax_clock_rate: clock ticks per step of ``readout="softmax_clock"``.
+        synapses: "auto" | "event" | "dense": how the SNN computes its synapses (see :class:`SpikingNetwork`).
         calib_inputs: number of training images for calibration (None: all).
         max_test: simulate only this many test images (None: all).
         compare_max_norm: also convert and simulate with ``percentile=100`` (keys ``maxnorm_*``).
@@ -157,7 +158,7 @@ def conversion_analysis(model: nn.Module, train_loader: Iterable | None = None, 
 
     def run(p: float, calib: Calibration, with_ann: bool) -> tuple[SpikingNetwork, SimulationResult, float]:
         snn = SpikingNetwork(normalize(calib, p, channelwise), reset=reset, input_mode=input_mode, readout=readout,
-                             maxpool_gate=maxpool_gate, softmax_clock_rate=softmax_clock_rate)
+                             maxpool_gate=maxpool_gate, softmax_clock_rate=softmax_clock_rate, synapses=synapses)
         gen = torch.Generator(device=device).manual_seed(seed)
         t0 = time.perf_counter()
         r = simulate(snn, test_loader, T, ann=model if with_ann else None, generator=gen, max_inputs=max_test,

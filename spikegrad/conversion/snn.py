@@ -29,9 +29,16 @@ Per time step ``t`` (Rueckauer et al. 2017, Sec. 2):
 
 Constant analog input makes the first layers' currents constant: :meth:`SpikingNetwork.run`
 computes every time-invariant value once per batch. The other nodes run on chunks of steps at
-once (time folded into the batch axis), which gives the same values as a per-step loop: the IF
+once (time folded into the batch axis; a large batch in tiles of images, so that each layer's
+state stays in cache over a chunk), which gives the same values as a per-step loop: the IF
 layers, running sums (spike counts, pooling gates, the membrane readout) and all stateless nodes
 compute each step from the same operands in the same order.
+
+On CPU (float32 / float64, with the C kernels) the synapses are event-driven by default
+(``synapses="auto"``): a Conv2d or Linear node fed by spikes adds up the weights of the spiking
+inputs only (:mod:`spikegrad.kernels.events`), and an IF layer whose only target is a count-gated
+max-pool runs fused with it. The sums are those of the dense layers in another order of additions
+(float rounding); ``synapses="dense"`` runs ``F.conv2d`` / ``F.linear``.
 
 Operation counts (per input, :class:`SimulationResult`): a *synaptic operation* is one addition of
 a weight to a target, triggered by a nonzero input of a Conv2d / Linear / batch-norm / AvgPool2d
@@ -53,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import LIFParams, LIFState, check_reset, lif_step
+from ..kernels import events
 from ..models import eval_mode
 from ..neurons import IF
 from .. import checks
@@ -69,9 +77,13 @@ InputMode = Literal["analog", "poisson"]
 Readout = Literal["membrane", "spiking_softmax", "softmax_clock"]
 READOUTS = ("membrane", "spiking_softmax", "softmax_clock")
 MAXPOOL_GATES = ("count", "fir", "avg", "exp")
+SYNAPSES = ("auto", "event", "dense")
 
 
-CHUNK_ELEMENTS = 1 << 26  # elements of the widest [K * B, ...] value of one chunk of steps (256 MiB in float32)
+# elements of the widest [K * B, ...] value of one chunk of steps: 16 MiB in float32, which glibc
+# serves from the heap when spikegrad.malloc.retain_freed_memory is on (no page faults per chunk)
+CHUNK_ELEMENTS = 1 << 22
+CHUNK_STEPS = 16  # SpikingNetwork.run splits a batch into tiles of images rather than run fewer steps at once
 
 
 def if_step(x: Tensor, v: Tensor, reset: ResetMode = "subtract", v_th: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -151,6 +163,11 @@ class SNNState(NamedTuple):
     time: Tensor | None = None
 
 
+class _EventPlan(NamedTuple):
+    tables: dict[int, tuple[Tensor, Tensor]]  # event-driven Conv2d / Linear node -> its weight rows
+    fused: set[int]                            # IF layers that run fused with their max-pool
+
+
 class RunResult(NamedTuple):
     """Output of :meth:`SpikingNetwork.run` for one batch.
 
@@ -222,18 +239,25 @@ class SpikingNetwork(nn.Module):
         maxpool_gate: the rate estimate of spiking max-pooling: "count" (default), "fir", "avg", "exp".
         surrogate: the IF layers' surrogate (used only if gradients are taken through them).
         backend: the IF layers' backend (:data:`spikegrad.kernels.BACKENDS`; "auto": the fastest).
+        synapses: how :meth:`run` and :meth:`forward` compute the Conv2d / Linear nodes on CPU
+            (float32 / float64) when the C kernels are available: "auto" (default) sums the weights
+            of the spikes only (:mod:`spikegrad.kernels.events`) for inputs that are spikes, "event"
+            does so for every time-varying input, "dense" always runs ``F.conv2d`` / ``F.linear``.
+            The sums are the same up to float rounding (another order of additions). With "auto" or
+            "event", an IF layer whose only target is a count-gated max-pool runs fused with it.
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (readout [T, B, C], state)``;
     :meth:`run` ``(x [B, ...], T) -> RunResult`` is the fast path for a constant image.
     """
 
     def __init__(self, program: Program, reset: ResetMode = "subtract", input_mode: InputMode = "analog",
                  readout: Readout = "membrane", surrogate: str = "fast_sigmoid", backend: str = "auto",
-                 softmax_clock_rate: float = 0.3, maxpool_gate: str = "count"):
+                 softmax_clock_rate: float = 0.3, maxpool_gate: str = "count", synapses: str = "auto"):
         super().__init__()
         check_reset("SpikingNetwork", reset)
         checks.one_of("SpikingNetwork", "input_mode", input_mode, ("analog", "poisson"))
         checks.one_of("SpikingNetwork", "readout", readout, READOUTS)
         self.maxpool_gate = checks.one_of("SpikingNetwork", "maxpool_gate", maxpool_gate, MAXPOOL_GATES)
+        self.synapses = checks.one_of("SpikingNetwork", "synapses", synapses, SYNAPSES)
         self.softmax_clock_rate = checks.real("SpikingNetwork", "softmax_clock_rate", softmax_clock_rate,
                                               lambda r: 0 < r <= 1, "a probability in (0, 1] (ticks per step)")
         if program.shapes is None:
@@ -266,7 +290,8 @@ class SpikingNetwork(nn.Module):
         device = buf.device if buf is not None else None
         for i in self.synaptic:
             f = _fanout(program.nodes[i], self.shapes[self._nodes[i].inputs[0]], self.shapes[i])
-            self.register_buffer(f"n{i}_fanout", f.flatten().to(device=device, dtype=self._dtype()))
+            f = _flat(f[None].contiguous(memory_format=torch.channels_last) if f.dim() == 3 else f[None])[0]
+            self.register_buffer(f"n{i}_fanout", f.to(device=device, dtype=self._dtype()))  # in memory order
         for i, lam in program.lambdas.items():
             self.register_buffer(f"n{i}_lambda", lam.detach().clone())
         self.register_buffer("readout_gain", None if program.readout_gain is None else program.readout_gain.clone())
@@ -285,6 +310,53 @@ class SpikingNetwork(nn.Module):
                 binary.append(n.kind == "relu" or (n.kind in ("maxpool", "call") and bool(ins_b) and all(ins_b)
                                                    and all(g is None for g in n.gains)))
         self._static, self._binary = static, binary
+        self._fused_pool = self._fusable_pools(program)
+
+    def _fusable_pools(self, program: Program) -> dict[int, int]:
+        """IF layer -> the count-gated max-pool (no padding, dilation 1, floor mode) that is its only
+        target: the two run fused in the event-driven mode."""
+        out = {}
+        for i in self.neurons:
+            targets = [j for j, n in enumerate(program.nodes) if i in n.inputs]
+            if len(targets) != 1 or i == self.out or program.nodes[targets[0]].kind != "maxpool":
+                continue
+            j = targets[0]
+            conf = program.nodes[j].conf
+            if (self._pool_reads_count(j) and len(self.shapes[i]) == 3 and _pair(conf.get("padding", 0)) == (0, 0)
+                    and _pair(conf.get("dilation", 1)) == (1, 1) and not conf.get("ceil_mode", False)):
+                out[i] = j
+        return out
+
+    def _events(self, x: Tensor) -> bool:
+        """Whether this input runs on the event-driven C kernels."""
+        return self.synapses != "dense" and events.supports(x) and events.available()
+
+    def _event_plan(self, nodes: list[Node], x: Tensor) -> "_EventPlan":
+        """What runs on the event-driven kernels for input ``x``: per Conv2d / Linear node its weight
+        rows (see :mod:`spikegrad.kernels.events`), and the IF layers fused with their max-pool."""
+        if not self._events(x):
+            return _EventPlan({}, set())
+        fused = {i for i in self._fused_pool if self._plain_if(self._slot[i]) is not None}
+        tables = {}
+        for i, n in enumerate(nodes):
+            src = n.inputs[0] if n.inputs else None
+            if n.kind not in ("conv", "linear") or self._static[i] or src is None:
+                continue
+            if self.synapses == "auto" and not (self._binary[src] and (i, 0) not in self._gained):
+                continue
+            w, b = n.params["weight"], n.params.get("bias")
+            if n.kind == "linear":
+                tables[i] = events.linear_table(w, b)
+            elif events.conv_geometry(n.conf, self.shapes[src][1:], tuple(w.shape[2:])) is not None:
+                tables[i] = events.conv2d_table(w, b)
+        return _EventPlan(tables, fused)
+
+    def _plain_if(self, slot: int) -> tuple[float, float] | None:
+        """``(v_th, v_reset)`` of IF layer ``slot`` if its constants are single values (the fused kernel's case)."""
+        layer = self.if_layers[slot]
+        if layer.refractory or layer.v_th.numel() != 1 or layer.v_reset.numel() != 1:
+            return None
+        return float(layer.v_th), float(layer.v_reset)
 
     # ------------------------------------------------------------------ helpers
     def _dtype(self) -> torch.dtype:
@@ -339,20 +411,24 @@ class SpikingNetwork(nn.Module):
         return self.maxpool_gate == "count" and self._nodes[i].inputs[0] in self._slot and (i, 0) not in self._gained
 
     # ------------------------------------------------------------------ time chunks
-    def _chunk_steps(self, batch: int, static: list[bool]) -> int:
-        """Steps simulated at once: every dynamic node's ``[K * B, ...]`` value stays under
-        ``CHUNK_ELEMENTS`` elements."""
-        widest = max((_numel(self.shapes[i]) for i in range(len(self._nodes))
-                      if self.shapes[i] is not None and not static[i]), default=1)
-        return max(1, CHUNK_ELEMENTS // max(1, batch * widest))
+    def _chunk_steps(self, batch: int, static: list[bool], hidden: set[int]) -> int:
+        """Steps simulated at once: every dynamic node's ``[K * B, ...]`` value (but the ``hidden``
+        ones, never materialised) stays under ``CHUNK_ELEMENTS`` elements."""
+        return max(1, CHUNK_ELEMENTS // max(1, batch * self._widest(static, hidden)))
+
+    def _widest(self, static: list[bool], hidden: set[int]) -> int:
+        """Elements per input of the widest time-varying value (but the ``hidden`` ones)."""
+        return max((_numel(self.shapes[i]) for i in range(len(self._nodes))
+                    if self.shapes[i] is not None and not static[i] and i not in hidden), default=1)
 
     def _advance(self, nodes: list[Node], vals: list, order: list[int], static: list[bool], st: SNNState, K: int,
-                 generator: torch.Generator | None, synops: Tensor | None) -> Tensor:
+                 generator: torch.Generator | None, synops: Tensor | None, plan: "_EventPlan") -> Tensor:
         """Runs the nodes in ``order`` for ``K`` steps at once, updating ``st``; returns the readout
         ``[K, B, C]``.
 
         ``vals[i]`` is ``[B, ...]`` for a time-invariant node (``static[i]``) and ``[K * B, ...]``
         (time folded into the batch, step-major) for the others; every node runs once per chunk.
+        ``plan``: the event-driven synaptic nodes and fused IF layers (:meth:`_event_plan`).
         """
         B = st.out_v.shape[0]
         counts_seq: dict[int, Tensor] = {}  # IF layer -> spike counts so far, [K * B, ...]
@@ -363,9 +439,15 @@ class SpikingNetwork(nn.Module):
                 return x.unsqueeze(0).expand(K, *x.shape).reshape(K * B, *x.shape[1:])
             return x
 
+        done: set[int] = set()  # max-pools computed with their IF layer
         for i in order:
+            if i in done:
+                continue
             n = nodes[i]
             k = n.kind
+            if i in plan.fused:
+                done.add(self._fuse(i, n, vals, static, st, K))
+                continue
             ins = list(vals)
             for j in n.inputs:
                 if not (k == "relu" and static[j]):  # a constant current: the IF kernel reads one row
@@ -406,11 +488,34 @@ class SpikingNetwork(nn.Module):
             else:
                 if synops is not None and k in SYNAPTIC:
                     self._count(i, xs[0], synops, K)
-                vals[i] = apply_stateless(n, xs, ins)
+                vals[i] = self._synapses(i, n, xs[0], plan.tables) if i in plan.tables else apply_stateless(n, xs, ins)
         out = self._read(folded(self.out).reshape(K, B, -1), st, generator)
         if st.time is not None:
             st.time.add_(K)
         return out
+
+    def _fuse(self, i: int, n: Node, vals: list, static: list[bool], st: SNNState, K: int) -> int:
+        """Runs IF layer ``i`` and its max-pool for ``K`` steps in one kernel; returns the pool's index."""
+        slot, pool = self._slot[i], self._fused_pool[i]
+        v_th, v_reset = self._plain_if(slot)
+        x = gained(n, vals)[0]  # [B, ...] (constant current) or [K * B, ...]
+        conf = self._nodes[pool].conf
+        kernel = _pair(conf["kernel_size"])
+        stride = _pair(conf["stride"] if conf.get("stride") is not None else conf["kernel_size"])
+        v, count, s = (t.contiguous(memory_format=torch.channels_last) for t in (st.v[slot], st.count[slot],
+                                                                                   st.s[slot]))
+        vals[pool] = events.if_maxpool(x, v, count, s, K, v_th, self.if_layers[slot].reset, v_reset, kernel, stride)
+        st.v[slot], st.count[slot], st.s[slot] = v, count, s
+        return pool
+
+    def _synapses(self, i: int, n: Node, x: Tensor, tables: dict[int, tuple[Tensor, Tensor]]) -> Tensor:
+        """Conv2d / Linear node ``i`` on input ``x [N, ...]``, summing the weights of the non-zero inputs only."""
+        w = n.params["weight"]
+        binary = self._binary[n.inputs[0]] and (i, 0) not in self._gained
+        if n.kind == "linear":
+            return events.event_linear(x.reshape(len(x), -1), tables[i], w.shape[0], binary)
+        stride, padding, dilation, _ = events.conv_geometry(n.conf, tuple(x.shape[2:]), tuple(w.shape[2:]))
+        return events.event_conv2d(x, tables[i], w.shape[0], tuple(w.shape[2:]), stride, padding, dilation, binary)
 
     def _rates(self, r: Tensor, x: Tensor, time: Tensor) -> Tensor:
         """The max-pool gate's rate estimates after each of ``K`` steps of input ``x [K, B, ...]``,
@@ -433,8 +538,8 @@ class SpikingNetwork(nn.Module):
         """Adds the synaptic operations of node ``i`` for input ``x [K * B, ...]`` to ``synops [K, L]``."""
         binary = self._binary[self._nodes[i].inputs[0]] and (i, 0) not in self._gained
         active = x if binary else (x != 0).to(x.dtype)
-        f = getattr(self, f"n{i}_fanout")
-        per_input = active.reshape(len(x), -1) @ f                      # [K * B]
+        f = getattr(self, f"n{i}_fanout")                               # in the order of _flat
+        per_input = _flat(active) @ f                                   # [K * B]
         synops[:, self._syn_slot[i]] += per_input.reshape(K, -1).sum(1).double()
 
     def _read(self, o: Tensor, st: SNNState, generator: torch.Generator | None) -> Tensor:
@@ -494,13 +599,14 @@ class SpikingNetwork(nn.Module):
             order = [i for i in range(len(nodes)) if i != self._input]
             T, B = x_seq.shape[:2]
             static = [False] * len(nodes)  # every step's input is given
-            K = self._chunk_steps(B, static)
+            plan = self._event_plan(nodes, x_seq)
+            K = self._chunk_steps(B, static, plan.fused)
             outs = []
             for t0 in range(0, T, K):
                 chunk = x_seq[t0:t0 + K]
                 vals: list = [None] * len(nodes)
                 vals[self._input] = chunk.reshape(len(chunk) * B, *chunk.shape[2:])
-                outs.append(self._advance(nodes, vals, order, static, st, len(chunk), generator, None))
+                outs.append(self._advance(nodes, vals, order, static, st, len(chunk), generator, None, plan))
             return torch.cat(outs), _frozen(st)
 
     # ------------------------------------------------------------------ fast path
@@ -528,37 +634,57 @@ class SpikingNetwork(nn.Module):
                              "input_mode='analog' for other inputs")
         with torch.no_grad():
             nodes = self.nodes()
-            st = _working_copy(self.init_state(len(x), x.device, x.dtype), clone=False)
-            static_vals: list = [None] * len(nodes)
-            synops = torch.zeros(T, len(self.synaptic), dtype=torch.float64, device=x.device) if count_ops else None
-            for i, n in enumerate(nodes):
-                if not self._static[i]:
-                    continue
-                if n.kind == "input":
-                    static_vals[i] = x
-                elif n.kind == "call":
-                    static_vals[i] = eval_call(n, static_vals)
-                elif n.kind == "maxpool":  # constant input: the gate picks the maximum
-                    static_vals[i] = F.max_pool2d(gained(n, static_vals)[0], **n.conf)
-                else:
-                    xs = gained(n, static_vals)
-                    if count_ops and n.kind in SYNAPTIC:
-                        self._count(i, xs[0], synops[:1], 1)
-                    static_vals[i] = apply_stateless(n, xs, static_vals)
-                if isinstance(static_vals[i], Tensor) and static_vals[i].dim() == 4:  # the IF layers' order
-                    static_vals[i] = static_vals[i].contiguous(memory_format=torch.channels_last)
-            order = [i for i in range(len(nodes)) if not self._static[i] and i != self._input]
+            plan = self._event_plan(nodes, x)
+            K, tile = self._tiling(len(x), T, plan.fused)
             readout = torch.empty((T, len(x), *self.shapes[self.out]), device=x.device, dtype=x.dtype)
-            K = self._chunk_steps(len(x), self._static)
-            for t0 in range(0, T, K):
-                k = min(K, T - t0)
-                vals = list(static_vals)
-                if self.input_mode == "poisson":
-                    u = torch.rand((k, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
-                    vals[self._input] = (u < x).to(x.dtype).reshape(k * len(x), *x.shape[1:])  # Bernoulli spikes
-                readout[t0:t0 + k] = self._advance(nodes, vals, order, self._static, st, k, generator,
-                                                   None if synops is None else synops[t0:t0 + k]).view(k, len(x), -1)
-            return RunResult(readout, tuple(st.count), synops)
+            synops = torch.zeros(T, len(self.synaptic), dtype=torch.float64, device=x.device) if count_ops else None
+            counts = [self._run_tile(nodes, plan, x[b:b + tile], T, K, generator, readout[:, b:b + tile], synops)
+                      for b in range(0, len(x), tile)]
+            return RunResult(readout, tuple(torch.cat(c) for c in zip(*counts)), synops)
+
+    def _tiling(self, batch: int, T: int, hidden: set[int]) -> tuple[int, int]:
+        """``(steps per chunk, images per tile)`` for :meth:`run`: a large batch runs in tiles of
+        images, each for ``CHUNK_STEPS`` steps at a time, so that every layer's state is read from
+        memory once per chunk rather than once per step."""
+        K = self._chunk_steps(batch, self._static, hidden)
+        if K >= min(T, CHUNK_STEPS):
+            return K, batch
+        K = min(T, CHUNK_STEPS)
+        return K, max(1, CHUNK_ELEMENTS // (K * self._widest(self._static, hidden)))
+
+    def _run_tile(self, nodes: list[Node], plan: _EventPlan, x: Tensor, T: int, K: int,
+                  generator: torch.Generator | None, readout: Tensor, synops: Tensor | None) -> list[Tensor]:
+        """:meth:`run` on the images ``x [b, ...]``: writes ``readout [T, b, C]``, adds to ``synops``;
+        returns the spike counts of every IF layer."""
+        st = _working_copy(self.init_state(len(x), x.device, x.dtype), clone=False)
+        static_vals: list = [None] * len(nodes)
+        for i, n in enumerate(nodes):
+            if not self._static[i]:
+                continue
+            if n.kind == "input":
+                static_vals[i] = x
+            elif n.kind == "call":
+                static_vals[i] = eval_call(n, static_vals)
+            elif n.kind == "maxpool":  # constant input: the gate picks the maximum
+                static_vals[i] = F.max_pool2d(gained(n, static_vals)[0], **n.conf)
+            else:
+                xs = gained(n, static_vals)
+                if synops is not None and n.kind in SYNAPTIC:
+                    self._count(i, xs[0], synops[:1], 1)
+                static_vals[i] = apply_stateless(n, xs, static_vals)
+            if isinstance(static_vals[i], Tensor) and static_vals[i].dim() == 4:  # the IF layers' order
+                static_vals[i] = static_vals[i].contiguous(memory_format=torch.channels_last)
+        order = [i for i in range(len(nodes)) if not self._static[i] and i != self._input]
+        for t0 in range(0, T, K):
+            k = min(K, T - t0)
+            vals = list(static_vals)
+            if self.input_mode == "poisson":
+                u = torch.rand((k, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+                vals[self._input] = (u < x).to(x.dtype).reshape(k * len(x), *x.shape[1:])  # Bernoulli spikes
+            readout[t0:t0 + k] = self._advance(nodes, vals, order, self._static, st, k, generator,
+                                               None if synops is None else synops[t0:t0 + k],
+                                               plan).view(k, len(x), -1)
+        return list(st.count)
 
 
 def _working_copy(state: SNNState, clone: bool = True) -> SNNState:
@@ -571,6 +697,10 @@ def _working_copy(state: SNNState, clone: bool = True) -> SNNState:
 
 def _frozen(state: SNNState) -> SNNState:
     return SNNState(*(tuple(f) if isinstance(f, list) else f for f in state))
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def _flat(t: Tensor) -> Tensor:

@@ -272,4 +272,4 @@ DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; native.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 6; }
+int spikegrad_lif_abi(void) { return 7; }

@@ -38,8 +38,8 @@ from ._common import RESET_CODES, FusedConfig, compact_param, formula_agrees, pr
 __all__ = ["available", "build_error", "lif_native", "li_native", "load", "surrogate_code", "kernel_surrogate_grad",
            "SURROGATE_CODES"]
 
-SOURCE = Path(__file__).with_name("lif.c")
-ABI = 6
+SOURCES = (Path(__file__).with_name("lif.c"), Path(__file__).with_name("events.c"))  # one library
+ABI = 7
 BLOCK = 512  # neurons per block of the kernels (lif.c's BLOCK)
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
@@ -63,7 +63,7 @@ def _compile(path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        proc = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, path)  # atomic: parallel processes see the whole library or none
@@ -84,12 +84,21 @@ def _declare(lib: ctypes.CDLL) -> None:
         sur = getattr(lib, f"surrogate_grad_{suffix}")
         sur.argtypes = [i64, p, p, c_int, real]
         sur.restype = None
+        lin = getattr(lib, f"event_linear_{suffix}")
+        lin.argtypes = [i64] * 5 + [p] * 4 + [c_int]
+        lin.restype = None
+        conv = getattr(lib, f"event_conv2d_{suffix}")
+        conv.argtypes = [i64] * 17 + [p] * 4 + [c_int]
+        conv.restype = None
+        pool = getattr(lib, f"if_maxpool_{suffix}")
+        pool.argtypes = [i64] * 7 + [p, i64, p, p, p, p, real, real, c_int] + [i64] * 6 + [p]
+        pool.restype = None
 
 
 def load() -> ctypes.CDLL | None:
     """The compiled kernel library (built on first call), or None if it cannot be built."""
     if "lib" not in _state:
-        key = SOURCE.read_bytes() + " ".join((*FLAGS, platform.machine(), platform.system())).encode()
+        key = b"".join(p.read_bytes() for p in SOURCES) + " ".join((*FLAGS, platform.machine(), platform.system())).encode()
         digest = hashlib.sha256(key).hexdigest()[:16]  # a shared home across machines keeps one per kind
         path = _cache_dir() / "native" / f"spikegrad_lif_{digest}.so"
         try:
@@ -128,15 +137,16 @@ def _pool(pid: int, n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikegrad-native")
 
 
-def _parts(M: int) -> list[tuple[int, int]]:
-    n = min(torch.get_num_threads(), M // MIN_PART) if M >= 2 * MIN_PART else 1
+def _parts(M: int, min_part: int = MIN_PART) -> list[tuple[int, int]]:
+    n = min(torch.get_num_threads(), M // min_part) if M >= 2 * min_part else 1
     bounds = [round(k * M / n) for k in range(n + 1)] if n > 1 else [0, M]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _run(fn, M: int) -> None:
-    """``fn(a, b)`` over the neuron ranges of :func:`_parts`, one thread each."""
-    parts = _parts(M)
+def _run(fn, M: int, min_part: int = MIN_PART) -> None:
+    """``fn(a, b)`` over the ranges of :func:`_parts` (at least ``min_part`` neurons or rows each),
+    one thread each."""
+    parts = _parts(M, min_part)
     if len(parts) == 1:
         fn(*parts[0])
         return

@@ -1,0 +1,221 @@
+/* Event-driven synapses and a fused IF + spiking max-pool layer for CPU tensors (float32, float64).
+ *
+ * Built into the same library as lif.c (spikegrad/kernels/native.py) and called through ctypes
+ * on the data pointers of contiguous tensors; each call handles the rows [r0, r1) of its input,
+ * so several threads can share one batch.
+ *
+ * Synapses (Linear, Conv2d) skip the zeros of their input: each output element starts at its bias
+ * and adds x * w for every non-zero input x that reaches it (just w for binary input, where the
+ * product is exact), in a fixed order: for Linear the inputs in increasing index; for Conv2d the
+ * kernel positions (ky, kx) in row-major order, then the input channels in increasing order. The
+ * weights come as one row per input element ([K, Np] for Linear; [C, KH, KW, Np] for Conv2d),
+ * zero-padded to Np outputs, a multiple of the vector width. The file is compiled without fused
+ * multiply-adds (-ffp-contract=off), so a slow loop in the same order gives the same bits.
+ *
+ * The fused layer runs integrate-and-fire neurons (threshold th; u = v + x; spike iff u - th > 0;
+ * then v = u - th, v_reset or u for the reset modes subtract, zero, none; as lif.c with decays
+ * 1 and 0) and their count-gated spiking max-pool (spikegrad.conversion.spike_max_pool2d: in each
+ * window, the input with the most spikes before this step passes its spike, ties going to an input
+ * that spikes now) over K steps, image by image, so the membranes and counts of one image stay in
+ * cache and the layer's spikes are never written out.
+ */
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#define RESET_SUBTRACT 0
+#define RESET_ZERO 1
+#define VBYTES 64 /* bytes per vector: one AVX-512 register, two AVX2 or four SSE registers */
+#define GROUP 32  /* rows of a Linear input per pass over the weights */
+
+#define VLOAD(SFX, p) (*(const vec_##SFX *)(p))
+
+#if defined(__GNUC__)
+#define CTZ64(m) __builtin_ctzll(m)
+#else
+static inline int CTZ64(uint64_t m) { int k = 0; while (!(m & 1)) { m >>= 1; ++k; } return k; }
+#endif
+
+/* One block of up to four vectors of outputs out[o : o + 4L] (of n), inside a kernel with `out`,
+ * `o`, `n`, `bias` and `binary` in scope: start at the bias, add events, store. */
+#define BLOCK_BEGIN(SFX)                                                                             \
+    const int64_t rem_ = (n - o + L - 1) / L;                                                        \
+    const int nv = rem_ >= 4 ? 4 : (int)rem_;                                                        \
+    vec_##SFX a0 = VLOAD(SFX, bias + o), a1 = a0, a2 = a0, a3 = a0;                                  \
+    if (nv > 1) a1 = VLOAD(SFX, bias + o + L);                                                       \
+    if (nv > 2) a2 = VLOAD(SFX, bias + o + 2 * L);                                                   \
+    if (nv > 3) a3 = VLOAD(SFX, bias + o + 3 * L)
+
+/* a += x * w[q : q + nv L] (just w when binary: the product with 1 is exact) */
+#define ADD_EVENT(T_, SFX, q, xv)                                                                    \
+    do {                                                                                             \
+        const T_ *q_ = (q);                                                                          \
+        if (binary) {                                                                                \
+            a0 += VLOAD(SFX, q_);                                                                    \
+            if (nv > 1) a1 += VLOAD(SFX, q_ + L);                                                    \
+            if (nv > 2) a2 += VLOAD(SFX, q_ + 2 * L);                                                \
+            if (nv > 3) a3 += VLOAD(SFX, q_ + 3 * L);                                                \
+        } else {                                                                                     \
+            const vec_##SFX x_ = (vec_##SFX){0} + (xv);                                              \
+            a0 += x_ * VLOAD(SFX, q_);                                                               \
+            if (nv > 1) a1 += x_ * VLOAD(SFX, q_ + L);                                               \
+            if (nv > 2) a2 += x_ * VLOAD(SFX, q_ + 2 * L);                                           \
+            if (nv > 3) a3 += x_ * VLOAD(SFX, q_ + 3 * L);                                           \
+        }                                                                                            \
+    } while (0)
+
+#define BLOCK_END(T_, SFX)                                                                           \
+    do {                                                                                             \
+        T_ tmp_[4 * L];                                                                              \
+        memcpy(tmp_, &a0, VBYTES); memcpy(tmp_ + L, &a1, VBYTES);                                    \
+        memcpy(tmp_ + 2 * L, &a2, VBYTES); memcpy(tmp_ + 3 * L, &a3, VBYTES);                        \
+        memcpy(out + o, tmp_, (size_t)((n - o < 4 * L ? n - o : 4 * L) * (int64_t)sizeof(bias[0]))); \
+    } while (0)
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(SPIKEGRAD_NO_CLONES)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CLONES
+#endif
+
+#define DEFINE_EVENTS(T_, SFX)                                                                       \
+                                                                                                     \
+/* a vector of T_ that may sit at any T_ address and alias T_ arrays: a plain load or store */       \
+typedef T_ vec_##SFX __attribute__((vector_size(VBYTES), aligned(sizeof(T_)), may_alias));           \
+/* The bits of the non-zeros among x[0:n] (n <= 64), bit k for x[k]: branch-free. */                 \
+static inline __attribute__((always_inline)) uint64_t nonzero_bits_##SFX(const T_ *restrict x, int64_t n) \
+{                                                                                                    \
+    uint64_t m = 0;                                                                                  \
+    for (int64_t k = 0; k < n; ++k) m |= (uint64_t)(x[k] != 0) << k;                                 \
+    return m;                                                                                        \
+}                                                                                                    \
+                                                                                                     \
+/* y[r] = bias + x[r] @ wt for the rows r0 <= r < r1 of x [R, K]; wt [K, Np], bias [Np], y [R, N].  \
+ * Rows go in groups of GROUP: each block of outputs is summed for the whole group before the next, \
+ * so that block's weights stay in cache. */                                                         \
+CLONES void event_linear_##SFX(int64_t r0, int64_t r1, int64_t K, int64_t N, int64_t Np,             \
+                               const T_ *x, const T_ *wt, const T_ *bias, T_ *y, int binary)         \
+{                                                                                                    \
+    enum { L = VBYTES / sizeof(T_) };                                                                \
+    const int64_t cap = GROUP * (K > 0 ? K : 1);                                                     \
+    int64_t *off = malloc((size_t)cap * sizeof(int64_t)), first[GROUP + 1];                          \
+    T_ *val = malloc((size_t)cap * sizeof(T_));                                                      \
+    if (!off || !val) { free(off); free(val); return; }                                              \
+    for (int64_t g = r0; g < r1; g += GROUP) {                                                       \
+        const int64_t rows = r1 - g < GROUP ? r1 - g : GROUP;                                        \
+        int64_t n_ev = 0;                                                                            \
+        for (int64_t q = 0; q < rows; ++q) {          /* the non-zero inputs of every row */         \
+            const T_ *xr = x + (g + q) * K;                                                          \
+            first[q] = n_ev;                                                                         \
+            for (int64_t k0 = 0; k0 < K; k0 += 64)                                                   \
+                for (uint64_t m = nonzero_bits_##SFX(xr + k0, K - k0 < 64 ? K - k0 : 64); m; m &= m - 1) { \
+                    const int64_t k = k0 + CTZ64(m);                                                 \
+                    off[n_ev] = k * Np;                                                              \
+                    val[n_ev++] = xr[k];                                                             \
+                }                                                                                    \
+        }                                                                                            \
+        first[rows] = n_ev;                                                                          \
+        const int64_t n = N;                                                                         \
+        for (int64_t o = 0; o < n; o += 4 * L)                                                       \
+            for (int64_t q = 0; q < rows; ++q) {                                                     \
+                T_ *out = y + (g + q) * N;                                                           \
+                BLOCK_BEGIN(SFX);                                                                    \
+                for (int64_t j = first[q]; j < first[q + 1]; ++j) ADD_EVENT(T_, SFX, wt + off[j] + o, val[j]); \
+                BLOCK_END(T_, SFX);                                                                  \
+            }                                                                                        \
+    }                                                                                                \
+    free(off); free(val);                                                                            \
+}                                                                                                    \
+                                                                                                     \
+/* Conv2d (groups 1) of channels-last x [R, H, W, C] into y [R, OH, OW, N] for rows r0 <= r < r1;    \
+ * w [C, KH, KW, Np], bias [Np]; stride (sh, sw), zero padding (ph, pw), dilation (dh, dw). */       \
+CLONES void event_conv2d_##SFX(int64_t r0, int64_t r1, int64_t H, int64_t W, int64_t C, int64_t KH,  \
+                               int64_t KW, int64_t N, int64_t Np, int64_t OH, int64_t OW, int64_t sh, \
+                               int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,           \
+                               const T_ *x, const T_ *w, const T_ *bias, T_ *y, int binary)          \
+{                                                                                                    \
+    enum { L = VBYTES / sizeof(T_) };                                                                \
+    const int64_t P = H * W, NW = (C + 63) / 64, cstep = KH * KW * Np;                               \
+    uint64_t *bits = malloc((size_t)(P * NW > 0 ? P * NW : 1) * sizeof(uint64_t));                   \
+    if (!bits) return;                                                                               \
+    for (int64_t r = r0; r < r1; ++r) {                                                              \
+        const T_ *xr = x + r * P * C;                                                                \
+        for (int64_t p = 0; p < P; ++p)                 /* the non-zero channels of every pixel */   \
+            for (int64_t q = 0; q < NW; ++q)                                                         \
+                bits[p * NW + q] = nonzero_bits_##SFX(xr + p * C + 64 * q, C - 64 * q < 64 ? C - 64 * q : 64); \
+        for (int64_t oy = 0; oy < OH; ++oy)                                                          \
+            for (int64_t ox = 0; ox < OW; ++ox) {                                                    \
+                T_ *out = y + ((r * OH + oy) * OW + ox) * N;                                         \
+                const int64_t n = N;                                                                 \
+                for (int64_t o = 0; o < n; o += 4 * L) {                                             \
+                    BLOCK_BEGIN(SFX);                                                                \
+                    for (int64_t ky = 0; ky < KH; ++ky) {                                            \
+                        const int64_t iy = oy * sh - ph + ky * dh;                                   \
+                        if (iy < 0 || iy >= H) continue;                                             \
+                        for (int64_t kx = 0; kx < KW; ++kx) {                                        \
+                            const int64_t ix = ox * sw - pw + kx * dw;                               \
+                            if (ix < 0 || ix >= W) continue;                                         \
+                            const int64_t p = iy * W + ix;                                           \
+                            const T_ *wk = w + (ky * KW + kx) * Np + o;                              \
+                            for (int64_t q = 0; q < NW; ++q)                                         \
+                                for (uint64_t m = bits[p * NW + q]; m; m &= m - 1) {                 \
+                                    const int64_t c = 64 * q + CTZ64(m);                             \
+                                    ADD_EVENT(T_, SFX, wk + c * cstep, xr[p * C + c]);               \
+                                }                                                                    \
+                        }                                                                            \
+                    }                                                                                \
+                    BLOCK_END(T_, SFX);                                                              \
+                }                                                                                    \
+            }                                                                                        \
+    }                                                                                                \
+    free(bits);                                                                                      \
+}                                                                                                    \
+                                                                                                     \
+/* K steps of IF neurons [B, H, W, C] (channels-last) and their count-gated max-pool (kernel         \
+ * (kh, kw), stride (sh, sw), no padding) for the images b0 <= b < b1. x: input current of step t    \
+ * and image b at x + t * x_step + b * H*W*C (x_step = 0: the same current every step). v, count:    \
+ * state, updated in place; s: the last step's spikes; spikes: every step's [K, B, H, W, C] or NULL; \
+ * pooled: [K, B, OH, OW, C]. */                                                                     \
+CLONES void if_maxpool_##SFX(int64_t b0, int64_t b1, int64_t K, int64_t B, int64_t H, int64_t W,     \
+                             int64_t C, const T_ *x, int64_t x_step, T_ *v, T_ *count, T_ *s,        \
+                             T_ *spikes, T_ th, T_ v_reset, int reset, int64_t kh, int64_t kw,       \
+                             int64_t sh, int64_t sw, int64_t OH, int64_t OW, T_ *pooled)             \
+{                                                                                                    \
+    const int64_t M = H * W * C;                                                                     \
+    for (int64_t b = b0; b < b1; ++b) {                                                              \
+        T_ *restrict vb = v + b * M, *restrict cb = count + b * M, *restrict sb = s + b * M;         \
+        for (int64_t t = 0; t < K; ++t) {                                                            \
+            const T_ *restrict xb = x + t * x_step + b * M;                                          \
+            for (int64_t j = 0; j < M; ++j) {                                                        \
+                const T_ u = vb[j] + xb[j], z = u - th;                                              \
+                const T_ after = reset == RESET_SUBTRACT ? z : (reset == RESET_ZERO ? v_reset : u);  \
+                const T_ sp = z > 0 ? (T_)1 : (T_)0;                                                 \
+                vb[j] = z > 0 ? after : u;                                                           \
+                cb[j] += sp;                                                                         \
+                sb[j] = sp;                                                                          \
+            }                                                                                        \
+            if (spikes) memcpy(spikes + (t * B + b) * M, sb, (size_t)M * sizeof(T_));                \
+            T_ *restrict out = pooled + (t * B + b) * OH * OW * C;                                   \
+            for (int64_t oy = 0; oy < OH; ++oy)                                                      \
+                for (int64_t ox = 0; ox < OW; ++ox) {                                                \
+                    T_ *restrict o = out + (oy * OW + ox) * C;                                       \
+                    for (int64_t c = 0; c < C; ++c) o[c] = -1;                                       \
+                    for (int64_t ky = 0; ky < kh; ++ky)                                              \
+                        for (int64_t kx = 0; kx < kw; ++kx) {                                        \
+                            const int64_t q = ((oy * sh + ky) * W + ox * sw + kx) * C;               \
+                            for (int64_t c = 0; c < C; ++c) {  /* 2 x (count before) + spike */      \
+                                const T_ key = 2 * cb[q + c] - sb[q + c];                            \
+                                o[c] = key > o[c] ? key : o[c];                                      \
+                            }                                                                        \
+                        }                                                                            \
+                    for (int64_t c = 0; c < C; ++c)         /* odd: the leader spikes now */         \
+                        o[c] = (T_)((int32_t)o[c] & 1);                                              \
+                }                                                                                    \
+        }                                                                                            \
+    }                                                                                                \
+}
+
+DEFINE_EVENTS(float, f32)
+DEFINE_EVENTS(double, f64)

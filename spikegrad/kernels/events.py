@@ -1,0 +1,153 @@
+"""Event-driven synapses and a fused IF + spiking max-pool layer in C, for simulating converted
+networks on CPU (float32 / float64, no autograd).
+
+A spiking layer's input is mostly zeros: a dense ``Linear`` or ``Conv2d`` spends the same
+multiply-adds on it as on an analog input. :func:`event_linear` and :func:`event_conv2d` start each
+output at its bias and add the weights of the non-zero inputs only, in a fixed order (``events.c``
+states it), so their cost grows with the number of spikes. :func:`if_maxpool` runs a layer of IF
+neurons and its count-gated spiking max-pool over several steps image by image, so the layer's
+spikes never leave the cache. The kernels are part of the library of :mod:`spikegrad.kernels.native`
+(compiled on first use); check :func:`available` first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import native
+from ._common import RESET_CODES
+
+__all__ = ["available", "supports", "linear_table", "conv2d_table", "event_linear", "event_conv2d", "if_maxpool"]
+
+VECTOR_BYTES = 64  # events.c's VBYTES: weight rows are padded to a multiple of it
+
+
+def available() -> bool:
+    """True if the C library (with these kernels) is built or can be built now."""
+    return native.available()
+
+
+def supports(x: Tensor) -> bool:
+    """Whether the kernels can run this tensor: float32 or float64 on the CPU, no gradient needed."""
+    return native.supports(x) and not (x.requires_grad and torch.is_grad_enabled())
+
+
+def _padded(rows: Tensor) -> Tensor:
+    """``rows [..., N]`` zero-padded to a multiple of the vector width, contiguous."""
+    n = rows.shape[-1]
+    lanes = VECTOR_BYTES // rows.element_size()
+    return F.pad(rows, (0, -n % lanes)).contiguous()
+
+
+def linear_table(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The operands of :func:`event_linear` for ``F.linear(x, weight [N, K], bias [N])``:
+    ``(rows [K, Np], bias [Np])``, one padded row of weights per input."""
+    b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
+    return _padded(weight.t()), _padded(b)
+
+
+def conv2d_table(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The operands of :func:`event_conv2d` for ``weight [N, C, KH, KW]``: ``(rows [C, KH, KW, Np], bias [Np])``."""
+    b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
+    return _padded(weight.permute(1, 2, 3, 0)), _padded(b)
+
+
+def _fn(name: str, dtype: torch.dtype):
+    return getattr(native.load(), f"{name}_{native._DTYPES[dtype]}")
+
+
+def event_linear(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, binary: bool = False) -> Tensor:
+    """``F.linear(x, weight, bias)`` summed over the non-zeros of ``x`` only.
+
+    Args:
+        x: ``[R, K]`` input (spikes or sparse values).
+        table: :func:`linear_table` of the weights.
+        n_out: ``N``, the number of outputs.
+        binary: ``x`` holds only 0 and 1 (skips the multiplications; exact either way).
+    Returns:
+        ``[R, N]``: per output, the bias plus the weights of the non-zero inputs (times their
+        values) added in increasing input order.
+    """
+    rows, bias = table
+    x = x.contiguous()
+    R, K = x.shape
+    y = x.new_empty((R, n_out))
+    fn = _fn("event_linear", x.dtype)
+    native._run(lambda a, b: fn(a, b, K, n_out, rows.shape[1], x.data_ptr(), rows.data_ptr(), bias.data_ptr(),
+                                y.data_ptr(), int(binary)), R, min_part=1)
+    return y
+
+
+def conv_geometry(conf: dict, in_hw: tuple[int, int], kernel: tuple[int, int]) -> tuple | None:
+    """``(stride, padding, dilation, out_hw)`` pairs of a ``Conv2d`` configuration the kernel runs
+    (groups 1, numeric padding), or None."""
+    if conf.get("groups", 1) != 1 or isinstance(conf.get("padding", 0), str):
+        return None
+    pair = [(v, v) if isinstance(v, int) else tuple(v) for v in
+            (conf.get("stride", 1), conf.get("padding", 0), conf.get("dilation", 1))]
+    out = tuple((in_hw[d] + 2 * pair[1][d] - pair[2][d] * (kernel[d] - 1) - 1) // pair[0][d] + 1 for d in range(2))
+    return (*pair, out)
+
+
+def event_conv2d(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, kernel: tuple[int, int],
+                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
+                 dilation: tuple[int, int] = (1, 1), binary: bool = False) -> Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation)`` (groups 1) summed over the non-zeros of ``x``.
+
+    Args:
+        x: ``[R, C, H, W]`` input, stored channels-last (else copied so).
+        table: :func:`conv2d_table` of the weights.
+        n_out: output channels ``N``. kernel: ``(KH, KW)``.
+        stride, padding, dilation: pairs, as ``F.conv2d`` (zero padding).
+        binary: ``x`` holds only 0 and 1.
+    Returns:
+        ``[R, N, OH, OW]`` stored channels-last: per output, the bias plus the weights of the
+        non-zero inputs in its receptive field, kernel positions in row-major order, then channels.
+    """
+    rows, bias = table
+    R, C, H, W = x.shape
+    xl = x.contiguous(memory_format=torch.channels_last)
+    _, _, _, (OH, OW) = conv_geometry({"stride": stride, "padding": padding, "dilation": dilation}, (H, W), kernel)
+    y = torch.empty((R, n_out, OH, OW), dtype=x.dtype, memory_format=torch.channels_last)
+    fn = _fn("event_conv2d", x.dtype)
+    native._run(lambda a, b: fn(a, b, H, W, C, kernel[0], kernel[1], n_out, rows.shape[-1], OH, OW, *stride,
+                                *padding, *dilation, xl.data_ptr(), rows.data_ptr(), bias.data_ptr(), y.data_ptr(),
+                                int(binary)), R, min_part=1)
+    return y
+
+
+def if_maxpool(x: Tensor, v: Tensor, count: Tensor, s: Tensor, steps: int, v_th: float, reset: str, v_reset: float,
+               kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """``steps`` steps of IF neurons and their count-gated spiking max-pool (no padding, dilation 1).
+
+    Per step: ``u = v + x``; spike iff ``u - v_th > 0``; ``v`` becomes ``u - v_th``, ``v_reset``
+    or ``u`` (``reset`` subtract, zero, none); ``count += spike``; then each pooling window passes
+    the spike of its input with the most spikes before this step (ties: an input that spikes now),
+    as :func:`spikegrad.conversion.spike_max_pool2d`.
+
+    Args:
+        x: input current ``[steps * B, C, H, W]`` (step-major) or ``[B, C, H, W]`` (the same every
+            step), stored channels-last.
+        v, count: ``[B, C, H, W]`` membranes and spike counts, channels-last contiguous; updated in place.
+        s: ``[B, C, H, W]`` (channels-last contiguous): receives the spikes of the last step.
+        steps: number of steps. v_th, reset, v_reset: the IF neurons'.
+        kernel, stride: the max-pool's (pairs).
+    Returns:
+        ``pooled [steps * B, C, OH, OW]``, channels-last.
+    """
+    B, C, H, W = v.shape
+    for t in (v, count, s):
+        if not t.is_contiguous(memory_format=torch.channels_last) or t.shape != v.shape:
+            raise ValueError("if_maxpool: v, count and s must be [B, C, H, W] channels-last contiguous (written in place)")
+    xl = x.contiguous(memory_format=torch.channels_last)
+    if len(xl) not in (B, steps * B):
+        raise ValueError(f"if_maxpool: x has {len(xl)} rows; expected {steps} x {B} (one per step and image) or {B}")
+    OH, OW = (H - kernel[0]) // stride[0] + 1, (W - kernel[1]) // stride[1] + 1
+    pooled = torch.empty((steps * B, C, OH, OW), dtype=v.dtype, memory_format=torch.channels_last)
+    fn = _fn("if_maxpool", v.dtype)
+    native._run(lambda a, b: fn(a, b, steps, B, H, W, C, xl.data_ptr(), 0 if len(xl) == B else B * H * W * C, v.data_ptr(),
+                                count.data_ptr(), s.data_ptr(), None, float(v_th), float(v_reset), RESET_CODES[reset],
+                                *kernel, *stride, OH, OW, pooled.data_ptr()), B, min_part=1)
+    return pooled

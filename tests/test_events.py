@@ -1,0 +1,119 @@
+"""The event-driven C kernels (spikegrad.kernels.events) against slow references written out here."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikegrad.conversion import spike_max_pool2d
+from spikegrad.functional import LIFState
+from spikegrad.kernels import events
+from spikegrad.neurons import IF
+
+pytestmark = pytest.mark.skipif(not events.available(), reason="needs the C kernels (a C compiler)")
+
+
+def sparse(shape, rate, dtype, binary, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(shape, generator=g) < rate).to(dtype)
+    return x if binary else x * (torch.rand(shape, generator=g, dtype=dtype) * 2 - 0.5)
+
+
+def linear_in_order(x, w, b):
+    """The bias, then x[:, k] * w[:, k] for k = 0, 1, ... (the kernel's documented order)."""
+    out = b.expand(len(x), -1)
+    for k in range(x.shape[1]):
+        out = out + x[:, k:k + 1] * w[:, k]
+    return out
+
+
+def conv_in_order(x, w, b, stride, padding, dilation):
+    """The bias, then kernel positions (ky, kx) in row-major order, then input channels."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ref = F.conv2d(x, w, b, stride, padding, dilation)
+    OH, OW = ref.shape[2:]
+    xp = F.pad(x, (pw, pw, ph, ph))
+    out = b.view(1, -1, 1, 1).expand_as(ref)
+    for ky in range(w.shape[2]):
+        for kx in range(w.shape[3]):
+            patch = xp[:, :, ky * dh:ky * dh + sh * (OH - 1) + 1:sh, kx * dw:kx * dw + sw * (OW - 1) + 1:sw]
+            for c in range(w.shape[1]):
+                out = out + patch[:, c:c + 1] * w[:, c, ky, kx].view(1, -1, 1, 1)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("K,N", [(5, 10), (64, 64), (130, 70), (100, 200)])
+def test_event_linear_sums_in_order_bit_for_bit(dtype, binary, K, N):
+    x = sparse((45, K), 0.2, dtype, binary)  # 45 rows: a group of 32 and a partial one
+    x[3] = 0                                  # a row without events: the bias
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(N, K, generator=g, dtype=dtype), torch.randn(N, generator=g, dtype=dtype)
+    y = events.event_linear(x, events.linear_table(w, b), N, binary)
+    assert torch.equal(y, linear_in_order(x, w, b))
+    assert torch.equal(y[3], b)
+    torch.testing.assert_close(y, F.linear(x, w, b))
+    y0 = events.event_linear(x, events.linear_table(w, None), N, binary)
+    assert torch.equal(y0, linear_in_order(x, w, torch.zeros_like(b)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("C,N,conf", [(3, 5, {}), (70, 64, {}), (4, 70, {"stride": 2, "padding": 1}),
+                                      (6, 17, {"stride": (2, 1), "padding": (0, 2), "dilation": (1, 2)})])
+def test_event_conv2d_sums_in_order_bit_for_bit(dtype, binary, C, N, conf):
+    x = sparse((7, C, 9, 8), 0.15, dtype, binary).contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(2)
+    w, b = torch.randn(N, C, 3, 3, generator=g, dtype=dtype), torch.randn(N, generator=g, dtype=dtype)
+    stride, padding, dilation, out_hw = events.conv_geometry(conf, (9, 8), (3, 3))
+    y = events.event_conv2d(x, events.conv2d_table(w, b), N, (3, 3), stride, padding, dilation, binary)
+    ref = conv_in_order(x, w, b, stride, padding, dilation)
+    assert y.shape == (7, N, *out_hw) and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, ref)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, stride, padding, dilation))
+
+
+def test_conv_geometry_refuses_what_the_kernel_cannot_run():
+    assert events.conv_geometry({"groups": 2}, (8, 8), (3, 3)) is None
+    assert events.conv_geometry({"padding": "same"}, (8, 8), (3, 3)) is None
+    assert events.conv_geometry({"stride": 2, "padding": 1, "dilation": 1}, (8, 8), (3, 3)) == \
+        ((2, 2), (1, 1), (1, 1), (4, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("held", [True, False])
+@pytest.mark.parametrize("kernel,stride,hw", [((2, 2), (2, 2), (8, 8)), ((3, 3), (2, 2), (9, 7)),
+                                              ((2, 3), (1, 2), (5, 8))])
+def test_if_maxpool_equals_the_IF_layer_and_spike_max_pool(dtype, reset, held, kernel, stride, hw):
+    B, C, K = 3, 5, 9
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand((1 if held else K) * B, C, *hw, generator=g, dtype=dtype) * 0.9 - 0.1)
+    x = x.contiguous(memory_format=torch.channels_last)
+    layer = IF(v_th=0.7, reset=reset, v_reset=-0.2, backend="torch")
+    # the reference: the IF layer over the K steps, then spike_max_pool2d step by step
+    xs = x.view(1, B, C, *hw).expand(K, -1, -1, -1, -1) if held else x.view(K, B, C, *hw)
+    v0 = torch.rand((B, C, *hw), generator=g, dtype=dtype) * 0.5
+    count0 = torch.randint(0, 3, (B, C, *hw), generator=g).to(dtype)
+    with torch.no_grad():
+        spikes, st = layer(xs, LIFState(v0, torch.zeros_like(v0)))
+    counts = count0 + spikes.cumsum(0)
+    want = torch.stack([spike_max_pool2d(spikes[t], counts[t], kernel, stride) for t in range(K)])
+
+    def cl(t):
+        return t.clone().contiguous(memory_format=torch.channels_last)
+    v, count, s = cl(v0), cl(count0), cl(torch.full_like(v0, 7.0))
+    th, v_reset = float(layer.v_th), float(layer.v_reset)  # the layer's (float32) constants
+    pooled = events.if_maxpool(x, v, count, s, K, th, reset, v_reset, kernel, stride)
+    assert pooled.shape == (K * B, *want.shape[2:]) and bool(want.sum() > 0)
+    assert torch.equal(pooled.view_as(want), want)
+    assert torch.equal(v, st.v) and torch.equal(count, counts[-1]) and torch.equal(s, spikes[-1])
+
+
+def test_if_maxpool_refuses_bad_state_and_input():
+    v = torch.zeros(2, 3, 4, 4)  # contiguous, not channels-last
+    cl = torch.zeros(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels-last"):
+        events.if_maxpool(cl, v, cl.clone(), cl.clone(), 2, 1.0, "subtract", 0.0, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="expected 4 x 2"):
+        events.if_maxpool(torch.zeros(3, 3, 4, 4), cl, cl.clone(), cl.clone(), 4, 1.0, "subtract", 0.0, (2, 2), (2, 2))
