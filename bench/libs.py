@@ -207,7 +207,7 @@ class SpikegradMLP(nn.Module):
         from spikegrad.neurons import LI, LIF
 
         neuron = functools.partial(LIF, tau_mem=tau_mem, tau_syn=tau_syn, reset="zero", backend=backend)
-        li_backend = "torch" if backend in ("torch", "fused", "triton") else backend
+        li_backend = "torch" if backend in ("torch", "fused", "triton") else backend  # "auto" stays "auto"
         readout = functools.partial(LI, tau_mem=tau_mem, tau_syn=tau_syn, backend=li_backend)
         # record_v=False: the peers' models return no membrane traces either
         self.net = SpikingMLP([256, 246, 10], neuron=neuron, readout=readout, bias=False, record_v=False,
@@ -228,7 +228,8 @@ MNIST_VARIANTS = {
     "spikegrad/fused": ("spikegrad", "fused LIF"),
     "spikegrad/fused+sparse": ("spikegrad", "fused LIF + sparse-input Linear"),
     "spikegrad/native": ("spikegrad", "C LIF + LI"),
-    "spikegrad/native+sparse": ("spikegrad", "C LIF + LI + sparse-input Linear, CPU default"),
+    "spikegrad/native+sparse": ("spikegrad", "C LIF + LI + sparse-input Linear"),
+    "spikegrad/auto+sparse": ("spikegrad", "CPU default: native+sparse; no-grad: one event-driven kernel"),
     "spikegrad/triton": ("spikegrad", "Triton LIF"),
     "snntorch/unbind": ("snntorch", "Synaptic, reset_delay=False"),
     "spikingjelly/CUBALIFNode": ("spikingjelly", "step loop"),

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
+from .kernels.events import SpikeTimes
 
 __all__ = [
     "latency_times",
@@ -249,6 +250,13 @@ class LatencyEncoder(nn.Module):
         """``generator`` is accepted for a uniform encoder interface and ignored (deterministic)."""
         return latency_encode(x, self.T, self.method, self.threshold, self.tau, self.normalize, self.clip,
                               self.binning)
+
+    def times(self, x: Tensor) -> SpikeTimes:
+        """The same spikes as :meth:`forward` as one spike time per pixel (:class:`SpikeTimes`, pixels
+        flattened to ``[B, N]``): ``SpikingMLP`` runs them without a dense ``[T, B, N]`` tensor."""
+        times = latency_times(x, self.T, self.method, self.threshold, self.tau, self.normalize, self.clip,
+                              self.binning)
+        return SpikeTimes(times.flatten(1), self.T)
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, method={self.method!r}, threshold={self.threshold:g}, tau={self.tau:g}, "

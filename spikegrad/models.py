@@ -12,13 +12,17 @@ import contextlib
 import math
 from typing import Callable, Iterator, NamedTuple, Sequence
 
+import torch
 from torch import Tensor, nn
 
-from .functional import last
-from .neurons import LI, LIF, DelayedState
+from . import checks
+from .functional import LIFState, LIState, last
+from .kernels import events
+from .kernels.sparse import SparseInputLinear
+from .neurons import IF, LI, LIF, DelayedState
 
 __all__ = ["SpikingOutput", "SeqWise", "SpikingMLP", "SpikingConvNet", "spikes_per_input", "eval_mode",
-           "recording_v"]
+           "layer_by_layer", "recording_v"]
 
 NeuronFactory = Callable[..., nn.Module]
 
@@ -47,6 +51,21 @@ def spikes_per_input(out: SpikingOutput) -> Tensor:
         return out.readout.new_zeros(())
     batch = out.spikes[0].shape[1]
     return sum(s.detach().sum() for s in out.spikes) / batch
+
+
+@contextlib.contextmanager
+def layer_by_layer(model: nn.Module) -> Iterator[None]:
+    """Run every :class:`SpikingMLP` in ``model`` layer by layer (``inference="layers"``), so that
+    each neuron module is called (forward hooks see every layer); the settings are restored after."""
+    mlps = [m for m in model.modules() if isinstance(m, SpikingMLP)]
+    saved = [m.inference for m in mlps]
+    for m in mlps:
+        m.inference = "layers"
+    try:
+        yield
+    finally:
+        for m, mode in zip(mlps, saved):
+            m.inference = mode
 
 
 @contextlib.contextmanager
@@ -142,13 +161,21 @@ class SpikingMLP(nn.Module):
         sparse_input: compute the first layer on the non-zeros of its input
             (:class:`~spikegrad.kernels.SparseInputLinear`; same result up to rounding, much less
             work for latency codes; dense inputs fall back to the dense product).
+        inference: "auto" (default): without gradients (``torch.no_grad``), on CPU in float32 /
+            float64 with the C kernels, a model of plain ``LIF`` / ``IF`` hidden layers and an ``LI``
+            readout (``backend="auto"``, no refractory period or recurrence, no recorded membranes)
+            runs as one event-driven kernel, image by image
+            (:func:`spikegrad.kernels.events.mlp_forward`): the same spikes and states as layer by
+            layer (the first layer sums its inputs as ``sparse_input`` does), the later layers' sums
+            in another order (float rounding). "layers": always layer by layer.
     """
 
     def __init__(self, sizes: Sequence[int], neuron: NeuronFactory = LIF, readout: NeuronFactory = LI,
                  bias: bool = False, weight_gain: float = 2.0, readout_gain: float = 0.2,
-                 record_v: bool = True, sparse_input: bool = False):
+                 record_v: bool = True, sparse_input: bool = False, inference: str = "auto"):
         super().__init__()
         self.record_v = bool(record_v)
+        self.inference = checks.one_of("SpikingMLP", "inference", inference, ("auto", "layers"))
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) <= 0:
             raise ValueError(f"SpikingMLP: sizes must list at least input and output widths (> 0), got {sizes}")
@@ -159,8 +186,6 @@ class SpikingMLP(nn.Module):
         self.neurons = nn.ModuleList()
         for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             if k == 0 and sparse_input:  # an nn.Linear subclass: same parameters, same initialization
-                from .kernels.sparse import SparseInputLinear
-
                 lin = SparseInputLinear(n_in, n_out, bias=bias)
             else:
                 lin = nn.Linear(n_in, n_out, bias=bias)
@@ -168,12 +193,25 @@ class SpikingMLP(nn.Module):
             self.layers.append(SeqWise(lin))
             self.neurons.append(neuron() if k < len(sizes) - 2 else readout())
 
-    def forward(self, x_seq: Tensor, state: tuple | None = None) -> SpikingOutput:
-        """``x_seq [T, B, ...]`` (trailing dims multiply to ``sizes[0]``) -> :class:`SpikingOutput`.
+    def forward(self, x_seq: Tensor | events.SpikeTimes, state: tuple | None = None,
+                record_spikes: bool = True) -> SpikingOutput:
+        """``x_seq [T, B, ...]`` (trailing dims multiply to ``sizes[0]``), or one spike time per input
+        (:class:`~spikegrad.kernels.events.SpikeTimes`, e.g. ``LatencyEncoder.times(images)``) ->
+        :class:`SpikingOutput`.
 
         ``state``: None (every neuron at rest) or the ``state`` of the :class:`SpikingOutput` of a
         previous call, to continue it: running a sequence in chunks gives the same outputs as one run.
+        ``record_spikes=False``: leave :attr:`SpikingOutput.spikes` empty (saves writing them in the
+        event-driven inference path, when only the readout is needed).
         """
+        if isinstance(x_seq, events.SpikeTimes):  # one spike time per input (e.g. LatencyEncoder.times)
+            if x_seq.times.dim() != 2 or x_seq.times.shape[1] != self.sizes[0]:
+                raise ValueError(f"SpikingMLP: the model expects spike times [B, {self.sizes[0]}], got "
+                                 f"{tuple(x_seq.times.shape)}")
+            states = _layer_states("SpikingMLP", state, len(self.neurons))
+            if x_seq.times.device.type == "cpu" and self._runs_events(x_seq.dtype, states):
+                return self._forward_events(x_seq, states, record_spikes)
+            x_seq = x_seq.dense()
         if x_seq.dim() < 3:
             raise ValueError(f"SpikingMLP: input must be [T, B, features...], got shape {tuple(x_seq.shape)}")
         h = x_seq.flatten(2)  # [T, B, n_in]
@@ -183,6 +221,8 @@ class SpikingMLP(nn.Module):
             raise ValueError(f"SpikingMLP: the model expects {self.sizes[0]} input features but got "
                              f"{h.shape[-1]}{hint}; match the data's image size (data.size) to model.sizes[0]")
         states = _layer_states("SpikingMLP", state, len(self.neurons))
+        if h.device.type == "cpu" and self._runs_events(h.dtype, states):
+            return self._forward_events(h, states, record_spikes)
         spikes, vs, finals = [], [], []
         for k, (layer, neuron) in enumerate(zip(self.layers, self.neurons)):
             h = layer(h)
@@ -194,7 +234,51 @@ class SpikingMLP(nn.Module):
             else:
                 h, final = neuron(h, states[k])
             finals.append(final)
-        return SpikingOutput(h, tuple(spikes), tuple(vs), tuple(finals))
+        return SpikingOutput(h, tuple(spikes) if record_spikes else (), tuple(vs), tuple(finals))
+
+
+    def _runs_events(self, dtype: torch.dtype, states: tuple) -> bool:
+        """Whether :meth:`forward` runs as one event-driven kernel on CPU input of ``dtype`` (see ``inference``)."""
+        if (self.inference != "auto" or self.record_v or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or dtype not in (torch.float32, torch.float64) or not events.available()
+                or any(p.device.type != "cpu" for p in self.parameters())):
+            return False
+        hidden, readout = self.neurons[:-1], self.neurons[-1]
+        if type(readout) is not LI or any(type(n) not in (LIF, IF) or n.refractory or n.w_rec is not None
+                                          for n in hidden) or any(n.backend != "auto" for n in self.neurons):
+            return False  # other neurons, or a backend the user chose
+        if not all(type(layer.module) in (nn.Linear, SparseInputLinear) for layer in self.layers):
+            return False
+        for n, size, st in zip(self.neurons, self.sizes[1:], states):
+            p = n.params(dtype)
+            consts = (p.decay_mem, p.decay_syn) if n is readout else (p.decay_mem, p.decay_syn, p.v_th, p.v_reset)
+            if any(torch.as_tensor(c).numel() not in (1, size) for c in consts):
+                return False
+            if st is not None and (type(st) is not (LIState if n is readout else LIFState)
+                                   or any(f is not None for f in st[2:])):
+                return False
+        return True
+
+    def _forward_events(self, x: Tensor | events.SpikeTimes, states: tuple, record_spikes: bool) -> SpikingOutput:
+        """:meth:`forward` as one event-driven kernel on ``x [T, B, n_in]`` or spike times."""
+        dtype = x.dtype
+        B = x.times.shape[0] if isinstance(x, events.SpikeTimes) else x.shape[1]
+        consts, resets, init = [], [], []
+        for n, size, st in zip(self.neurons, self.sizes[1:], states):
+            p = n.params(dtype)
+            if type(n) is LI:
+                consts.append((torch.as_tensor(p.decay_mem), torch.as_tensor(p.decay_syn)))
+            else:
+                consts.append(tuple(torch.as_tensor(c) for c in (p.decay_mem, p.decay_syn, p.v_th, p.v_reset)))
+                resets.append(p.reset)
+            init.append(tuple(torch.zeros((B, size), dtype=dtype) for _ in range(2)) if st is None else
+                        tuple(f.reshape(B, size).to(dtype).clone(memory_format=torch.contiguous_format)
+                              for f in st[:2]))  # (v, i), updated in place by the kernel
+        weights = [layer.module.weight for layer in self.layers]
+        biases = [layer.module.bias for layer in self.layers]
+        readout, spikes = events.mlp_forward(x, weights, biases, consts, resets, init, record_spikes)
+        finals = tuple(LIState(*vi) if type(n) is LI else LIFState(*vi) for n, vi in zip(self.neurons, init))
+        return SpikingOutput(readout, tuple(spikes) if record_spikes else (), (), finals)
 
 
 class SpikingConvNet(nn.Module):

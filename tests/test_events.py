@@ -117,3 +117,116 @@ def test_if_maxpool_refuses_bad_state_and_input():
         events.if_maxpool(cl, v, cl.clone(), cl.clone(), 2, 1.0, "subtract", 0.0, (2, 2), (2, 2))
     with pytest.raises(ValueError, match="expected 4 x 2"):
         events.if_maxpool(torch.zeros(3, 3, 4, 4), cl, cl.clone(), cl.clone(), 4, 1.0, "subtract", 0.0, (2, 2), (2, 2))
+
+
+# ------------------------------------------------------------------------------ SpikingMLP inference
+import functools  # noqa: E402
+
+from spikegrad.encoding import LatencyEncoder, latency_encode  # noqa: E402
+from spikegrad.functional import LIParams, LIState, li_step, lif_step  # noqa: E402
+from spikegrad.models import SpikingMLP  # noqa: E402
+from spikegrad.neurons import LI, LIF, BSS2LIF  # noqa: E402
+
+
+def mlp(seed=0, bias=True, dtype=torch.float32):
+    torch.manual_seed(seed)
+    hidden = [functools.partial(LIF, tau_mem=torch.linspace(4.0, 12.0, 20), tau_syn=3.0, reset="subtract"),
+              functools.partial(IF, v_th=0.8, reset="zero", v_reset=-0.1)]
+    it = iter(hidden)
+    m = SpikingMLP([30, 20, 16, 5], neuron=lambda: next(it)(), readout=functools.partial(LI, tau_mem=6.0, tau_syn=2.0),
+                   bias=bias, weight_gain=6.0, readout_gain=1.0, record_v=False, sparse_input=True)
+    return m.to(dtype).eval()
+
+
+def mlp_in_order(model, x, states=None):
+    """A slow per-step reference of the event-driven MLP: per layer 0 plus x_k * w[:, k] for the
+    non-zero inputs in increasing k, then the bias; the neurons' own step functions."""
+    T, B = x.shape[:2]
+    layers = [m.module for m in model.layers]
+    st = list(states) if states is not None else [None] * len(layers)
+    spikes, readout = [[] for _ in layers[:-1]], []
+    for t in range(T):
+        h = x[t]
+        for k, (lin, n) in enumerate(zip(layers, model.neurons)):
+            cur = torch.zeros(B, lin.out_features, dtype=x.dtype)
+            for q in range(h.shape[1]):
+                if bool((h[:, q] != 0).any()):
+                    cur = cur + torch.where((h[:, q] != 0)[:, None], h[:, q:q + 1] * lin.weight[:, q], 0.0)
+            if lin.bias is not None:
+                cur = cur + lin.bias
+            p = n.params(x.dtype)
+            if k == len(layers) - 1:
+                s0 = st[k] or LIState(torch.zeros_like(cur), torch.zeros_like(cur))
+                v, st[k] = li_step(cur, s0, LIParams(p.decay_mem, p.decay_syn))
+                readout.append(v)
+            else:
+                s0 = st[k] or LIFState(torch.zeros_like(cur), torch.zeros_like(cur))
+                h, st[k] = lif_step(cur, s0, p, n.surrogate)
+                spikes[k].append(h)
+    return torch.stack(readout), [torch.stack(s) for s in spikes], st
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_mlp_event_path_equals_a_per_step_reference_bit_for_bit(dtype, bias):
+    model = mlp(bias=bias, dtype=dtype)
+    x = sparse((12, 7, 30), 0.3, dtype, binary=True)
+    with torch.no_grad():
+        out = model(x)
+        ref, spikes, states = mlp_in_order(model, x)
+    assert sum(float(s.sum()) for s in spikes) > 0 and out.v == ()
+    assert torch.equal(out.readout, ref)
+    assert all(torch.equal(a, b) for a, b in zip(out.spikes, spikes))
+    assert all(torch.equal(a.v, b.v) and torch.equal(a.i, b.i) for a, b in zip(out.state, states))
+    model.inference = "layers"  # the layer-by-layer path agrees up to the order of the dense sums
+    with torch.no_grad():
+        layers = model(x)
+    torch.testing.assert_close(out.readout, layers.readout)
+    assert torch.equal(out.spikes[0], layers.spikes[0])  # the first layer sums as sparse_linear does
+
+
+def test_mlp_event_path_continues_from_state_and_takes_spike_times():
+    model = mlp()
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(9, 30, generator=g)
+    enc = LatencyEncoder(12, "log", 0.2, 4.0)
+    x = enc(images)
+    times = enc.times(images)
+    assert torch.equal(times.dense(), x) and torch.equal(x, latency_encode(images, 12, "log", 0.2, 4.0))
+    with torch.no_grad():
+        whole = model(x)
+        first = model(x[:5])
+        rest = model(x[5:], first.state)
+        from_times = model(times)
+        bare = model(times, record_spikes=False)
+    assert torch.equal(torch.cat([first.readout, rest.readout]), whole.readout)
+    assert torch.equal(torch.cat([first.spikes[1], rest.spikes[1]]), whole.spikes[1])
+    assert torch.equal(from_times.readout, whole.readout) and torch.equal(from_times.spikes[0], whole.spikes[0])
+    assert bare.spikes == () and torch.equal(bare.readout, whole.readout)
+    with pytest.raises(ValueError, match=r"spike times \[B, 30\]"):
+        model(enc.times(torch.rand(3, 31)))
+
+
+def test_mlp_runs_layer_by_layer_where_the_kernel_does_not_apply(monkeypatch):
+    import spikegrad.models as models
+
+    calls = []
+    real = models.events.mlp_forward
+    monkeypatch.setattr(models.events, "mlp_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = sparse((6, 3, 30), 0.3, torch.float32, binary=True)
+    model = mlp()
+    with torch.no_grad():
+        model(x)
+    assert calls == [1]
+    out = model(x)  # gradients enabled: the layer path (autograd)
+    assert out.readout.requires_grad and calls == [1]
+    model.record_v = True
+    with torch.no_grad():
+        assert len(model(x).v) == 2 and calls == [1]
+    for make in (functools.partial(LIF, backend="native"), BSS2LIF, functools.partial(LIF, refractory=2)):
+        other = SpikingMLP([30, 8, 4], neuron=make, record_v=False).eval()
+        with torch.no_grad():
+            other(x)
+        assert calls == [1]
+    with pytest.raises(ValueError, match="inference must be one of"):
+        SpikingMLP([30, 8, 4], inference="fast")

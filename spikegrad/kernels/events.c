@@ -87,13 +87,16 @@ typedef T_ vec_##SFX __attribute__((vector_size(VBYTES), aligned(sizeof(T_)), ma
 /* The bits of the non-zeros among x[0:n] (n <= 64), bit k for x[k]: branch-free. */                 \
 static inline __attribute__((always_inline)) uint64_t nonzero_bits_##SFX(const T_ *restrict x, int64_t n) \
 {                                                                                                    \
+    int any = 0;                                    /* a vectorized test first: inputs are sparse */ \
+    for (int64_t k = 0; k < n; ++k) any |= x[k] != 0;                                                \
+    if (!any) return 0;                                                                              \
     uint64_t m = 0;                                                                                  \
     for (int64_t k = 0; k < n; ++k) m |= (uint64_t)(x[k] != 0) << k;                                 \
     return m;                                                                                        \
 }                                                                                                    \
                                                                                                      \
-/* y[r] = bias + x[r] @ wt for the rows r0 <= r < r1 of x [R, K]; wt [K, Np], bias [Np], y [R, N].  \
- * Rows go in groups of GROUP: each block of outputs is summed for the whole group before the next, \
+/* y[r] = bias + x[r] @ wt for the rows r0 <= r < r1 of x [R, K]; wt [K, Np], bias [Np], y [R, N].   \
+ * Rows go in groups of GROUP: each block of outputs is summed for the whole group before the next,  \
  * so that block's weights stay in cache. */                                                         \
 CLONES void event_linear_##SFX(int64_t r0, int64_t r1, int64_t K, int64_t N, int64_t Np,             \
                                const T_ *x, const T_ *wt, const T_ *bias, T_ *y, int binary)         \
@@ -171,6 +174,98 @@ CLONES void event_conv2d_##SFX(int64_t r0, int64_t r1, int64_t H, int64_t W, int
             }                                                                                        \
     }                                                                                                \
     free(bits);                                                                                      \
+}                                                                                                    \
+                                                                                                     \
+/* A feed-forward MLP of LIF layers and a leaky-integrator readout (spikegrad.models.SpikingMLP) on  \
+ * the images b0 <= b < b1, one image at a time, every step's values in cache. Layer k (k < L) maps  \
+ * sizes[k] inputs to sizes[k+1] outputs with the weight rows w[k] [sizes[k], np[k+1]] (zero-padded) \
+ * and bias[k] (NULL: none). Per step and layer the current is 0 plus the weights of the non-zero    \
+ * inputs (times their values) in increasing input order, then the bias (as sparse_linear); layers   \
+ * k < L-1 are LIF neurons (c[4k..4k+3]: decay_mem, decay_syn, threshold, reset potential, one per   \
+ * neuron; reset[k]), the last an LI readout (c[4k], c[4k+1]): the operations of lif.c. x: [T, B,    \
+ * sizes[0]]; v[k], i[k]: states [B, sizes[k+1]], updated in place; spikes[k]: [T, B, sizes[k+1]] or \
+ * NULL; readout: [T, B, sizes[L]]. */                                                               \
+CLONES void mlp_forward_##SFX(int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t L,               \
+                              const int64_t *sizes, const int64_t *np, const T_ *x,                  \
+                              const T_ *times,                                                       \
+                              const T_ *const *w, const T_ *const *bias, const T_ *const *c,         \
+                              const int *reset, T_ *const *v, T_ *const *i, T_ *const *spikes,       \
+                              T_ *readout)                                                           \
+{                                                                                                    \
+    enum { L_ = VBYTES / sizeof(T_) };                                                               \
+    int64_t widest = 1, pwidest = 1;                                                                 \
+    for (int64_t k = 0; k <= L; ++k) {                                                               \
+        widest = sizes[k] > widest ? sizes[k] : widest;                                              \
+        pwidest = np[k] > pwidest ? np[k] : pwidest;                                                 \
+    }                                                                                                \
+    int64_t *idx = malloc((size_t)widest * sizeof(int64_t));                                         \
+    int64_t *first = malloc((size_t)(T + 2) * sizeof(int64_t)), *order = malloc((size_t)sizes[0] * sizeof(int64_t)); \
+    T_ *val = malloc((size_t)widest * sizeof(T_)), *cur = malloc((size_t)pwidest * sizeof(T_));      \
+    if (!idx || !first || !order || !val || !cur) goto done_mlp_##SFX;                               \
+    for (int64_t b = b0; b < b1; ++b) {                                                              \
+        if (times) {                 /* the inputs of each step, in increasing order (counting sort) */ \
+            const T_ *tb = times + b * sizes[0];                                                     \
+            for (int64_t t = 0; t <= T + 1; ++t) first[t] = 0;                                       \
+            for (int64_t q = 0; q < sizes[0]; ++q)                                                   \
+                if (tb[q] >= 0 && tb[q] < T) ++first[(int64_t)tb[q] + 2];                            \
+            for (int64_t t = 2; t <= T + 1; ++t) first[t] += first[t - 1];                           \
+            for (int64_t q = 0; q < sizes[0]; ++q)                                                   \
+                if (tb[q] >= 0 && tb[q] < T) order[first[(int64_t)tb[q] + 1]++] = q;                 \
+        }                                           /* now step t's inputs: first[t] .. first[t+1] */ \
+        for (int64_t t = 0; t < T; ++t) {                                                            \
+            int64_t n_ev = 0;                                                                        \
+            if (times)                                                                               \
+                for (int64_t e = first[t]; e < first[t + 1]; ++e) { idx[n_ev] = order[e]; val[n_ev++] = 1; } \
+            else {                                                                                   \
+                const T_ *xr = x + (t * B + b) * sizes[0];                                           \
+                for (int64_t k0 = 0; k0 < sizes[0]; k0 += 64)                                        \
+                    for (uint64_t m = nonzero_bits_##SFX(xr + k0, sizes[0] - k0 < 64 ? sizes[0] - k0 : 64); m; \
+                         m &= m - 1) {                                                               \
+                        const int64_t q = k0 + CTZ64(m);                                             \
+                        idx[n_ev] = q; val[n_ev++] = xr[q];                                          \
+                    }                                                                                \
+            }                                                                                        \
+            for (int64_t k = 0; k < L; ++k) {                                                        \
+                const int64_t n_out = sizes[k + 1], p = np[k + 1];                                   \
+                for (int64_t o = 0; o < p; ++o) cur[o] = 0;                                          \
+                for (int64_t e = 0; e < n_ev; ++e) {                                                 \
+                    const T_ *wr = w[k] + idx[e] * p, xv = val[e];                                   \
+                    if (xv == 1) for (int64_t o = 0; o < p; ++o) cur[o] += wr[o];                    \
+                    else for (int64_t o = 0; o < p; ++o) cur[o] += xv * wr[o];                       \
+                }                                                                                    \
+                if (bias[k]) for (int64_t o = 0; o < n_out; ++o) cur[o] += bias[k][o];               \
+                const T_ *dm = c[4 * k], *ds = c[4 * k + 1];                                         \
+                T_ *vb = v[k] + b * n_out, *ib = i[k] + b * n_out;                                   \
+                if (k == L - 1) {                                   /* the leaky-integrator readout */ \
+                    T_ *out = readout + (t * B + b) * n_out;                                         \
+                    for (int64_t o = 0; o < n_out; ++o) {                                            \
+                        const T_ ii = ds[o] * ib[o] + cur[o];                                        \
+                        const T_ vv = dm[o] * vb[o] + ii;                                            \
+                        ib[o] = ii; vb[o] = vv; out[o] = vv;                                         \
+                    }                                                                                \
+                    break;                                                                           \
+                }                                                                                    \
+                const T_ *th = c[4 * k + 2], *vr = c[4 * k + 3];                                     \
+                const int rs = reset[k];                                                             \
+                for (int64_t o = 0; o < n_out; ++o) {     /* LIF, as lif.c's lif_row */              \
+                    const T_ ii = ds[o] * ib[o] + cur[o];                                            \
+                    const T_ u = dm[o] * vb[o] + ii, z = u - th[o], vro = vr[o];                     \
+                    const T_ after = rs == RESET_SUBTRACT ? z : (rs == RESET_ZERO ? vro : u);        \
+                    ib[o] = ii;                                                                      \
+                    vb[o] = z > 0 ? after : u;                                                       \
+                    cur[o] = z > 0 ? (T_)1 : (T_)0;                                                  \
+                }                                                                                    \
+                if (spikes[k]) memcpy(spikes[k] + (t * B + b) * n_out, cur, (size_t)n_out * sizeof(T_)); \
+                n_ev = 0;                                 /* this layer's spikes feed the next */    \
+                for (int64_t k0 = 0; k0 < n_out; k0 += 64)                                           \
+                    for (uint64_t m = nonzero_bits_##SFX(cur + k0, n_out - k0 < 64 ? n_out - k0 : 64); m; m &= m - 1) { \
+                        idx[n_ev] = k0 + CTZ64(m); val[n_ev++] = 1;                                  \
+                    }                                                                                \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+done_mlp_##SFX:                                                                                      \
+    free(idx); free(first); free(order); free(val); free(cur);                                       \
 }                                                                                                    \
                                                                                                      \
 /* K steps of IF neurons [B, H, W, C] (channels-last) and their count-gated max-pool (kernel         \

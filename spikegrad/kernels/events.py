@@ -12,16 +12,42 @@ spikes never leave the cache. The kernels are part of the library of :mod:`spike
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
+from typing import NamedTuple
+
 from torch import Tensor
 
 from . import native
 from ._common import RESET_CODES
 
-__all__ = ["available", "supports", "linear_table", "conv2d_table", "event_linear", "event_conv2d", "if_maxpool"]
+__all__ = ["available", "supports", "linear_table", "conv2d_table", "event_linear", "event_conv2d", "if_maxpool",
+           "mlp_forward", "SpikeTimes"]
 
 VECTOR_BYTES = 64  # events.c's VBYTES: weight rows are padded to a multiple of it
+
+
+class SpikeTimes(NamedTuple):
+    """Spike trains with at most one spike per input, as time-to-first-spike codes give them.
+
+    times: ``[B, N]`` float, the step of each input's spike; ``inf`` (or any value outside
+        ``[0, T)``) for a silent input, as :func:`spikegrad.encoding.latency_times` returns them.
+    T: number of steps.
+    """
+
+    times: Tensor
+    T: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.times.dtype
+
+    def dense(self) -> Tensor:
+        """The spikes as a tensor ``[T, B, N]`` of the dtype of ``times``."""
+        steps = torch.arange(self.T, dtype=self.times.dtype, device=self.times.device).view(-1, 1, 1)
+        return (self.times.unsqueeze(0) == steps).to(self.times.dtype)
 
 
 def available() -> bool:
@@ -151,3 +177,58 @@ def if_maxpool(x: Tensor, v: Tensor, count: Tensor, s: Tensor, steps: int, v_th:
                                 count.data_ptr(), s.data_ptr(), None, float(v_th), float(v_reset), RESET_CODES[reset],
                                 *kernel, *stride, OH, OW, pooled.data_ptr()), B, min_part=1)
     return pooled
+
+
+def mlp_forward(x: Tensor | SpikeTimes, weights: list[Tensor], biases: list[Tensor | None], consts: list[tuple[Tensor, ...]],
+                resets: list[str], states: list[tuple[Tensor, Tensor]], record_spikes: bool = True
+                ) -> tuple[Tensor, list[Tensor]]:
+    """A feed-forward MLP of LIF layers and a leaky-integrator readout over ``T`` steps, image by
+    image, with event-driven synapses (``events.c``'s ``mlp_forward``).
+
+    Args:
+        x: input ``[T, B, N0]`` (spikes or sparse values), or :class:`SpikeTimes`.
+        weights: per layer ``[N_{k+1}, N_k]`` (``nn.Linear`` weights); biases: ``[N_{k+1}]`` or None.
+        consts: per hidden layer ``(decay_mem, decay_syn, v_th, v_reset)``, per readout ``(decay_mem,
+            decay_syn)``: tensors of one value or one per neuron.
+        resets: reset mode of every hidden layer.
+        states: per layer ``(v, i)`` ``[B, N_{k+1}]``: the state before the first step, updated in place.
+        record_spikes: return every hidden layer's spikes (else empty tensors).
+    Returns:
+        ``(readout [T, B, N_L], spikes of each hidden layer [T, B, N_k])``. Per step and layer the
+        input current is 0 plus the weights of the non-zero inputs (times their values), inputs in
+        increasing order, then the bias; the neurons do the operations of the LIF / LI kernels.
+    """
+    if isinstance(x, SpikeTimes):
+        times = x.times.contiguous()
+        T, (B, n_in), dtype = int(x.T), times.shape, times.dtype
+        x_ptr, t_ptr = None, times.data_ptr()
+    else:
+        T, B, n_in = x.shape
+        dtype = x.dtype
+        x = x.contiguous()
+        x_ptr, t_ptr = x.data_ptr(), None
+    L = len(weights)
+    sizes = [n_in] + [w.shape[0] for w in weights]
+    lanes = VECTOR_BYTES * 8 // torch.finfo(dtype).bits
+    padded = [-(-n // lanes) * lanes for n in sizes]
+    rows = [_padded(w.t().to(dtype)) for w in weights]                          # [N_k, Np_{k+1}]
+    bias = [None if b is None else b.to(dtype).contiguous() for b in biases]
+    cvals = [[t.to(dtype).reshape(-1).expand(n).contiguous() for t in cs] for cs, n in zip(consts, sizes[1:])]
+    cptr = [cv[j].data_ptr() if j < len(cv) else None for cv in cvals for j in range(4)]  # four slots a layer
+    for v, i in states:
+        if not (v.is_contiguous() and i.is_contiguous() and v.dtype == i.dtype == dtype):
+            raise ValueError("mlp_forward: states must be contiguous tensors of the input's dtype (updated in place)")
+    spikes = [torch.empty((T, B, n) if record_spikes else (0,), dtype=dtype) for n in sizes[1:-1]]
+    readout = torch.empty((T, B, sizes[-1]), dtype=dtype)
+
+    def arr(ctype, values):
+        return (ctype * len(values))(*values)
+    keep = [arr(ctypes.c_int64, sizes), arr(ctypes.c_int64, padded), arr(ctypes.c_void_p, [r.data_ptr() for r in rows]),
+            arr(ctypes.c_void_p, [None if b is None else b.data_ptr() for b in bias]), arr(ctypes.c_void_p, cptr),
+            arr(ctypes.c_int, [RESET_CODES[r] for r in resets] + [0]),
+            arr(ctypes.c_void_p, [s[0].data_ptr() for s in states]), arr(ctypes.c_void_p, [s[1].data_ptr() for s in states]),
+            arr(ctypes.c_void_p, [s.data_ptr() if record_spikes else None for s in spikes] + [None])]
+    fn = _fn("mlp_forward", dtype)
+    native._run(lambda a, b: fn(a, b, T, B, L, keep[0], keep[1], x_ptr, t_ptr, keep[2], keep[3], keep[4], keep[5],
+                                keep[6], keep[7], keep[8], readout.data_ptr()), B, min_part=1)
+    return readout, spikes

@@ -90,6 +90,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         conv = getattr(lib, f"event_conv2d_{suffix}")
         conv.argtypes = [i64] * 17 + [p] * 4 + [c_int]
         conv.restype = None
+        mlp = getattr(lib, f"mlp_forward_{suffix}")
+        mlp.argtypes = [i64] * 5 + [p] * 12
+        mlp.restype = None
         pool = getattr(lib, f"if_maxpool_{suffix}")
         pool.argtypes = [i64] * 7 + [p, i64, p, p, p, p, real, real, c_int] + [i64] * 6 + [p]
         pool.restype = None
@@ -137,15 +140,16 @@ def _pool(pid: int, n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikegrad-native")
 
 
-def _parts(M: int, min_part: int = MIN_PART) -> list[tuple[int, int]]:
+def _parts(M: int, min_part: int | None = None) -> list[tuple[int, int]]:
+    min_part = MIN_PART if min_part is None else min_part
     n = min(torch.get_num_threads(), M // min_part) if M >= 2 * min_part else 1
     bounds = [round(k * M / n) for k in range(n + 1)] if n > 1 else [0, M]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _run(fn, M: int, min_part: int = MIN_PART) -> None:
-    """``fn(a, b)`` over the ranges of :func:`_parts` (at least ``min_part`` neurons or rows each),
-    one thread each."""
+def _run(fn, M: int, min_part: int | None = None) -> None:
+    """``fn(a, b)`` over the ranges of :func:`_parts` (at least ``min_part`` neurons or rows each,
+    default ``MIN_PART``), one thread each."""
     parts = _parts(M, min_part)
     if len(parts) == 1:
         fn(*parts[0])

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..models import eval_mode
+from ..models import eval_mode, layer_by_layer
 
 __all__ = ["NonFiniteLossError"]
 
@@ -108,7 +108,7 @@ class _StateWatch:
     def diagnose(self, model: nn.Module, x_seq: Tensor) -> str:
         self.record = []
         try:
-            with eval_mode(model):
+            with eval_mode(model), layer_by_layer(model):  # every neuron module runs (and is hooked)
                 model(x_seq)
         except Exception as err:  # the diagnosis itself must not hide the original problem
             return f"(the diagnosis run failed: {err})"
