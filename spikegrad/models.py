@@ -123,6 +123,14 @@ def _run_neuron(neuron: nn.Module, x_seq: Tensor, state, record_v: bool) -> tupl
     return out, states.v, last(states)
 
 
+def _autocasting() -> bool:
+    """Whether CPU autocast (e.g. bfloat16 training) is on: the event-driven kernel computes in the input's dtype."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def _layer_states(who: str, state, n: int) -> tuple:
     """The per-layer states of a model's ``state`` argument (None: all at rest)."""
     if state is None:
@@ -161,6 +169,8 @@ class SpikingMLP(nn.Module):
         sparse_input: compute the first layer on the non-zeros of its input
             (:class:`~spikegrad.kernels.SparseInputLinear`; same result up to rounding, much less
             work for latency codes; dense inputs fall back to the dense product).
+        dropout: probability of dropping a hidden spike on its way to the next layer while training
+            (``nn.Dropout``: kept spikes are scaled by ``1 / (1 - p)``; nothing is dropped in eval mode).
         inference: "auto" (default): without gradients (``torch.no_grad``), on CPU in float32 /
             float64 with the C kernels, a model of plain ``LIF`` / ``IF`` hidden layers and an ``LI``
             readout (``backend="auto"``, no refractory period or recurrence, no recorded membranes)
@@ -172,9 +182,12 @@ class SpikingMLP(nn.Module):
 
     def __init__(self, sizes: Sequence[int], neuron: NeuronFactory = LIF, readout: NeuronFactory = LI,
                  bias: bool = False, weight_gain: float = 2.0, readout_gain: float = 0.2,
-                 record_v: bool = True, sparse_input: bool = False, inference: str = "auto"):
+                 record_v: bool = True, sparse_input: bool = False, inference: str = "auto",
+                 dropout: float = 0.0):
         super().__init__()
         self.record_v = bool(record_v)
+        self.dropout = nn.Dropout(checks.real("SpikingMLP", "dropout", dropout, lambda p: 0 <= p < 1,
+                                              "a probability in [0, 1)"))
         self.inference = checks.one_of("SpikingMLP", "inference", inference, ("auto", "layers"))
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) <= 0:
@@ -229,6 +242,7 @@ class SpikingMLP(nn.Module):
             if k < len(self.layers) - 1:
                 h, v, final = _run_neuron(neuron, h, states[k], self.record_v)
                 spikes.append(h)
+                h = self.dropout(h)
                 if v is not None:
                     vs.append(v)
             else:
@@ -240,6 +254,7 @@ class SpikingMLP(nn.Module):
     def _runs_events(self, dtype: torch.dtype, states: tuple) -> bool:
         """Whether :meth:`forward` runs as one event-driven kernel on CPU input of ``dtype`` (see ``inference``)."""
         if (self.inference != "auto" or self.record_v or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or (self.training and self.dropout.p > 0) or _autocasting()
                 or dtype not in (torch.float32, torch.float64) or not events.available()
                 or any(p.device.type != "cpu" for p in self.parameters())):
             return False

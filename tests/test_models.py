@@ -111,3 +111,24 @@ def test_seqwise_narrow_linear_matches_plain_linear_and_gradients():
     for a, b in [(gx, rx), (gw, rw), (gb, rb)]:
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda t: SeqWise(lin)(t), (x[:2, :2].detach().requires_grad_(),))
+
+
+def test_dropout_drops_hidden_spikes_only_while_training():
+    torch.manual_seed(0)
+    model = SpikingMLP([12, 40, 3], neuron=functools.partial(LIF, tau_mem=5.0, tau_syn=2.0), weight_gain=8.0,
+                       record_v=False, dropout=0.5)
+    plain = SpikingMLP([12, 40, 3], neuron=functools.partial(LIF, tau_mem=5.0, tau_syn=2.0), record_v=False)
+    plain.load_state_dict(model.state_dict())
+    x = (torch.rand(20, 4, 12) < 0.3).float()
+    model.eval(), plain.eval()
+    assert torch.equal(model(x).readout, plain(x).readout)  # eval: nothing dropped
+    model.train()
+    seen = []
+    model.layers[1].register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    out = model(x)
+    kept, spikes = seen[-1].detach(), out.spikes[0].detach()
+    assert spikes.sum() > 0 and set(kept.unique().tolist()) <= {0.0, 2.0}  # kept spikes scaled by 1 / (1 - p)
+    dropped = float(((spikes == 1) & (kept == 0)).sum() / spikes.sum().detach())
+    assert 0.4 < dropped < 0.6
+    with pytest.raises(ValueError, match="dropout must be a probability"):
+        SpikingMLP([12, 40, 3], dropout=1.0)

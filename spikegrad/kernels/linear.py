@@ -30,10 +30,11 @@ class _SeqLinearFn(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         T, B, N = g.shape
         gx = gw = gb = None
+        g = g.to(weight.dtype)  # under autocast the output (and its gradient) may be bfloat16
         if ctx.needs_input_grad[0]:
-            gx = torch.bmm(g, weight.expand(T, N, weight.shape[1]))       # [T, B, K]
+            gx = torch.bmm(g, weight.expand(T, N, weight.shape[1])).to(x.dtype)       # [T, B, K]
         if ctx.needs_input_grad[1]:
-            gw = g.reshape(-1, N).t().mm(x.reshape(-1, x.shape[-1]))     # [N, K]
+            gw = g.reshape(-1, N).t().mm(x.reshape(-1, x.shape[-1]).to(weight.dtype))  # [N, K]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum((0, 1))
         return gx, gw, gb

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader eagerly
 
+from .. import checks
 from ..models import SpikingOutput, eval_mode, recording_v, spikes_per_input
 from . import distributed as _dist
 from .checkpoints import (CHECKPOINT_VERSION, ResumeError, _nonfinite_names, _resume, _rng_state, _set_rng_state,
@@ -41,6 +42,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def _encode(encoder, x: Tensor, generator) -> Tensor:
     return x if encoder is None else encoder(x, generator=generator)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _precision(precision: str, device) -> contextlib.AbstractContextManager:
+    """The autocast context of a training precision: "fp32" (none) or "bf16" (``torch.autocast`` to
+    bfloat16: matrix products in bfloat16; the neurons keep float32 constants and states)."""
+    checks.one_of("fit", "precision", precision, PRECISIONS)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def _batch_spikes(out) -> float:
@@ -70,7 +83,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
                 generator: torch.Generator | None = None, epoch: int = 0, start_batch: int = 0,
                 totals: dict | None = None, resume_rng: dict | None = None, position: dict | None = None,
                 progress: bool = True, writer=None, grad_clip: float | None = None,
-                should_stop: Callable[[], bool] | None = None) -> dict:
+                should_stop: Callable[[], bool] | None = None, precision: str = "fp32") -> dict:
     """One pass over ``loader`` with backpropagation through time.
 
     Args:
@@ -82,6 +95,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             ``rng`` (the random state at that point), what an interrupt checkpoint needs.
         grad_clip: maximum gradient norm, > 0 (None: no clipping).
         should_stop: polled before every batch; when it returns True the epoch stops there.
+        precision: "fp32" or "bf16" (forward pass and loss under ``torch.autocast`` to bfloat16).
     In a distributed run (``model`` wrapped in DDP, see :mod:`~spikegrad.training.distributed`) the
     stop request and the finiteness check are agreed by all processes at every batch (one
     all-reduce), the sharpener sees the global-batch loss, and the returned metrics are over all
@@ -110,9 +124,10 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             x, y = _pair(batch, "train")
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x_seq = _encode(encoder, x, generator)
-            out = model(x_seq)
-            loss = loss_fn(out, y)
-            total = loss + _regularization(regularizers, out)
+            with _precision(precision, device):
+                out = model(x_seq)
+                loss = loss_fn(out, y)
+                total = loss + _regularization(regularizers, out)
             ok = torch.isfinite(total.detach())
             states_ok = watch.finite()
             finite = ok if states_ok is None else ok & states_ok
@@ -175,10 +190,11 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, device="cpu",
              generator: torch.Generator | None = None, progress: bool = False, desc: str = "eval",
-             should_stop: Callable[[], bool] | None = None) -> dict:
+             should_stop: Callable[[], bool] | None = None, precision: str = "fp32") -> dict:
     """Mean loss, accuracy (fraction in [0, 1]) and hidden spikes per input over ``loader``.
 
     Also returns ``rates``: per hidden layer, the mean firing rate (spikes per neuron per step).
+    ``precision``: "fp32" or "bf16" (the model under ``torch.autocast`` to bfloat16, as trained).
     ``spikes_per_input`` is None for models that do not return a :class:`SpikingOutput`.
     In a distributed run each process evaluates its shard of ``loader``; the sums and sample counts
     are added over the processes before dividing (the same numbers as one process on all samples),
@@ -202,9 +218,10 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
                 x, y = _pair(batch, desc)
                 x, y = x.to(device), y.to(device)
                 x_seq = _encode(encoder, x, generator)
-                out = model(x_seq)
+                with _precision(precision, device):
+                    out = model(x_seq)
+                    loss = float(loss_fn(out, y))
                 b = y.shape[0]
-                loss = float(loss_fn(out, y))
                 states_ok = watch.finite()
                 if not math.isfinite(loss) or (states_ok is not None and not bool(states_ok)):
                     detail = (f"the loss is {loss}" if not math.isfinite(loss)
@@ -322,7 +339,7 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         device: str | torch.device = "cpu", out_dir: str | os.PathLike | None = None,
         resume: str | os.PathLike | None = None, writer=None, generator: torch.Generator | None = None,
         progress: bool = True, grad_clip: float | None = None, log_samples: int = 2,
-        use_best: bool = True, config: dict | None = None) -> dict[str, Any]:
+        use_best: bool = True, config: dict | None = None, precision: str = "fp32") -> dict[str, Any]:
     """Train for ``epochs`` epochs, validating each, then test (see the module docstring for the promises).
 
     Args:
@@ -342,6 +359,8 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         grad_clip: maximum gradient norm, a number > 0, or None for no clipping.
         log_samples: test samples whose rasters and traces go to TensorBoard (int >= 0).
         use_best: evaluate the test set with the best-validation weights (else the last ones).
+        precision: "fp32" (default) or "bf16": training and evaluation under ``torch.autocast`` to
+            bfloat16 (weights and optimizer in float32, neuron constants and states in float32).
         config: the run's settings as a plain nested dict (e.g. the composed Hydra config), kept in
             the checkpoints. On resume its changes are logged as overrides; a change of a key in
             :data:`~spikegrad.training.checkpoints.SPLIT_KEYS` (seed, data split) is a ResumeError.
@@ -381,17 +400,18 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         if not os.access(out_dir, os.W_OK):
             raise PermissionError(f"cannot write checkpoints to {out_dir}; choose a writable output folder "
                                   "(hydra.run.dir=...)")
+    checks.one_of("fit", "precision", precision, PRECISIONS)
     settings = _settings(epochs, optimizer, scheduler, grad_clip, train_loader, config)
     eval_seed = generator.initial_seed() if generator is not None else 0
     with _console_log() if _dist.rank() == 0 else contextlib.nullcontext(), _StopRequest() as stop:
         return _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs, encoder, scheduler,
                     regularizers, sharpener, device, out_dir, resume, writer, generator, progress, grad_clip,
-                    log_samples, use_best, settings, stop, eval_seed)
+                    log_samples, use_best, settings, stop, eval_seed, precision)
 
 
 def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs, encoder, scheduler, regularizers,
          sharpener, device, out_dir, resume, writer, generator, progress, grad_clip, log_samples, use_best,
-         settings, stop, eval_seed) -> dict[str, Any]:
+         settings, stop, eval_seed, precision) -> dict[str, Any]:
     def eval_generator() -> torch.Generator:
         """Validation, test and sample figures draw their encoder noise (rate coding) from a fresh generator
         with a fixed seed: the same noise every epoch, and the training generators are left alone."""
@@ -477,14 +497,15 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
                                       regularizers=regularizers, sharpener=sharpener, device=device,
                                       generator=generator, epoch=epoch, start_batch=state["batch"],
                                       totals=state["totals"], resume_rng=boundary_rng, position=position,
-                                      progress=progress, grad_clip=grad_clip, should_stop=lambda: bool(stop))
+                                      progress=progress, grad_clip=grad_clip, should_stop=lambda: bool(stop),
+                                      precision=precision)
             finally:
                 state["train_seconds"] += time.perf_counter() - t0
             boundary_rng = None
             phase = "validation"
             val = (evaluate(model, val_loader, loss_fn, encoder=encoder, device=device, generator=eval_generator(),
-                            desc="validation",
-                            should_stop=lambda: bool(stop)) if val_loader is not None else {})
+                            desc="validation", should_stop=lambda: bool(stop),
+                            precision=precision) if val_loader is not None else {})
             phase = "epoch end"
             state["train_samples"] += metrics["train_samples"]
             state["batch"], state["totals"], state["epoch_rng"] = 0, None, None
@@ -537,7 +558,7 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
                 last_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 model.load_state_dict(best_model)
             test = evaluate(model, test_loader, loss_fn, encoder=encoder, device=device, generator=eval_generator(),
-                            progress=progress, desc="test", should_stop=lambda: bool(stop))
+                            progress=progress, desc="test", should_stop=lambda: bool(stop), precision=precision)
             result.update(test_accuracy=test["accuracy"], test_loss=test["loss"],
                           spikes_per_input=test["spikes_per_input"], test_rates=test["rates"])
             if writer is not None:
