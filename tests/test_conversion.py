@@ -12,6 +12,7 @@ from spikegrad.conversion import (ConversionError, LeNet, SpikingNetwork, ann_to
                                   normalize, percentile, run_ann, simulate, spike_max_pool2d, trace)
 from spikegrad.conversion.graph import apply_stateless, eval_call, gained
 from spikegrad.kernels.native import available as native_kernels
+from event_order import conv_in_order, linear_in_order
 from spikegrad.neurons import IF
 
 # random test networks have dead channels; test_dead_layer_warns checks the warning itself
@@ -304,27 +305,11 @@ def test_rates_converge_to_ann_activations_like_one_over_T():
 
 
 def event_order(n, x: torch.Tensor) -> torch.Tensor:
-    """Conv2d / Linear node ``n`` summed as the event-driven kernels document it: the bias, then
-    ``x * w`` of every input (a zero adds nothing), Linear inputs in increasing order, Conv2d kernel
-    positions in row-major order, then input channels."""
+    """Conv2d / Linear node ``n`` summed as the event-driven kernels document it (tests/event_order.py)."""
     w, b = n.params["weight"], n.params["bias"]
     if n.kind == "linear":
-        out = b.expand(len(x), -1)
-        for k in range(x.shape[1]):
-            out = out + x[:, k:k + 1] * w[:, k]
-        return out
-    (sh, sw), (ph, pw), (dh, dw) = (c if isinstance(c, tuple) else (c, c) for c in
-                                    (n.conf["stride"], n.conf["padding"], n.conf["dilation"]))
-    xp = F.pad(x, (pw, pw, ph, ph))
-    ref = F.conv2d(x, w, b, **n.conf)
-    out = b.view(1, -1, 1, 1).expand_as(ref)
-    OH, OW = ref.shape[2:]
-    for ky in range(w.shape[2]):
-        for kx in range(w.shape[3]):
-            patch = xp[:, :, ky * dh:ky * dh + sh * (OH - 1) + 1:sh, kx * dw:kx * dw + sw * (OW - 1) + 1:sw]
-            for c in range(w.shape[1]):
-                out = out + patch[:, c:c + 1] * w[:, c, ky, kx].view(1, -1, 1, 1)
-    return out
+        return linear_in_order(x, w, b)
+    return conv_in_order(x, w, b, n.conf["stride"], n.conf["padding"], n.conf["dilation"])
 
 
 def reference_run(snn, x: torch.Tensor, T: int, reset: str, gate: str = "count",

@@ -1,4 +1,4 @@
-"""The event-driven C kernels (spikegrad.kernels.events) against slow references written out here."""
+"""The event-driven C kernels (spikegrad.kernels.events) against slow references (tests/event_order.py and below)."""
 
 import pytest
 import torch
@@ -8,6 +8,7 @@ from spikegrad.conversion import spike_max_pool2d
 from spikegrad.functional import LIFState
 from spikegrad.kernels import events
 from spikegrad.neurons import IF
+from event_order import conv_in_order, linear_in_order
 
 pytestmark = pytest.mark.skipif(not events.available(), reason="needs the C kernels (a C compiler)")
 
@@ -16,29 +17,6 @@ def sparse(shape, rate, dtype, binary, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(shape, generator=g) < rate).to(dtype)
     return x if binary else x * (torch.rand(shape, generator=g, dtype=dtype) * 2 - 0.5)
-
-
-def linear_in_order(x, w, b):
-    """The bias, then x[:, k] * w[:, k] for k = 0, 1, ... (the kernel's documented order)."""
-    out = b.expand(len(x), -1)
-    for k in range(x.shape[1]):
-        out = out + x[:, k:k + 1] * w[:, k]
-    return out
-
-
-def conv_in_order(x, w, b, stride, padding, dilation):
-    """The bias, then kernel positions (ky, kx) in row-major order, then input channels."""
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ref = F.conv2d(x, w, b, stride, padding, dilation)
-    OH, OW = ref.shape[2:]
-    xp = F.pad(x, (pw, pw, ph, ph))
-    out = b.view(1, -1, 1, 1).expand_as(ref)
-    for ky in range(w.shape[2]):
-        for kx in range(w.shape[3]):
-            patch = xp[:, :, ky * dh:ky * dh + sh * (OH - 1) + 1:sh, kx * dw:kx * dw + sw * (OW - 1) + 1:sw]
-            for c in range(w.shape[1]):
-                out = out + patch[:, c:c + 1] * w[:, c, ky, kx].view(1, -1, 1, 1)
-    return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
