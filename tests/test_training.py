@@ -174,7 +174,7 @@ def test_conventional_net_reports_no_spike_count():
 
 
 def test_bf16_training_of_mnist16_matches_fp32(mnist_root, tmp_path):
-    """The mnist16 model trained for one epoch on the 60,000 real images under bfloat16 autocast tests
+    """The mnist16 model trained for two epochs on the 60,000 real images under bfloat16 autocast tests
     within 0.3 points of the same run in float32 (full 10,000-image test set)."""
     root = tmp_path / "mnist"
     shutil.copytree(mnist_root, root, ignore=shutil.ignore_patterns("*.md", "cache_*"))
@@ -186,10 +186,10 @@ def test_bf16_training_of_mnist16_matches_fp32(mnist_root, tmp_path):
         model = SpikingMLP([256, 246, 10], neuron=functools.partial(LIF, tau_mem=8.0, tau_syn=4.0),
                            readout=functools.partial(LI, tau_mem=8.0, tau_syn=4.0), record_v=False, sparse_input=True)
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        res = fit(model, train, None, test, opt, MaxOverTime(), epochs=1, progress=False, precision=precision,
+        res = fit(model, train, None, test, opt, MaxOverTime(), epochs=2, progress=False, precision=precision,
                   encoder=LatencyEncoder(T=32, method="log", threshold=0.2, tau=8.0), log_samples=0)
         acc[precision] = res["test_accuracy"]
-    assert acc["fp32"] > 0.85, acc
+    assert acc["fp32"] > 0.9, acc  # measured here: fp32 96.26%, bf16 96.35%
     assert abs(acc["bf16"] - acc["fp32"]) <= 0.003, acc
     with pytest.raises(ValueError, match="precision must be one of"):
         fit(model, train, None, None, opt, MaxOverTime(), epochs=1, progress=False, precision="fp16")
