@@ -15,6 +15,7 @@ from . import functional
 from .encoding import (CurrentEncoder, LatencyEncoder, RateEncoder, current_encode, latency_encode, poisson_encode,
                        rate_encode)
 from .functional import ALIFState, LIFState, LIState, detach_state, last, scan
+from .kernels.events import SpikeTimes
 from .models import SeqWise, SpikingConvNet, SpikingMLP, SpikingOutput, spikes_per_input
 from .neurons import ALIF, IF, LI, LIF
 from .surrogates import SURROGATES, Surrogate, make_surrogate, register_surrogate
@@ -26,6 +27,6 @@ __all__ = [
     "LIF", "IF", "ALIF", "LI", "LIFState", "ALIFState", "LIState", "scan", "last", "detach_state",
     "Surrogate", "SURROGATES", "make_surrogate", "register_surrogate",
     "LatencyEncoder", "RateEncoder", "CurrentEncoder", "latency_encode", "rate_encode", "poisson_encode",
-    "current_encode",
+    "current_encode", "SpikeTimes",
     "SeqWise", "SpikingMLP", "SpikingConvNet", "SpikingOutput", "spikes_per_input",
 ]
