@@ -222,8 +222,9 @@ class SpikingMLP(nn.Module):
                 raise ValueError(f"SpikingMLP: the model expects spike times [B, {self.sizes[0]}], got "
                                  f"{tuple(x_seq.times.shape)}")
             states = _layer_states("SpikingMLP", state, len(self.neurons))
-            if x_seq.times.device.type == "cpu" and self._runs_events(x_seq.dtype, states):
-                return self._forward_events(x_seq, states, record_spikes)
+            consts = self._event_constants(x_seq.dtype, states) if x_seq.times.device.type == "cpu" else None
+            if consts is not None:
+                return self._forward_events(x_seq, states, consts, record_spikes)
             x_seq = x_seq.dense()
         if x_seq.dim() < 3:
             raise ValueError(f"SpikingMLP: input must be [T, B, features...], got shape {tuple(x_seq.shape)}")
@@ -234,8 +235,9 @@ class SpikingMLP(nn.Module):
             raise ValueError(f"SpikingMLP: the model expects {self.sizes[0]} input features but got "
                              f"{h.shape[-1]}{hint}; match the data's image size (data.size) to model.sizes[0]")
         states = _layer_states("SpikingMLP", state, len(self.neurons))
-        if h.device.type == "cpu" and self._runs_events(h.dtype, states):
-            return self._forward_events(h, states, record_spikes)
+        consts = self._event_constants(h.dtype, states) if h.device.type == "cpu" else None
+        if consts is not None:
+            return self._forward_events(h, states, consts, record_spikes)
         spikes, vs, finals = [], [], []
         for k, (layer, neuron) in enumerate(zip(self.layers, self.neurons)):
             h = layer(h)
@@ -251,44 +253,44 @@ class SpikingMLP(nn.Module):
         return SpikingOutput(h, tuple(spikes) if record_spikes else (), tuple(vs), tuple(finals))
 
 
-    def _runs_events(self, dtype: torch.dtype, states: tuple) -> bool:
-        """Whether :meth:`forward` runs as one event-driven kernel on CPU input of ``dtype`` (see ``inference``)."""
+    def _event_constants(self, dtype: torch.dtype, states: tuple) -> list[tuple[Tensor, ...]] | None:
+        """The neurons' constants for the event-driven kernel on CPU input of ``dtype`` (per hidden
+        layer ``(decay_mem, decay_syn, v_th, v_reset)``, for the readout ``(decay_mem, decay_syn)``),
+        or None when :meth:`forward` runs layer by layer (see ``inference``)."""
         if (self.inference != "auto" or self.record_v or torch.is_grad_enabled() or torch.compiler.is_compiling()
                 or (self.training and self.dropout.p > 0) or _autocasting()
                 or dtype not in (torch.float32, torch.float64) or not events.available()
                 or any(p.device.type != "cpu" for p in self.parameters())):
-            return False
+            return None
         hidden, readout = self.neurons[:-1], self.neurons[-1]
         if type(readout) is not LI or any(type(n) not in (LIF, IF) or n.refractory or n.w_rec is not None
                                           for n in hidden) or any(n.backend != "auto" for n in self.neurons):
-            return False  # other neurons, or a backend the user chose
+            return None  # other neurons, or a backend the user chose
         if not all(type(layer.module) in (nn.Linear, SparseInputLinear) for layer in self.layers):
-            return False
+            return None
+        consts = []
         for n, size, st in zip(self.neurons, self.sizes[1:], states):
             p = n.params(dtype)
-            consts = (p.decay_mem, p.decay_syn) if n is readout else (p.decay_mem, p.decay_syn, p.v_th, p.v_reset)
-            if any(torch.as_tensor(c).numel() not in (1, size) for c in consts):
-                return False
+            c = (p.decay_mem, p.decay_syn) if n is readout else (p.decay_mem, p.decay_syn, p.v_th, p.v_reset)
+            c = tuple(torch.as_tensor(t) for t in c)
+            if any(t.numel() not in (1, size) for t in c):
+                return None
             if st is not None and (type(st) is not (LIState if n is readout else LIFState)
                                    or any(f is not None for f in st[2:])):
-                return False
-        return True
+                return None
+            consts.append(c)
+        return consts
 
-    def _forward_events(self, x: Tensor | events.SpikeTimes, states: tuple, record_spikes: bool) -> SpikingOutput:
-        """:meth:`forward` as one event-driven kernel on ``x [T, B, n_in]`` or spike times."""
+    def _forward_events(self, x: Tensor | events.SpikeTimes, states: tuple, consts: list[tuple[Tensor, ...]],
+                        record_spikes: bool) -> SpikingOutput:
+        """:meth:`forward` as one event-driven kernel on ``x [T, B, n_in]`` or spike times, with the
+        neurons' ``consts`` from :meth:`_event_constants`."""
         dtype = x.dtype
         B = x.times.shape[0] if isinstance(x, events.SpikeTimes) else x.shape[1]
-        consts, resets, init = [], [], []
-        for n, size, st in zip(self.neurons, self.sizes[1:], states):
-            p = n.params(dtype)
-            if type(n) is LI:
-                consts.append((torch.as_tensor(p.decay_mem), torch.as_tensor(p.decay_syn)))
-            else:
-                consts.append(tuple(torch.as_tensor(c) for c in (p.decay_mem, p.decay_syn, p.v_th, p.v_reset)))
-                resets.append(p.reset)
-            init.append(tuple(torch.zeros((B, size), dtype=dtype) for _ in range(2)) if st is None else
-                        tuple(f.reshape(B, size).to(dtype).clone(memory_format=torch.contiguous_format)
-                              for f in st[:2]))  # (v, i), updated in place by the kernel
+        init = [tuple(torch.zeros((B, size), dtype=dtype) for _ in range(2)) if st is None else
+                tuple(f.reshape(B, size).to(dtype).clone(memory_format=torch.contiguous_format) for f in st[:2])
+                for size, st in zip(self.sizes[1:], states)]  # (v, i) per layer, updated in place by the kernel
+        resets = [n.reset for n in self.neurons[:-1]]
         weights = [layer.module.weight for layer in self.layers]
         biases = [layer.module.bias for layer in self.layers]
         readout, spikes = events.mlp_forward(x, weights, biases, consts, resets, init, record_spikes)

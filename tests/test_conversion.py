@@ -375,8 +375,8 @@ def test_simulation_equals_a_per_step_reference(make, shape, reset, chunk, synap
     plan = snn._event_plan(snn.nodes(), x)
     event_nodes = set(plan.tables)
     if synapses == "auto" and native_kernels():
-        assert bool(plan.fused) == (make in (small_cnn, Functional))  # IF layers that feed only a max-pool  # every Conv2d / Linear fed by spikes sums events
-        nodes = snn.nodes()
+        assert bool(plan.fused) == (make in (small_cnn, Functional))  # IF layers that feed only a max-pool
+        nodes = snn.nodes()  # every Conv2d / Linear fed by spikes sums events
 
         def spikes(j):  # an IF layer, or max-pooling / reshaping of spikes
             n = nodes[j]

@@ -165,7 +165,7 @@ class SNNState(NamedTuple):
 
 class _EventPlan(NamedTuple):
     tables: dict[int, tuple[Tensor, Tensor]]  # event-driven Conv2d / Linear node -> its weight rows
-    fused: set[int]                            # IF layers that run fused with their max-pool
+    fused: dict[int, tuple[float, float]]     # IF layer fused with its max-pool -> (v_th, v_reset)
 
 
 class RunResult(NamedTuple):
@@ -312,9 +312,9 @@ class SpikingNetwork(nn.Module):
         self._static, self._binary = static, binary
         self._fused_pool = self._fusable_pools(program)
 
-    def _fusable_pools(self, program: Program) -> dict[int, int]:
-        """IF layer -> the count-gated max-pool (no padding, dilation 1, floor mode) that is its only
-        target: the two run fused in the event-driven mode."""
+    def _fusable_pools(self, program: Program) -> dict[int, tuple[int, tuple[int, int], tuple[int, int]]]:
+        """IF layer -> ``(node, kernel, stride)`` of the count-gated max-pool (no padding, dilation 1,
+        floor mode) that is its only target: the two run fused in the event-driven mode."""
         out = {}
         for i in self.neurons:
             targets = [j for j, n in enumerate(program.nodes) if i in n.inputs]
@@ -324,7 +324,8 @@ class SpikingNetwork(nn.Module):
             conf = program.nodes[j].conf
             if (self._pool_reads_count(j) and len(self.shapes[i]) == 3 and _pair(conf.get("padding", 0)) == (0, 0)
                     and _pair(conf.get("dilation", 1)) == (1, 1) and not conf.get("ceil_mode", False)):
-                out[i] = j
+                stride = conf["stride"] if conf.get("stride") is not None else conf["kernel_size"]
+                out[i] = (j, _pair(conf["kernel_size"]), _pair(stride))
         return out
 
     def _events(self, x: Tensor) -> bool:
@@ -335,8 +336,8 @@ class SpikingNetwork(nn.Module):
         """What runs on the event-driven kernels for input ``x``: per Conv2d / Linear node its weight
         rows (see :mod:`spikegrad.kernels.events`), and the IF layers fused with their max-pool."""
         if not self._events(x):
-            return _EventPlan({}, set())
-        fused = {i for i in self._fused_pool if self._plain_if(self._slot[i]) is not None}
+            return _EventPlan({}, {})
+        fused = {i: c for i in self._fused_pool if (c := self._plain_if(self._slot[i])) is not None}
         tables = {}
         for i, n in enumerate(nodes):
             src = n.inputs[0] if n.inputs else None
@@ -446,7 +447,7 @@ class SpikingNetwork(nn.Module):
             n = nodes[i]
             k = n.kind
             if i in plan.fused:
-                done.add(self._fuse(i, n, vals, static, st, K))
+                done.add(self._fuse(i, n, vals, st, K, *plan.fused[i]))
                 continue
             ins = list(vals)
             for j in n.inputs:
@@ -494,14 +495,12 @@ class SpikingNetwork(nn.Module):
             st.time.add_(K)
         return out
 
-    def _fuse(self, i: int, n: Node, vals: list, static: list[bool], st: SNNState, K: int) -> int:
-        """Runs IF layer ``i`` and its max-pool for ``K`` steps in one kernel; returns the pool's index."""
-        slot, pool = self._slot[i], self._fused_pool[i]
-        v_th, v_reset = self._plain_if(slot)
+    def _fuse(self, i: int, n: Node, vals: list, st: SNNState, K: int, v_th: float, v_reset: float) -> int:
+        """Runs IF layer ``i`` (threshold ``v_th``, reset potential ``v_reset``) and its max-pool for
+        ``K`` steps in one kernel; returns the pool's index."""
+        slot = self._slot[i]
+        pool, kernel, stride = self._fused_pool[i]
         x = gained(n, vals)[0]  # [B, ...] (constant current) or [K * B, ...]
-        conf = self._nodes[pool].conf
-        kernel = _pair(conf["kernel_size"])
-        stride = _pair(conf["stride"] if conf.get("stride") is not None else conf["kernel_size"])
         v, count, s = (t.contiguous(memory_format=torch.channels_last) for t in (st.v[slot], st.count[slot],
                                                                                    st.s[slot]))
         vals[pool] = events.if_maxpool(x, v, count, s, K, v_th, self.if_layers[slot].reset, v_reset, kernel, stride)
@@ -600,7 +599,7 @@ class SpikingNetwork(nn.Module):
             T, B = x_seq.shape[:2]
             static = [False] * len(nodes)  # every step's input is given
             plan = self._event_plan(nodes, x_seq)
-            K = self._chunk_steps(B, static, plan.fused)
+            K = self._chunk_steps(B, static, set(plan.fused))
             outs = []
             for t0 in range(0, T, K):
                 chunk = x_seq[t0:t0 + K]
@@ -635,7 +634,7 @@ class SpikingNetwork(nn.Module):
         with torch.no_grad():
             nodes = self.nodes()
             plan = self._event_plan(nodes, x)
-            K, tile = self._tiling(len(x), T, plan.fused)
+            K, tile = self._tiling(len(x), T, set(plan.fused))
             readout = torch.empty((T, len(x), *self.shapes[self.out]), device=x.device, dtype=x.dtype)
             synops = torch.zeros(T, len(self.synaptic), dtype=torch.float64, device=x.device) if count_ops else None
             counts = [self._run_tile(nodes, plan, x[b:b + tile], T, K, generator, readout[:, b:b + tile], synops)

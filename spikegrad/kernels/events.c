@@ -271,11 +271,10 @@ done_mlp_##SFX:                                                                 
 /* K steps of IF neurons [B, H, W, C] (channels-last) and their count-gated max-pool (kernel         \
  * (kh, kw), stride (sh, sw), no padding) for the images b0 <= b < b1. x: input current of step t    \
  * and image b at x + t * x_step + b * H*W*C (x_step = 0: the same current every step). v, count:    \
- * state, updated in place; s: the last step's spikes; spikes: every step's [K, B, H, W, C] or NULL; \
- * pooled: [K, B, OH, OW, C]. */                                                                     \
+ * state, updated in place; s: the last step's spikes; pooled: [K, B, OH, OW, C]. */                \
 CLONES void if_maxpool_##SFX(int64_t b0, int64_t b1, int64_t K, int64_t B, int64_t H, int64_t W,     \
                              int64_t C, const T_ *x, int64_t x_step, T_ *v, T_ *count, T_ *s,        \
-                             T_ *spikes, T_ th, T_ v_reset, int reset, int64_t kh, int64_t kw,       \
+                             T_ th, T_ v_reset, int reset, int64_t kh, int64_t kw,                   \
                              int64_t sh, int64_t sw, int64_t OH, int64_t OW, T_ *pooled)             \
 {                                                                                                    \
     const int64_t M = H * W * C;                                                                     \
@@ -291,7 +290,6 @@ CLONES void if_maxpool_##SFX(int64_t b0, int64_t b1, int64_t K, int64_t B, int64
                 cb[j] += sp;                                                                         \
                 sb[j] = sp;                                                                          \
             }                                                                                        \
-            if (spikes) memcpy(spikes + (t * B + b) * M, sb, (size_t)M * sizeof(T_));                \
             T_ *restrict out = pooled + (t * B + b) * OH * OW * C;                                   \
             for (int64_t oy = 0; oy < OH; ++oy)                                                      \
                 for (int64_t ox = 0; ox < OW; ++ox) {                                                \

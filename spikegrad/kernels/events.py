@@ -13,11 +13,10 @@ spikes never leave the cache. The kernels are part of the library of :mod:`spike
 from __future__ import annotations
 
 import ctypes
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from typing import NamedTuple
-
 from torch import Tensor
 
 from . import native
@@ -166,22 +165,24 @@ def if_maxpool(x: Tensor, v: Tensor, count: Tensor, s: Tensor, steps: int, v_th:
     B, C, H, W = v.shape
     for t in (v, count, s):
         if not t.is_contiguous(memory_format=torch.channels_last) or t.shape != v.shape:
-            raise ValueError("if_maxpool: v, count and s must be [B, C, H, W] channels-last contiguous (written in place)")
+            raise ValueError("if_maxpool: v, count and s must be [B, C, H, W] channels-last contiguous "
+                             "(written in place)")
     xl = x.contiguous(memory_format=torch.channels_last)
     if len(xl) not in (B, steps * B):
         raise ValueError(f"if_maxpool: x has {len(xl)} rows; expected {steps} x {B} (one per step and image) or {B}")
     OH, OW = (H - kernel[0]) // stride[0] + 1, (W - kernel[1]) // stride[1] + 1
     pooled = torch.empty((steps * B, C, OH, OW), dtype=v.dtype, memory_format=torch.channels_last)
     fn = _fn("if_maxpool", v.dtype)
-    native._run(lambda a, b: fn(a, b, steps, B, H, W, C, xl.data_ptr(), 0 if len(xl) == B else B * H * W * C, v.data_ptr(),
-                                count.data_ptr(), s.data_ptr(), None, float(v_th), float(v_reset), RESET_CODES[reset],
-                                *kernel, *stride, OH, OW, pooled.data_ptr()), B, min_part=1)
+    x_step = 0 if len(xl) == B else B * H * W * C  # held input: the same row every step
+    native._run(lambda a, b: fn(a, b, steps, B, H, W, C, xl.data_ptr(), x_step, v.data_ptr(), count.data_ptr(),
+                                s.data_ptr(), float(v_th), float(v_reset), RESET_CODES[reset], *kernel, *stride,
+                                OH, OW, pooled.data_ptr()), B, min_part=1)
     return pooled
 
 
-def mlp_forward(x: Tensor | SpikeTimes, weights: list[Tensor], biases: list[Tensor | None], consts: list[tuple[Tensor, ...]],
-                resets: list[str], states: list[tuple[Tensor, Tensor]], record_spikes: bool = True
-                ) -> tuple[Tensor, list[Tensor]]:
+def mlp_forward(x: Tensor | SpikeTimes, weights: list[Tensor], biases: list[Tensor | None],
+                consts: list[tuple[Tensor, ...]], resets: list[str], states: list[tuple[Tensor, Tensor]],
+                record_spikes: bool = True) -> tuple[Tensor, list[Tensor]]:
     """A feed-forward MLP of LIF layers and a leaky-integrator readout over ``T`` steps, image by
     image, with event-driven synapses (``events.c``'s ``mlp_forward``).
 
@@ -209,9 +210,8 @@ def mlp_forward(x: Tensor | SpikeTimes, weights: list[Tensor], biases: list[Tens
         x_ptr, t_ptr = x.data_ptr(), None
     L = len(weights)
     sizes = [n_in] + [w.shape[0] for w in weights]
-    lanes = VECTOR_BYTES * 8 // torch.finfo(dtype).bits
-    padded = [-(-n // lanes) * lanes for n in sizes]
     rows = [_padded(w.t().to(dtype)) for w in weights]                          # [N_k, Np_{k+1}]
+    padded = [n_in] + [r.shape[1] for r in rows]                               # the input is not padded
     bias = [None if b is None else b.to(dtype).contiguous() for b in biases]
     cvals = [[t.to(dtype).reshape(-1).expand(n).contiguous() for t in cs] for cs, n in zip(consts, sizes[1:])]
     cptr = [cv[j].data_ptr() if j < len(cv) else None for cv in cvals for j in range(4)]  # four slots a layer
@@ -223,10 +223,12 @@ def mlp_forward(x: Tensor | SpikeTimes, weights: list[Tensor], biases: list[Tens
 
     def arr(ctype, values):
         return (ctype * len(values))(*values)
-    keep = [arr(ctypes.c_int64, sizes), arr(ctypes.c_int64, padded), arr(ctypes.c_void_p, [r.data_ptr() for r in rows]),
+    keep = [arr(ctypes.c_int64, sizes), arr(ctypes.c_int64, padded),
+            arr(ctypes.c_void_p, [r.data_ptr() for r in rows]),
             arr(ctypes.c_void_p, [None if b is None else b.data_ptr() for b in bias]), arr(ctypes.c_void_p, cptr),
             arr(ctypes.c_int, [RESET_CODES[r] for r in resets] + [0]),
-            arr(ctypes.c_void_p, [s[0].data_ptr() for s in states]), arr(ctypes.c_void_p, [s[1].data_ptr() for s in states]),
+            arr(ctypes.c_void_p, [s[0].data_ptr() for s in states]),
+            arr(ctypes.c_void_p, [s[1].data_ptr() for s in states]),
             arr(ctypes.c_void_p, [s.data_ptr() if record_spikes else None for s in spikes] + [None])]
     fn = _fn("mlp_forward", dtype)
     native._run(lambda a, b: fn(a, b, T, B, L, keep[0], keep[1], x_ptr, t_ptr, keep[2], keep[3], keep[4], keep[5],

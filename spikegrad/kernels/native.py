@@ -94,7 +94,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         mlp.argtypes = [i64] * 5 + [p] * 12
         mlp.restype = None
         pool = getattr(lib, f"if_maxpool_{suffix}")
-        pool.argtypes = [i64] * 7 + [p, i64, p, p, p, p, real, real, c_int] + [i64] * 6 + [p]
+        pool.argtypes = [i64] * 7 + [p, i64, p, p, p, real, real, c_int] + [i64] * 6 + [p]
         pool.restype = None
 
 
