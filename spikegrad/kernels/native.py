@@ -101,7 +101,8 @@ def _declare(lib: ctypes.CDLL) -> None:
 def load() -> ctypes.CDLL | None:
     """The compiled kernel library (built on first call), or None if it cannot be built."""
     if "lib" not in _state:
-        key = b"".join(p.read_bytes() for p in SOURCES) + " ".join((*FLAGS, platform.machine(), platform.system())).encode()
+        key = (b"".join(p.read_bytes() for p in SOURCES)
+               + " ".join((*FLAGS, platform.machine(), platform.system())).encode())
         digest = hashlib.sha256(key).hexdigest()[:16]  # a shared home across machines keeps one per kind
         path = _cache_dir() / "native" / f"spikegrad_lif_{digest}.so"
         try:

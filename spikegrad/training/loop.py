@@ -48,9 +48,9 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def _precision(precision: str, device) -> contextlib.AbstractContextManager:
-    """The autocast context of a training precision: "fp32" (none) or "bf16" (``torch.autocast`` to
-    bfloat16: matrix products in bfloat16; the neurons keep float32 constants and states)."""
-    checks.one_of("fit", "precision", precision, PRECISIONS)
+    """The autocast context of a training precision (one of :data:`PRECISIONS`, checked by the
+    caller): "fp32" (none) or "bf16" (``torch.autocast`` to bfloat16: matrix products in bfloat16;
+    the neurons keep float32 constants and states)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
@@ -106,6 +106,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     Raises:
         NonFiniteLossError: a NaN/Inf loss, gradient or neuron state (before the weights change).
     """
+    checks.one_of("train_epoch", "precision", precision, PRECISIONS)
     model.train()
     device = torch.device(device)
     sync = _dist.active()
@@ -203,6 +204,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
     Raises:
         NonFiniteLossError: a NaN/Inf loss or neuron state (an accuracy computed from it would be wrong).
     """
+    checks.one_of("evaluate", "precision", precision, PRECISIONS)
     device = torch.device(device)
     sync = _dist.active()
     n = loss_sum = correct = spike_sum = 0.0
