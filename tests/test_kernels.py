@@ -264,6 +264,57 @@ def test_native_split_over_threads_and_many_backward_chunks(monkeypatch):
         torch.set_num_threads(old)
 
 
+def lif_run(backend, leaf, x, reset, detach_reset, surrogate, T):
+    """Spikes, final state and gradients (leaf, v0, i0) of a LIF with one value per constant, input x."""
+    g = torch.Generator().manual_seed(1)
+    B, N = x.shape[1:]
+    v0 = torch.rand(B, N, generator=g).requires_grad_()
+    i0 = (torch.rand(B, N, generator=g) * 0.3).requires_grad_()
+    n = LIF(tau_mem=8.0, tau_syn=3.0, reset=reset, detach_reset=detach_reset, surrogate=surrogate, v_reset=-0.25,
+            backend=backend)
+    s, st = n(x, LIFState(v0, i0, None))
+    w_t = torch.linspace(0.5, 1.5, T)[:, None, None]
+    loss = (s * w_t).sum() + (st.v ** 2).sum() + 0.3 * st.i.sum()
+    return s, st, torch.autograd.grad(loss, (leaf, v0, i0))
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("held", [False, True])
+@pytest.mark.parametrize("surrogate", ["fast_sigmoid", "atan", "triangle", "boxcar"])
+@pytest.mark.parametrize("reset,detach_reset", [(r, d) for r in RESETS for d in (True, False)])
+def test_native_whole_blocks_of_one_value_constants_match_reference(reset, detach_reset, surrogate, held,
+                                                                     threads, monkeypatch):
+    # One value per constant and 4 x 45 = 180 neurons: two whole blocks of 64 run the kernels' loops
+    # for that case (backward recomputes z from x), the last 52 the general loops; an input held over
+    # time is read as one row. Against the reference scan.
+    import spikegrad.kernels.native as native
+
+    monkeypatch.setattr(native, "MIN_PART", 64)  # two threads even for this small layer
+    T = 40
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1 if held else T, 4, 45, generator=g) * 0.9
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs = []
+        for backend in ("torch", "native"):
+            leaf = base.clone().requires_grad_()
+            runs.append(lif_run(backend, leaf, leaf.expand(T, -1, -1), reset, detach_reset, surrogate, T))
+    finally:
+        torch.set_num_threads(old)
+    assert_same(*runs)
+
+
+@needs_native
+def test_native_expanded_leaf_input_gets_its_gradient_per_step():
+    # a leaf that is itself an expanded tensor needs one gradient per step, not their sum in row 0
+    x = (torch.rand(1, 2, 70) * 0.9).expand(25, -1, -1).requires_grad_()
+    grads = [torch.autograd.grad(LIF(backend=backend)(x)[0].sum(), x)[0] for backend in ("torch", "native")]
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+    assert grads[0][-1].abs().sum() > 0
+
+
 @needs_native
 def test_native_computes_the_rational_surrogates_itself():
     from spikegrad.kernels.native import surrogate_code

@@ -1,10 +1,13 @@
 /* Fused LIF / LI time loops for CPU tensors, forward and backward, in float32 and float64.
  *
- * Built on first use by spikegrad/kernels/native.py (any C99 compiler) and called through ctypes
- * on the data pointers of contiguous tensors. Each call handles the neurons [a, b) of flat
- * [T, M] sequences (row t at offset t * M), so several threads can share one sequence. Neurons
- * are processed in blocks whose state stays in cache over the whole time loop; every inner loop
- * is branch-free (selects only), so the compiler vectorizes it.
+ * Built on first use by spikegrad/kernels/native.py (any C99 compiler; with OpenMP when the
+ * compiler has it) and called through ctypes on the data pointers of contiguous tensors. Each call
+ * handles the neurons [a, b) of flat [T, M] sequences (row t at offset t * M). The neurons are
+ * processed in blocks of NB: a block's state stays in L1 cache (registers, mostly) over the whole
+ * time loop, so per neuron-step only the sequences themselves move through memory. With OpenMP
+ * the blocks are split among nthreads threads of the OpenMP runtime already loaded in the process
+ * (PyTorch's, whose threads are then idle); without it the caller splits [a, b) itself. Every
+ * inner loop is branch-free (selects only), so the compiler vectorizes it.
  *
  * Forward, per neuron and step (the operations and roundings of spikegrad.functional.lif_step; the
  * file is compiled with -ffp-contract=off so that no multiply-add is fused):
@@ -15,31 +18,52 @@
  *
  * z is stored for backward when the caller asks (z != NULL), with -inf on refractory steps (the
  * surrogate derivative is 0 there). Backward runs the adjoint recurrence in reverse time, given
- * the surrogate derivative sg = grad(z) that the caller computed from z with any registered
- * surrogate:
+ * the surrogate derivative sg = grad(z) of any registered surrogate (computed by the caller, or
+ * by the kernel for the rational built-in ones):
  *
  *     gv_t += g_vseq_t                              (the recorded v_t, if any)
  *     gu    = g_s * sg + A * gv_t                   A = dv/du (+ dv/ds * sg if not detached)
  *     gI_t  = act * gu + g_iseq_t + ds * gI_{t+1}   (the gradient of the final i starts gI)
  *     gx_t  = gI_t                gv_{t-1} = act ? dm * gu : gu
  *
- * Without spikes (spikes == NULL forward, z == NULL backward) the neuron does not spike: that is
- * the leaky integrator LI, whose output is the recorded membrane v.
+ * Backward reads z either from memory (as the forward stored it) or recomputes it: given the input
+ * x and the initial state instead of z, it reruns each block's forward loop into a buffer of
+ * T x NB values in cache, bit for bit the forward's z, then runs the reverse loop from there.
+ * That moves fewer bytes than storing z (forward skips a [T, M] write, backward reads x instead
+ * of z).
+ *
+ * Without spiking (spikes == NULL forward, spiking == 0 backward) the neuron does not spike: that
+ * is the leaky integrator LI, whose output is the recorded membrane v.
  */
 
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_NUM() omp_get_thread_num()
+#define NUM_THREADS() omp_get_num_threads()
+#else
+#define THREAD_NUM() 0
+#define NUM_THREADS() 1
+#endif
 
 #define RESET_SUBTRACT 0
 #define RESET_ZERO 1
+#define RESET_NONE 2
 #define SUR_GIVEN 0 /* surrogate derivatives computed by the caller */
 #define SUR_FAST_SIGMOID 1
 #define SUR_ATAN 2
 #define SUR_TRIANGLE 3
 #define SUR_BOXCAR 4
 #define ABS(x) ((x) < 0 ? -(x) : (x))
-#define BLOCK 512 /* neurons per block */
+#define NB 64 /* neurons per block */
+/* Backward's loops fetch the rows they will need this many steps ahead into cache: their rows lie
+ * a whole [M] row apart, which the hardware prefetchers do not follow (measured: 20% faster). */
+#define AHEAD 8
+#define INLINE static inline __attribute__((always_inline))
 
 /* One copy of each entry point per vector width, picked when the library loads (GCC and Clang
  * on x86-64 Linux); elsewhere the compiler's baseline. */
@@ -49,15 +73,82 @@
 #define CLONES
 #endif
 
+/* The first neuron of thread k's share of [a, b) among n threads: whole blocks each. */
+static int64_t share(int64_t a, int64_t b, int64_t k, int64_t n)
+{
+    const int64_t blocks = (b - a + NB - 1) / NB, j = a + blocks * k / n * NB;
+    return j < b ? j : b;
+}
+
+/* Writes `bytes` from src (16-byte aligned) to dst. On x86 with dst 16-byte aligned: non-temporal
+ * stores, which do not read the destination's cache lines first (a third of the forward's memory
+ * traffic); stream_done() must follow before other threads read dst. */
+static inline void stream_out(void *dst, const void *src, size_t bytes)
+{
+#if defined(__SSE__)
+    typedef float v4 __attribute__((vector_size(16), may_alias));
+    if (((uintptr_t)dst & 15) == 0 && (bytes & 15) == 0) {
+        for (size_t k = 0; k < bytes; k += 16)
+            __builtin_ia32_movntps((float *)((char *)dst + k), *(const v4 *)((const char *)src + k));
+        return;
+    }
+#endif
+    memcpy(dst, src, bytes);
+}
+
+static inline void stream_done(void)
+{
+#if defined(__SSE__)
+    __builtin_ia32_sfence();
+#endif
+}
+
+int spikegrad_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* The common case (one value of each constant, no refractory period, nothing recorded, a built-in
+ * surrogate) has its own plain loops below, fast_fwd and fast_bwd, with the reset mode, the detach
+ * flag and the surrogate as literals at each call: these macros expand the calls for every value. */
+#define FAST_FWD_STORES(SFX, N, R)                                                                   \
+    do {                                                                                             \
+        if (s && z) fast_fwd_##SFX(T, M, N, x, x_step, v, i, dm, ds, th, vr, R, s, z, z_step, 1, 1); \
+        else if (s) fast_fwd_##SFX(T, M, N, x, x_step, v, i, dm, ds, th, vr, R, s, NULL, 0, 1, 0);   \
+        else fast_fwd_##SFX(T, M, N, x, x_step, v, i, dm, ds, th, vr, R, NULL, z, z_step, 0, 1);     \
+    } while (0)
+#define FAST_FWD_RESETS(SFX, N)                                                                      \
+    do {                                                                                             \
+        if (reset == RESET_SUBTRACT) FAST_FWD_STORES(SFX, N, RESET_SUBTRACT);                        \
+        else if (reset == RESET_ZERO) FAST_FWD_STORES(SFX, N, RESET_ZERO);                           \
+        else FAST_FWD_STORES(SFX, N, RESET_NONE);                                                    \
+    } while (0)
+#define FAST_BWD_CALL(SFX, S, R, D)                                                                  \
+    fast_bwd_##SFX(M, NB, T, z, z_step, S, slope, gs, s_step, dm, ds, th, vr, R, D, gv, gi, gx)
+#define FAST_BWD_RESETS(SFX, S)                                                                      \
+    do {                                                                                             \
+        if (reset == RESET_SUBTRACT && detach) FAST_BWD_CALL(SFX, S, RESET_SUBTRACT, 1);             \
+        else if (reset == RESET_SUBTRACT) FAST_BWD_CALL(SFX, S, RESET_SUBTRACT, 0);                  \
+        else if (reset == RESET_ZERO && detach) FAST_BWD_CALL(SFX, S, RESET_ZERO, 1);                \
+        else if (reset == RESET_ZERO) FAST_BWD_CALL(SFX, S, RESET_ZERO, 0);                          \
+        else FAST_BWD_CALL(SFX, S, RESET_NONE, 1);                                                   \
+    } while (0)
+
 #define DEFINE_LIF(T_, SFX)                                                                          \
                                                                                                      \
 /* a * b + c in two roundings (as PyTorch's mul then add: the file forbids fused multiply-adds) */   \
-static inline T_ leak_##SFX(T_ a, T_ b, T_ c) { return a * b + c; }                                  \
+INLINE T_ leak_##SFX(T_ a, T_ b, T_ c) { return a * b + c; }                                         \
                                                                                                      \
-static inline void lif_row_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v, T_ *restrict i,    \
+/* One step of n neurons; ws, wz, wr: whether the spikes, z and the recorded v and i are written    \
+ * (literal constants at every call, so each call site compiles to its own loop). */                \
+INLINE void lif_row_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v, T_ *restrict i,           \
                           const T_ *restrict dm, const T_ *restrict ds, const T_ *restrict th,       \
                           const T_ *restrict vr, int reset, T_ *restrict s, T_ *restrict z,          \
-                          T_ *restrict vo, T_ *restrict io)                                          \
+                          T_ *restrict vo, T_ *restrict io, const int ws, const int wz, const int wr)  \
 {                                                                                                    \
     for (int64_t j = 0; j < n; ++j) {                                                                \
         const T_ ii = leak_##SFX(ds[j], i[j], x[j]);  /* i = ds * i + x */                           \
@@ -67,18 +158,17 @@ static inline void lif_row_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v
         const T_ vn = zz > 0 ? after : u;                                                            \
         i[j] = ii;                                                                                   \
         v[j] = vn;                                                                                   \
-        s[j] = zz > 0 ? (T_)1 : (T_)0;                                                               \
-        z[j] = zz;                                                                                   \
-        vo[j] = vn;                                                                                  \
-        io[j] = ii;                                                                                  \
+        if (ws) s[j] = zz > 0 ? (T_)1 : (T_)0;                                                       \
+        if (wz) z[j] = zz;                                                                           \
+        if (wr) { vo[j] = vn; io[j] = ii; }                                                          \
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
-static inline void lif_row_refr_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v, T_ *restrict i, \
+INLINE void lif_row_refr_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v, T_ *restrict i,      \
                                T_ *restrict r, const T_ *restrict dm, const T_ *restrict ds,         \
                                const T_ *restrict th, const T_ *restrict vr, int reset, T_ period,   \
                                T_ *restrict s, T_ *restrict z, T_ *restrict vo, T_ *restrict io,     \
-                               T_ *restrict ro)                                                      \
+                               T_ *restrict ro)                                        \
 {                                                                                                    \
     const T_ neg_inf = (T_)(-INFINITY);                                                              \
     for (int64_t j = 0; j < n; ++j) {                                                                \
@@ -104,9 +194,9 @@ static inline void lif_row_refr_##SFX(int64_t n, const T_ *restrict x, T_ *restr
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
-static inline void li_row_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v, T_ *restrict i,     \
+INLINE void li_row_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v, T_ *restrict i,            \
                          const T_ *restrict dm, const T_ *restrict ds, T_ *restrict vo,              \
-                         T_ *restrict io)                                                            \
+                         T_ *restrict io, const int wi)                                              \
 {                                                                                                    \
     for (int64_t j = 0; j < n; ++j) {                                                                \
         const T_ ii = leak_##SFX(ds[j], i[j], x[j]);  /* i = ds * i + x */                           \
@@ -114,45 +204,182 @@ static inline void li_row_##SFX(int64_t n, const T_ *restrict x, T_ *restrict v,
         i[j] = ii;                                                                                   \
         v[j] = u;                                                                                    \
         vo[j] = u;                                                                                   \
-        io[j] = ii;                                                                                  \
+        if (wi) io[j] = ii;                                                                          \
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
-CLONES void lif_forward_##SFX(int64_t T, int64_t M, int64_t a, int64_t b, const T_ *x, T_ *v, T_ *i, \
-                       T_ *r, const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr, int64_t pstep, \
-                       int reset, int64_t refractory, T_ *spikes, T_ *z, T_ *v_rec, T_ *i_rec, T_ *r_rec,        \
-                       int64_t x_step)                                                               \
+/* Steps 0..T-1 of one block of n <= NB neurons. x: the block's row 0, advancing x_step per step;   \
+ * v, i, r [n]: states, updated in place; spikes, v_rec, i_rec, r_rec: row 0 of the block's         \
+ * outputs (step M; NULL: not written); z: row 0 of z, advancing z_step (NULL: not written). */     \
+INLINE void fwd_block_##SFX(int64_t T, int64_t M, int64_t n, int spiking, const T_ *x,              \
+                            int64_t x_step, T_ *v, T_ *i, T_ *r, const T_ *dm, const T_ *ds,         \
+                            const T_ *th, const T_ *vr, int reset, int64_t refractory, T_ *spikes,   \
+                            T_ *z, int64_t z_step, T_ *v_rec, T_ *i_rec, T_ *r_rec)     \
 {                                                                                                    \
-    /* rows of the outputs that were not asked for go to these scratch buffers; x advances by        \
-     * x_step elements per step (M, or 0 for an input held constant over time) */                    \
-    T_ sink_z[BLOCK], sink_v[BLOCK], sink_i[BLOCK], sink_r[BLOCK];                                   \
-    for (int64_t t = 0; t < T; ++t) {      /* whole rows in order: streams the prefetcher follows */ \
-        for (int64_t j0 = a; j0 < b; j0 += BLOCK) {                                                  \
-            const int64_t n = j0 + BLOCK < b ? BLOCK : b - j0;                                       \
-            const int64_t o = t * M + j0, pj = pstep ? j0 : 0; /* constants: per neuron or one BLOCK */ \
-            const T_ *xo = x + t * x_step + j0;                                                      \
-            T_ *vo = v_rec ? v_rec + o : sink_v, *io = i_rec ? i_rec + o : sink_i;                   \
-            if (spikes == NULL) {                                                                    \
-                li_row_##SFX(n, xo, v + j0, i + j0, dm + pj, ds + pj, vo, io);                    \
+    T_ vb[NB], ib[NB], rb[NB], sink[5][NB]; /* rows not written out */                                                          \
+    for (int64_t j = 0; j < n; ++j) { vb[j] = v[j]; ib[j] = i[j]; rb[j] = r ? r[j] : 0; }           \
+    const int rec = v_rec != NULL;                                                                   \
+    for (int64_t t = 0; t < T; ++t) {                                                                \
+        const T_ *xr = x + t * x_step;                                                               \
+        const int64_t o = t * M;                                                                     \
+        T_ *zr = z ? z + t * z_step : sink[1];                                                       \
+        if (!spiking)                                                                                \
+            li_row_##SFX(n, xr, vb, ib, dm, ds, v_rec + o, i_rec ? i_rec + o : sink[0], i_rec != NULL); \
+        else if (refractory > 0)                                                                     \
+            lif_row_refr_##SFX(n, xr, vb, ib, rb, dm, ds, th, vr, reset, (T_)refractory,            \
+                               spikes ? spikes + o : sink[0], zr, rec ? v_rec + o : sink[2],         \
+                               rec ? i_rec + o : sink[3], r_rec ? r_rec + o : sink[4]);              \
+        else if (rec)                                                                                \
+            lif_row_##SFX(n, xr, vb, ib, dm, ds, th, vr, reset, spikes ? spikes + o : sink[0], zr,   \
+                          v_rec + o, i_rec + o, 1, 1, 1);                                            \
+        else if (spikes == NULL) /* backward's recomputation: z only */                             \
+            lif_row_##SFX(n, xr, vb, ib, dm, ds, th, vr, reset, NULL, zr, NULL, NULL, 0, 1, 0);     \
+        else if (z != NULL)                                                                          \
+            lif_row_##SFX(n, xr, vb, ib, dm, ds, th, vr, reset, spikes + o, zr, NULL, NULL, 1, 1, 0); \
+        else                                                                                         \
+            lif_row_##SFX(n, xr, vb, ib, dm, ds, th, vr, reset, spikes + o, NULL, NULL, NULL, 1, 0, 0); \
+    }                                                                                                \
+    for (int64_t j = 0; j < n; ++j) { v[j] = vb[j]; i[j] = ib[j]; if (r) r[j] = rb[j]; }            \
+}                                                                                                    \
+                                                                                                     \
+INLINE void fast_fwd_##SFX(int64_t T, int64_t M, int64_t n, const T_ *restrict x, int64_t x_step,    \
+                           T_ *restrict v, T_ *restrict i, T_ dm, T_ ds, T_ th, T_ vr, const int reset, \
+                           T_ *restrict s, T_ *restrict z, int64_t z_step, const int ws, const int wz) \
+{                                                                                                    \
+    /* fwd_block's steps for scalar constants; s (step M) and z (step z_step) written if ws, wz */   \
+    T_ vb[NB], ib[NB], sb[NB] __attribute__((aligned(64)));                                          \
+    for (int64_t j = 0; j < n; ++j) { vb[j] = v[j]; ib[j] = i[j]; }                                  \
+    for (int64_t t = 0; t < T; ++t) {                                                                \
+        const T_ *restrict xr = x + t * x_step;                                                      \
+        T_ *restrict sr = ws ? s + t * M : NULL, *restrict zr = wz ? z + t * z_step : NULL;          \
+        if (!ws && t + AHEAD < T)   /* backward's recomputation (the forward's own pass: no gain) */ \
+            for (int q = 0; q < NB; q += 64 / (int)sizeof(T_)) __builtin_prefetch(xr + AHEAD * x_step + q, 0, 0); \
+        for (int64_t j = 0; j < n; ++j) {                                                            \
+            const T_ ii = leak_##SFX(ds, ib[j], xr[j]);  /* i = ds * i + x */                        \
+            const T_ u = leak_##SFX(dm, vb[j], ii);      /* u = dm * v + i */                        \
+            const T_ zz = u - th;                                                                    \
+            const T_ after = reset == RESET_SUBTRACT ? zz : (reset == RESET_ZERO ? vr : u);          \
+            ib[j] = ii;                                                                              \
+            vb[j] = zz > 0 ? after : u;                                                              \
+            if (ws) sb[j] = zz > 0 ? (T_)1 : (T_)0;                                                  \
+            if (wz) zr[j] = zz;                                                                      \
+        }                                                                                            \
+        if (ws) stream_out(sr, sb, sizeof(T_) * (size_t)n);                                          \
+    }                                                                                                \
+    for (int64_t j = 0; j < n; ++j) { v[j] = vb[j]; i[j] = ib[j]; }                                  \
+}                                                                                                    \
+                                                                                                     \
+/* fast_fwd for any reset mode and outputs (s, z: NULL if not written), one whole block (NB) */     \
+CLONES static void fast_fwd_any_##SFX(int64_t T, int64_t M, const T_ *x, int64_t x_step, T_ *v,      \
+                               T_ *i, T_ dm, T_ ds, T_ th, T_ vr, int reset, T_ *s, T_ *z,           \
+                               int64_t z_step)                                                       \
+{                                                                                                    \
+    FAST_FWD_RESETS(SFX, NB);   /* a literal length: the loop unrolls, the state stays in registers */ \
+}                                                                                                    \
+                                                                                                     \
+CLONES void lif_forward_##SFX(int64_t T, int64_t M, int64_t a, int64_t b, int nthreads, const T_ *x, \
+                       T_ *v, T_ *i, T_ *r, const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr,  \
+                       int64_t pstep, int reset, int64_t refractory, T_ *spikes, T_ *z, T_ *v_rec,   \
+                       T_ *i_rec, T_ *r_rec, int64_t x_step)                                         \
+{                                                                                                    \
+    /* x advances by x_step elements per step (M, or 0 for an input held constant over time);      \
+     * constants dm, ds, th, vr: [M] (pstep 1) or one value repeated NB times (pstep 0) */          \
+    _Pragma("omp parallel num_threads(nthreads) if(nthreads > 1)")                                   \
+    {                                                                                                \
+        const int64_t k = THREAD_NUM(), nt = NUM_THREADS();                                          \
+        const int64_t lo = share(a, b, k, nt), hi = share(a, b, k + 1, nt);                          \
+        const int fast = spikes != NULL && refractory == 0 && v_rec == NULL && pstep == 0;           \
+        for (int64_t j0 = lo; j0 < hi; j0 += NB) {                                                   \
+            const int64_t n = j0 + NB < hi ? NB : hi - j0, pj = pstep ? j0 : 0;                      \
+            if (fast && n == NB) {                                                                   \
+                fast_fwd_any_##SFX(T, M, x + j0, x_step, v + j0, i + j0, dm[0], ds[0], th[0],     \
+                                   vr[0], reset, spikes + j0, z ? z + j0 : NULL, M);                 \
                 continue;                                                                            \
             }                                                                                        \
-            T_ *zo = z ? z + o : sink_z;                                                             \
-            if (refractory > 0)                                                                      \
-                lif_row_refr_##SFX(n, xo, v + j0, i + j0, r + j0, dm + pj, ds + pj, th + pj,      \
-                                   vr + pj, reset, (T_)refractory, spikes + o, zo, vo, io,           \
-                                   r_rec ? r_rec + o : sink_r);                                      \
-            else                                                                                     \
-                lif_row_##SFX(n, xo, v + j0, i + j0, dm + pj, ds + pj, th + pj, vr + pj, reset,   \
-                              spikes + o, zo, vo, io);                                               \
+            fwd_block_##SFX(T, M, n, spikes != NULL, x + j0, x_step, v + j0, i + j0, \
+                    r ? r + j0 : NULL, dm + pj, ds + pj, th ? th + pj : NULL, vr ? vr + pj : NULL,   \
+                    reset, refractory, spikes ? spikes + j0 : NULL, z ? z + j0 : NULL, M,            \
+                    v_rec ? v_rec + j0 : NULL, i_rec ? i_rec + j0 : NULL, r_rec ? r_rec + j0 : NULL); \
         }                                                                                            \
+        stream_done();                                                                               \
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
-static inline void lif_row_bwd_##SFX(int64_t n, const T_ *restrict z, const T_ *restrict sg,         \
-                              const T_ *restrict gs, const T_ *restrict gvs, const T_ *restrict gis, \
-                              const T_ *restrict dm, const T_ *restrict ds, const T_ *restrict th,   \
-                              const T_ *restrict vr, int reset, int detach, int last,                \
-                              T_ *restrict gv, T_ *restrict gi, T_ *restrict gx)                     \
+/* The surrogate derivative number sur at z (grad(x, slope) of spikegrad.surrogates' rational      \
+ * surrogates); given: the caller's value for SUR_GIVEN. */                                          \
+INLINE T_ surrogate_##SFX(int sur, T_ zz, T_ slope, T_ given)                                        \
+{                                                                                                    \
+    switch (sur) {                                                                                   \
+    case SUR_FAST_SIGMOID: { /* (1 + slope |x|)^-2 */                                                \
+        const T_ d = 1 + slope * ABS(zz);                                                            \
+        return 1 / (d * d);                                                                          \
+    }                                                                                                \
+    case SUR_ATAN: { /* (slope / 2) / (1 + (pi / 2 slope x)^2) */                                    \
+        const T_ q = ((T_)1.5707963267948966 * slope) * zz;                                          \
+        return (slope / 2) / (1 + q * q);                                                            \
+    }                                                                                                \
+    case SUR_TRIANGLE: { /* slope max(1 - slope |x|, 0) */                                           \
+        const T_ q = 1 - slope * ABS(zz);                                                            \
+        return slope * (q > 0 ? q : 0);                                                              \
+    }                                                                                                \
+    case SUR_BOXCAR: /* slope where |x| < 0.5 / slope */                                             \
+        return ABS(zz) < (T_)0.5 / slope ? slope : 0;                                                \
+    default:                                                                                         \
+        return given;                                                                                \
+    }                                                                                                \
+}                                                                                                    \
+                                                                                                     \
+INLINE void fast_bwd_##SFX(int64_t M, int64_t n, int64_t T, const T_ *restrict z, int64_t z_step,     \
+                           const int sur, T_ slope, const T_ *restrict gs, int64_t s_step, T_ dm,    \
+                           T_ ds, T_ th, T_ vr, const int reset, const int detach, T_ *restrict gv,  \
+                           T_ *restrict gi, T_ *restrict gx)                                         \
+{                                                                                                    \
+    /* bwd_block's steps T-1..0 for fast_fwd's case (no refractory steps: z > -inf; no gradients    \
+     * of recorded states); same operations and roundings as lif_row_bwd there */                    \
+    T_ gvb[NB], gib[NB], gb[NB] __attribute__((aligned(64)));                                        \
+    for (int64_t j = 0; j < n; ++j) { gvb[j] = gv[j]; gib[j] = gi[j]; }                              \
+    for (int64_t t = T - 1; t >= 0; --t) {                                                           \
+        const T_ *restrict zr = z + t * z_step, *restrict gsr = gs + t * s_step;                     \
+        T_ *restrict gxr = gx + t * M;                                                               \
+        const T_ f = t == T - 1 ? (T_)1 : ds;   /* the gradient of the final i enters undecayed */   \
+        for (int64_t j = 0; j < n; ++j) {                                                            \
+            const T_ zz = zr[j];                                                                     \
+            const T_ sg = surrogate_##SFX(sur, zz, slope, 0);                                        \
+            const T_ spike = zz > 0 ? (T_)1 : (T_)0;                                                 \
+            T_ A = 1;                                  /* dv/du, plus dv/ds * sg when not detached */ \
+            if (reset == RESET_SUBTRACT && !detach) A = 1 - th * sg;                                 \
+            if (reset == RESET_ZERO) A = A - spike;                                                  \
+            if (reset == RESET_ZERO && !detach) A = A + (vr - (zz + th)) * sg;                       \
+            T_ gu = A * gvb[j];                                                                      \
+            gu = gu + gsr[j] * sg;                                                                   \
+            const T_ gI = gu + f * gib[j];                                                           \
+            gib[j] = gI;                                                                             \
+            gb[j] = gI;                                                                              \
+            gvb[j] = dm * gu;                                                                        \
+        }                                                                                            \
+        stream_out(gxr, gb, sizeof(T_) * (size_t)n);                                                 \
+    }                                                                                                \
+    for (int64_t j = 0; j < n; ++j) { gv[j] = gvb[j]; gi[j] = gib[j]; }                              \
+}                                                                                                    \
+                                                                                                     \
+/* fast_bwd for any built-in surrogate, reset mode and detach flag (steps T-1..0, one whole block) */ \
+CLONES static void fast_bwd_any_##SFX(int64_t M, int64_t T, const T_ *z, int64_t z_step, int sur, \
+                               T_ slope, const T_ *gs, int64_t s_step, T_ dm, T_ ds, T_ th, T_ vr,   \
+                               int reset, int detach, T_ *gv, T_ *gi, T_ *gx)                        \
+{                                                                                                    \
+    switch (sur) {                                                                                   \
+    case SUR_FAST_SIGMOID: FAST_BWD_RESETS(SFX, SUR_FAST_SIGMOID); break;                            \
+    case SUR_ATAN: FAST_BWD_RESETS(SFX, SUR_ATAN); break;                                            \
+    case SUR_TRIANGLE: FAST_BWD_RESETS(SFX, SUR_TRIANGLE); break;                                    \
+    default: FAST_BWD_RESETS(SFX, SUR_BOXCAR);                                                       \
+    }                                                                                                \
+}                                                                                                    \
+                                                                                                     \
+INLINE void lif_row_bwd_##SFX(int64_t n, const T_ *restrict z, const T_ *restrict sg, int sur,        \
+                              T_ slope, const T_ *restrict gs, const T_ *restrict gvs,               \
+                              const T_ *restrict gis, const T_ *restrict dm, const T_ *restrict ds,  \
+                              const T_ *restrict th, const T_ *restrict vr, int reset, int detach,   \
+                              int last, T_ *restrict gv, T_ *restrict gi, T_ *restrict gx)           \
 {                                                                                                    \
     /* Selects between loaded values and 0/1 factors instead of branches, so the loop vectorizes;    \
      * a factor 0 or 1 times a finite number is exact. On held (refractory) steps z = -inf and       \
@@ -162,7 +389,8 @@ static inline void lif_row_bwd_##SFX(int64_t n, const T_ *restrict z, const T_ *
     const T_ k_zero_nd = reset == RESET_ZERO && !detach, k_last = last ? 1 : 0;                      \
     for (int64_t j = 0; j < n; ++j) {                                                                \
         const T_ gvt = gv[j] + gvs[j];                                                               \
-        const T_ zz = z[j], sgj = sg[j], thj = th[j], vrj = vr[j], dsj = ds[j], dmj = dm[j];         \
+        const T_ zz = z[j], thj = th[j], vrj = vr[j], dsj = ds[j], dmj = dm[j];                      \
+        const T_ sgj = surrogate_##SFX(sur, zz, slope, sur == SUR_GIVEN ? sg[j] : (T_)0);            \
         const T_ act = zz > neg_inf ? (T_)1 : (T_)0;                                                 \
         const T_ sgt = zz > neg_inf ? sgj : (T_)0;                                                   \
         const T_ spike = zz > 0 ? (T_)1 : (T_)0;                                                     \
@@ -181,7 +409,7 @@ static inline void lif_row_bwd_##SFX(int64_t n, const T_ *restrict z, const T_ *
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
-static inline void li_row_bwd_##SFX(int64_t n, const T_ *restrict gvs, const T_ *restrict gis,       \
+INLINE void li_row_bwd_##SFX(int64_t n, const T_ *restrict gvs, const T_ *restrict gis,              \
                              const T_ *restrict dm, const T_ *restrict ds, int last,                 \
                              T_ *restrict gv, T_ *restrict gi, T_ *restrict gx)                      \
 {                                                                                                    \
@@ -196,80 +424,132 @@ static inline void li_row_bwd_##SFX(int64_t n, const T_ *restrict gvs, const T_ 
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
-static inline void surrogate_row_##SFX(int64_t n, const T_ *restrict z, T_ *restrict out, int sur,      \
-                                       T_ slope)                                                    \
-{                                                                                                    \
-    /* the grad(x, slope) of spikegrad.surrogates' rational surrogates, at x = z */                 \
-    const T_ half_pi_slope = (T_)1.5707963267948966 * slope, half_slope = slope / 2;                \
-    const T_ box = (T_)0.5 / slope;                                                                  \
-    switch (sur) {                                                                                   \
-    case SUR_FAST_SIGMOID: /* (1 + slope |x|)^-2 */                                                  \
-        for (int64_t j = 0; j < n; ++j) {                                                            \
-            const T_ d = 1 + slope * ABS(z[j]);                                                      \
-            out[j] = 1 / (d * d);                                                                    \
-        }                                                                                            \
-        break;                                                                                       \
-    case SUR_ATAN: /* (slope / 2) / (1 + (pi / 2 slope x)^2) */                                     \
-        for (int64_t j = 0; j < n; ++j) {                                                            \
-            const T_ q = half_pi_slope * z[j];                                                       \
-            out[j] = half_slope / (1 + q * q);                                                       \
-        }                                                                                            \
-        break;                                                                                       \
-    case SUR_TRIANGLE: /* slope max(1 - slope |x|, 0) */                                             \
-        for (int64_t j = 0; j < n; ++j) {                                                            \
-            const T_ q = 1 - slope * ABS(z[j]);                                                      \
-            out[j] = slope * (q > 0 ? q : 0);                                                        \
-        }                                                                                            \
-        break;                                                                                       \
-    default: /* SUR_BOXCAR: slope where |x| < 0.5 / slope */                                         \
-        for (int64_t j = 0; j < n; ++j) out[j] = ABS(z[j]) < box ? slope : 0;                        \
-    }                                                                                                \
-}                                                                                                    \
-                                                                                                     \
-void surrogate_grad_##SFX(int64_t n, const T_ *z, T_ *out, int sur, T_ slope)                     \
+void surrogate_grad_##SFX(int64_t n, const T_ *z, T_ *out, int sur, T_ slope)                        \
 {                                                                                                    \
     /* the kernels' surrogate derivative at n points, for checking it against the Python grad */   \
-    surrogate_row_##SFX(n, z, out, sur, slope);                                                      \
+    for (int64_t j = 0; j < n; ++j) out[j] = surrogate_##SFX(sur, z[j], slope, 0);                   \
 }                                                                                                    \
                                                                                                      \
-CLONES void lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int64_t t0, int64_t t1, int64_t T,   \
-                        const T_ *z, const T_ *sg, int sur, T_ slope, const T_ *g_s, int64_t s_step, \
-                        const T_ *g_vseq, int64_t v_step, const T_ *g_iseq, int64_t i_step,          \
-                        const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr, int64_t pstep,       \
-                        int reset,                                                                   \
-                        int detach, T_ *gv, T_ *gi, T_ *gx)                                          \
+/* Steps t1 - 1 down to t0 of one block of n neurons; rows advance by M except zr's (z_step). */    \
+INLINE void bwd_block_##SFX(int64_t M, int64_t n, int64_t t0, int64_t t1, int64_t T, int spiking,    \
+                            const T_ *z, int64_t z_step, const T_ *sg, int sur, T_ slope,            \
+                            const T_ *g_s, int64_t s_step, const T_ *g_vseq, int64_t v_step,         \
+                            const T_ *g_iseq, int64_t i_step, const T_ *dm, const T_ *ds,            \
+                            const T_ *th, const T_ *vr, int reset, int detach, T_ *gv, T_ *gi,       \
+                            T_ *gx)                                                                  \
 {                                                                                                    \
-    /* Steps t1 - 1 down to t0 of the neurons [a, b). z, gx: rows t0..t1-1 ([t1 - t0, M]); sg: the  \
-     * same rows of surrogate derivatives when sur == SUR_GIVEN, else unused (computed from z).     \
-     * g_s, g_vseq, g_iseq: the same rows, each advancing by its *_step elements per step (0: one    \
-     * row for every step). gv, gi [M]: running gradients of v_t and i_t, updated in place (start    \
-     * them at the gradients of the final state); T is the whole sequence's length. */               \
-    T_ zeros[BLOCK], sg_buf[BLOCK];                                                                  \
-    for (int64_t j = 0; j < BLOCK; ++j) zeros[j] = 0;                                                \
+    T_ gvb[NB], gib[NB], zeros[NB];                                                                  \
+    for (int64_t j = 0; j < n; ++j) { gvb[j] = gv[j]; gib[j] = gi[j]; zeros[j] = 0; }                \
     for (int64_t t = t1 - 1; t >= t0; --t) {                                                         \
-        const int64_t k = t - t0;                                                                    \
-        for (int64_t j0 = a; j0 < b; j0 += BLOCK) {                                                  \
-            const int64_t n = j0 + BLOCK < b ? BLOCK : b - j0, o = k * M + j0, pj = pstep ? j0 : 0; \
-            const T_ *gvs = g_vseq ? g_vseq + k * v_step + j0 : zeros;                               \
-            const T_ *gis = g_iseq ? g_iseq + k * i_step + j0 : zeros;                               \
-            if (z == NULL) {                                                                         \
-                li_row_bwd_##SFX(n, gvs, gis, dm + pj, ds + pj, t == T - 1, gv + j0, gi + j0, gx + o); \
-                continue;                                                                            \
-            }                                                                                        \
-            const T_ *sgr = sg_buf;                                                                  \
-            if (sur == SUR_GIVEN)                                                                    \
-                sgr = sg + o;                                                                        \
-            else                                                                                     \
-                surrogate_row_##SFX(n, z + o, sg_buf, sur, slope);                                   \
-            lif_row_bwd_##SFX(n, z + o, sgr, g_s ? g_s + k * s_step + j0 : zeros, gvs, gis, dm + pj,  \
-                              ds + pj, th + pj, vr + pj, reset, detach, t == T - 1, gv + j0,         \
-                              gi + j0, gx + o);                                                      \
+        const int64_t k = t - t0, o = k * M;                                                         \
+        const T_ *gvs = g_vseq ? g_vseq + k * v_step : zeros;                                        \
+        const T_ *gis = g_iseq ? g_iseq + k * i_step : zeros;                                        \
+        const int last = t == T - 1;                                                                 \
+        if (!spiking) {                                                                              \
+            li_row_bwd_##SFX(n, gvs, gis, dm, ds, last, gvb, gib, gx + o);                           \
+            continue;                                                                                \
+        }                                                                                            \
+        const T_ *zr = z + k * z_step, *gsr = g_s ? g_s + k * s_step : zeros;                        \
+        switch (sur) { /* a literal surrogate number per call: each compiles to its own loop */      \
+        case SUR_FAST_SIGMOID:                                                                       \
+            lif_row_bwd_##SFX(n, zr, NULL, SUR_FAST_SIGMOID, slope, gsr, gvs, gis, dm, ds, th, vr,  \
+                              reset, detach, last, gvb, gib, gx + o);                                \
+            break;                                                                                   \
+        case SUR_ATAN:                                                                               \
+            lif_row_bwd_##SFX(n, zr, NULL, SUR_ATAN, slope, gsr, gvs, gis, dm, ds, th, vr, reset,   \
+                              detach, last, gvb, gib, gx + o);                                       \
+            break;                                                                                   \
+        case SUR_TRIANGLE:                                                                           \
+            lif_row_bwd_##SFX(n, zr, NULL, SUR_TRIANGLE, slope, gsr, gvs, gis, dm, ds, th, vr,      \
+                              reset, detach, last, gvb, gib, gx + o);                                \
+            break;                                                                                   \
+        case SUR_BOXCAR:                                                                             \
+            lif_row_bwd_##SFX(n, zr, NULL, SUR_BOXCAR, slope, gsr, gvs, gis, dm, ds, th, vr, reset, \
+                              detach, last, gvb, gib, gx + o);                                       \
+            break;                                                                                   \
+        default:                                                                                     \
+            lif_row_bwd_##SFX(n, zr, sg + o, SUR_GIVEN, slope, gsr, gvs, gis, dm, ds, th, vr, reset, \
+                              detach, last, gvb, gib, gx + o);                                       \
         }                                                                                            \
     }                                                                                                \
+    for (int64_t j = 0; j < n; ++j) { gv[j] = gvb[j]; gi[j] = gib[j]; }                              \
+}                                                                                                    \
+                                                                                                     \
+CLONES int lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int nthreads, int64_t t0, int64_t t1, \
+                        int64_t T, int spiking, const T_ *z, const T_ *x, int64_t x_step,            \
+                        const T_ *v0, const T_ *i0, const T_ *r0, int64_t refractory, const T_ *sg,  \
+                        int sur, T_ slope, const T_ *g_s, int64_t s_step, const T_ *g_vseq,          \
+                        int64_t v_step, const T_ *g_iseq, int64_t i_step, const T_ *dm,              \
+                        const T_ *ds, const T_ *th, const T_ *vr, int64_t pstep, int reset,          \
+                        int detach, T_ *gv, T_ *gi, T_ *gx)                                          \
+{                                                                                                    \
+    /* Steps t1 - 1 down to t0 of the neurons [a, b). z, sg, gx: rows t0..t1-1 ([t1 - t0, M]); sg   \
+     * only when sur == SUR_GIVEN. Spiking with z == NULL: z is recomputed from x (rows 0..T-1,     \
+     * advancing x_step) and the initial states v0, i0, r0 ([M]; NULL: zero), and t0 = 0, t1 = T.    \
+     * g_s, g_vseq, g_iseq: rows t0..t1-1, each advancing by its *_step elements per step (0: one    \
+     * row for every step). gv, gi [M]: running gradients of v_t and i_t, updated in place (start    \
+     * them at the gradients of the final state); T is the whole sequence's length. Returns 0, or   \
+     * 1 if the recomputation's buffer could not be allocated (nothing is then written). */         \
+    const int recompute = spiking && z == NULL;                                                      \
+    const int fast = spiking && refractory == 0 && g_vseq == NULL && g_iseq == NULL && pstep == 0    \
+                     && sur != SUR_GIVEN && t0 == 0 && t1 == T;                                      \
+    int failed = 0;                                                                                  \
+    _Pragma("omp parallel num_threads(nthreads) if(nthreads > 1) reduction(|:failed)")               \
+    {                                                                                                \
+        const int64_t k = THREAD_NUM(), nt = NUM_THREADS();                                          \
+        const int64_t lo = share(a, b, k, nt), hi = share(a, b, k + 1, nt);                          \
+        T_ *buf = recompute && hi > lo ? (T_ *)malloc(sizeof(T_) * (size_t)(T * NB)) : NULL;         \
+        if (recompute && hi > lo && buf == NULL) failed = 1;                                         \
+        T_ zeros[NB];                                                                                \
+        for (int64_t j = 0; j < NB; ++j) zeros[j] = 0;                                               \
+        for (int64_t j0 = lo; j0 < hi && !failed; j0 += NB) {                                        \
+            const int64_t n = j0 + NB < hi ? NB : hi - j0, pj = pstep ? j0 : 0;                      \
+            const T_ *zb = z ? z + j0 : NULL;                                                        \
+            int64_t z_step = M;                                                                      \
+            if (fast && n == NB) {   /* whole blocks; a last partial block takes the general loop */ \
+                if (recompute) {                                                                     \
+                    T_ vb[NB], ib[NB];                                                               \
+                    for (int64_t j = 0; j < n; ++j) {                                                \
+                        vb[j] = v0 ? v0[j0 + j] : 0;                                                 \
+                        ib[j] = i0 ? i0[j0 + j] : 0;                                                 \
+                    }                                                                                \
+                    fast_fwd_any_##SFX(T, M, x + j0, x_step, vb, ib, dm[0], ds[0], th[0], vr[0],  \
+                                       reset, NULL, buf, NB);                                        \
+                    zb = buf;                                                                        \
+                    z_step = NB;                                                                     \
+                }                                                                                    \
+                fast_bwd_any_##SFX(M, T, zb, z_step, sur, slope, g_s ? g_s + j0 : zeros,          \
+                                   g_s ? s_step : 0, dm[0], ds[0], th[0], vr[0], reset, detach,      \
+                                   gv + j0, gi + j0, gx + j0);                                       \
+                continue;                                                                            \
+            }                                                                                        \
+            if (recompute) {                                                                         \
+                T_ vb[NB], ib[NB], rb[NB];                                                           \
+                for (int64_t j = 0; j < n; ++j) {                                                    \
+                    vb[j] = v0 ? v0[j0 + j] : 0;                                                     \
+                    ib[j] = i0 ? i0[j0 + j] : 0;                                                     \
+                    rb[j] = r0 ? r0[j0 + j] : 0;                                                     \
+                }                                                                                    \
+                fwd_block_##SFX(T, M, n, 1, x + j0, x_step, vb, ib, rb, dm + pj,     \
+                        ds + pj, th + pj, vr + pj, reset, refractory, NULL, buf, NB, NULL, NULL,     \
+                        NULL);                                                                       \
+                zb = buf;                                                                            \
+                z_step = NB;                                                                         \
+            }                                                                                        \
+            bwd_block_##SFX(M, n, t0, t1, T, spiking, zb, z_step,                    \
+                    sg ? sg + j0 : NULL, sur, slope, g_s ? g_s + j0 : NULL, s_step,                  \
+                    g_vseq ? g_vseq + j0 : NULL, v_step, g_iseq ? g_iseq + j0 : NULL, i_step,        \
+                    dm + pj, ds + pj, th ? th + pj : NULL, vr ? vr + pj : NULL, reset, detach,       \
+                    gv + j0, gi + j0, gx + j0);                                                      \
+        }                                                                                            \
+        free(buf);                                                                                   \
+        stream_done();                                                                               \
+    }                                                                                                \
+    return failed;                                                                                   \
 }
 
 DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; native.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 7; }
+int spikegrad_lif_abi(void) { return 8; }

@@ -2,18 +2,27 @@
 
 The kernels (``lif.c`` beside this file) run the same operations, in the same order and dtype, as
 :func:`~spikegrad.functional.lif_step` and :func:`~spikegrad.functional.li_step`, so spikes and states
-are bit-identical to the reference ``scan``; gradients agree to rounding. The membrane distance
-``z = v - v_th`` (float32 or float64, as the input) is the only ``[T, ...]`` tensor kept for
-backward (4 bytes per neuron-step in float32). The kernels compute the derivative of the rational
-built-in surrogates (``fast_sigmoid``, ``atan``, ``triangle``, ``boxcar``) from ``z`` themselves;
-for any other registered surrogate its ``grad`` runs in PyTorch on a few steps of ``z`` at a time,
-so every surrogate works.
+are bit-identical to the reference ``scan``; gradients agree to rounding. Backward needs the
+membrane distance ``z = v - v_th`` of every step. The kernels compute the derivative of the
+rational built-in surrogates (``fast_sigmoid``, ``atan``, ``triangle``, ``boxcar``) from ``z``
+themselves and, for those, recompute ``z`` from the saved input (see below: no ``[T, ...]``
+tensor beyond the input is kept). For any other registered surrogate forward stores ``z`` (4
+bytes per neuron-step in float32) and its ``grad`` runs in PyTorch on a few steps of ``z`` at a
+time, so every surrogate works.
 
 The library is compiled on first use with the C compiler named by ``$CC`` (default ``cc``) into
 ``$SPIKEGRAD_CACHE`` (default ``~/.cache/spikegrad``)/native, once per source version; without
 a compiler :func:`available` is False and ``backend="auto"`` uses the ``"fused"`` PyTorch path.
 With several intra-op threads (``torch.set_num_threads``) the neurons are split into one part
-per thread; ctypes releases the GIL during each call.
+per thread. The library is built with OpenMP when the compiler has it (``-fopenmp``): its
+parallel regions then run on the OpenMP runtime PyTorch has loaded (same ``libgomp.so.1``), on
+PyTorch's own intra-op threads. Without OpenMP a pool of Python threads runs the parts (ctypes
+releases the GIL during each call), which competes with PyTorch's threads for the cores.
+
+By default backward does not read a stored ``z``: it recomputes ``z`` from the saved input and
+initial state, block by block in cache (bit-identical to the forward's), which moves fewer bytes
+than writing ``z`` in forward and reading it back. Surrogates whose derivative is computed in
+PyTorch need ``z`` in memory and keep the stored path.
 """
 
 from __future__ import annotations
@@ -39,11 +48,12 @@ __all__ = ["available", "build_error", "lif_native", "li_native", "load", "surro
            "SURROGATE_CODES"]
 
 SOURCES = (Path(__file__).with_name("lif.c"), Path(__file__).with_name("events.c"))  # one library
-ABI = 7
-BLOCK = 512  # neurons per block of the kernels (lif.c's BLOCK)
+ABI = 8
+NB = 64  # neurons per block of the LIF kernels (lif.c's NB)
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")
+OPENMP = ("-fopenmp",)  # tried first; a compiler without OpenMP builds the library without it
 MIN_PART = 4096  # neurons per thread, at least
 CHUNK_BYTES = 1 << 20  # backward computes the surrogate derivative for this many bytes of z at a time
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
@@ -63,7 +73,11 @@ def _compile(path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
+        for extra in (OPENMP, ()):
+            proc = subprocess.run([cc, *FLAGS, *extra, *map(str, SOURCES), "-o", tmp], capture_output=True,
+                                  text=True)
+            if proc.returncode == 0:
+                break
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, path)  # atomic: parallel processes see the whole library or none
@@ -75,12 +89,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"lif_forward_{suffix}")
-        fwd.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, p, p, i64, c_int, i64, p, p, p, p, p, i64]
+        fwd.argtypes = [i64, i64, i64, i64, c_int, p, p, p, p, p, p, p, p, i64, c_int, i64, p, p, p, p, p, i64]
         fwd.restype = None
         bwd = getattr(lib, f"lif_backward_{suffix}")
-        bwd.argtypes = [i64, i64, i64, i64, i64, i64, p, p, c_int, real, p, i64, p, i64, p, i64, p, p, p, p,
-                        i64, c_int, c_int, p, p, p]
-        bwd.restype = None
+        bwd.argtypes = [i64, i64, i64, c_int, i64, i64, i64, c_int, p, p, i64, p, p, p, i64, p, c_int, real,
+                        p, i64, p, i64, p, i64, p, p, p, p, i64, c_int, c_int, p, p, p]
+        bwd.restype = c_int
         sur = getattr(lib, f"surrogate_grad_{suffix}")
         sur.argtypes = [i64, p, p, c_int, real]
         sur.restype = None
@@ -96,6 +110,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         pool = getattr(lib, f"if_maxpool_{suffix}")
         pool.argtypes = [i64] * 7 + [p, i64, p, p, p, real, real, c_int] + [i64] * 6 + [p]
         pool.restype = None
+    lib.spikegrad_openmp.restype = c_int
 
 
 def load() -> ctypes.CDLL | None:
@@ -159,15 +174,25 @@ def _run(fn, M: int, min_part: int | None = None) -> None:
         f.result()
 
 
+def _launch(fn, M: int) -> None:
+    """``fn(a, b, nthreads)`` over the neurons ``[0, M)``: one call that splits them among
+    ``nthreads`` OpenMP threads when the library has OpenMP, else one call per part of
+    :func:`_parts` on the Python thread pool (``nthreads`` 1 each)."""
+    if load().spikegrad_openmp():
+        fn(0, M, len(_parts(M)))
+    else:
+        _run(lambda a, b: fn(a, b, 1), M)
+
+
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
 def _consts(params: tuple[Tensor | None, ...], M: int) -> tuple[list[Tensor | None], int]:
     """Neuron constants (``[1]`` or ``[M]`` each, None skipped) as the kernels read them, and their
-    step: one ``BLOCK`` of each value (step 0) when all are single values, else ``[M]`` each (step 1)."""
+    step: one block (``NB``) of each value (step 0) when all are single values, else ``[M]`` each (step 1)."""
     if all(p is None or p.numel() == 1 for p in params):
-        return [None if p is None else p.reshape(1).expand(BLOCK).contiguous() for p in params], 0
+        return [None if p is None else p.reshape(1).expand(NB).contiguous() for p in params], 0
     return [None if p is None else p.expand(M).contiguous() for p in params], 1
 
 
@@ -215,12 +240,15 @@ def surrogate_code(grad_fn, dtype: torch.dtype, slope: float) -> int:
 
 
 def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, vr, reset: int, detach: int,
-              g_v: Tensor | None, g_i: Tensor | None, T: int, M: int) -> tuple[Tensor, Tensor, Tensor]:
+              g_v: Tensor | None, g_i: Tensor | None, T: int, M: int, spiking: bool = True,
+              recompute: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Reverse-time loop; returns ``(gx [T, M], grad of v0 [M], grad of i0 / ds [M])``.
 
-    The kernels compute the built-in rational surrogates themselves: one call per thread for the
-    whole sequence. Any other surrogate's derivative is computed here, in PyTorch, for a chunk of
-    steps at a time (``CHUNK_BYTES`` of ``z``), each chunk then handed to the kernels.
+    The kernels compute the built-in rational surrogates themselves: one call for the whole
+    sequence. Any other surrogate's derivative is computed here, in PyTorch, for a chunk of steps
+    at a time (``CHUNK_BYTES`` of ``z``), each chunk then handed to the kernels. ``recompute``
+    ``(x [T or 1, M], v0, i0, r0 ([M] or None: zero), refractory)`` replaces ``z`` (None): the
+    kernels rerun the forward from the input (built-in surrogates only).
     """
     bwd = getattr(lib, f"lif_backward_{_DTYPES[dtype]}")
     rows = [_rows(g) for g in grads]                                   # g_s, g_vseq, g_iseq
@@ -230,16 +258,27 @@ def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, v
     size = torch.finfo(dtype).bits // 8
     full, pstep = _consts((dm, ds, th, vr), M)                        # kept alive during the calls
     consts = [_ptr(t) for t in full]
-    slope_value = 0.0 if z is None else float(slope)
-    sur = 0 if z is None else surrogate_code(grad_fn, dtype, slope_value)
-    K = T if z is None or sur else max(1, CHUNK_BYTES // (M * size))
+    slope_value = float(slope) if spiking else 0.0
+    sur = surrogate_code(grad_fn, dtype, slope_value) if spiking else 0
+    if recompute is not None:
+        x, *states, refractory = recompute
+        if not sur:
+            raise ValueError("spikegrad: recomputing z in backward needs a surrogate the kernels compute")
+        states = [None if s is None else s.reshape(M).to(dtype).contiguous() for s in states]  # kept alive
+        rec = [_ptr(x), M if len(x) == T else 0, *map(_ptr, states), refractory]
+    else:
+        rec = [None, 0, None, None, None, 0]
+    K = T if not spiking or sur else max(1, CHUNK_BYTES // (M * size))
     for t1 in range(T, 0, -K):
         t0 = max(0, t1 - K)
-        sg = None if z is None or sur else grad_fn(z[t0:t1], slope).to(dtype).contiguous()
+        sg = None if not spiking or sur else grad_fn(z[t0:t1], slope).to(dtype).contiguous()
         gp = [v for g, st in rows for v in (None if g is None else g.data_ptr() + t0 * st * size, st)]
-        args = [None if z is None else _ptr(z[t0:t1]), _ptr(sg), sur, slope_value, *gp, *consts, pstep, reset, detach,
-                _ptr(gv), _ptr(gi), _ptr(gx[t0:t1])]
-        _run(lambda a, b, t0=t0, t1=t1, args=args: bwd(M, a, b, t0, t1, T, *args), M)
+        args = [int(spiking), None if z is None else _ptr(z[t0:t1]), *rec, _ptr(sg), sur, slope_value, *gp, *consts,
+                pstep, reset, detach, _ptr(gv), _ptr(gi), _ptr(gx[t0:t1])]
+        failed = []
+        _launch(lambda a, b, n, t0=t0, t1=t1, args=args: failed.append(bwd(M, a, b, n, t0, t1, T, *args)), M)
+        if any(failed):
+            raise MemoryError(f"spikegrad: no memory for the LIF backward's buffer of {T} x {NB} values per thread")
     return gx, gv, gi
 
 
@@ -270,18 +309,23 @@ def lif_forward(x: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor | No
     consts, pstep = _consts((dm, ds, th, vr), M)                   # kept alive during the call
     args = [_ptr(t) for t in (x, v, i, r, *consts)]
     outs = [_ptr(t) for t in (spikes, z, *rec)]
-    _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES[reset], refractory, *outs, x_step), M)
+    _launch(lambda a, b, n: fwd(T, M, a, b, n, *args, pstep, RESET_CODES[reset], refractory, *outs, x_step), M)
     return (spikes, v, i, r, *rec, z)
 
 
-def lif_backward(z: Tensor, dm: Tensor, ds: Tensor, th: Tensor, vr: Tensor, slope: Tensor, grad_fn, reset: str,
-                 detach_reset: bool, g_spikes: Tensor | None, g_v: Tensor | None, g_i: Tensor | None,
-                 g_vseq: Tensor | None, g_iseq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def lif_backward(z: Tensor | None, dm: Tensor, ds: Tensor, th: Tensor, vr: Tensor, slope: Tensor, grad_fn,
+                 reset: str, detach_reset: bool, g_spikes: Tensor | None, g_v: Tensor | None, g_i: Tensor | None,
+                 g_vseq: Tensor | None, g_iseq: Tensor | None, recompute: tuple | None = None,
+                 T: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The backward kernels: gradients ``(x [T, M], v0 [M], i0 [M])`` from the saved ``z [T, M]`` and
-    the gradients of the outputs (None: zero)."""
-    T, M = z.shape
-    gx, gv, gi = _backward(load(), z.dtype, z, grad_fn, slope.to(z.dtype), (g_spikes, g_vseq, g_iseq),
-                           dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M)
+    the gradients of the outputs (None: zero). Instead of ``z``: ``recompute = (x, v0, i0, r0,
+    refractory)``, the forward's input ``[T, M]`` (or ``[1, M]`` held over ``T`` steps) and
+    initial states ``[M]`` (None: zero), with a built-in surrogate."""
+    src = z if z is not None else recompute[0]
+    T, M = (T or src.shape[0]), src.shape[1]
+    gx, gv, gi = _backward(load(), src.dtype, z, grad_fn, slope.to(src.dtype), (g_spikes, g_vseq, g_iseq),
+                           dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M,
+                           recompute=recompute)
     return gx, gv, ds * gi
 
 
@@ -295,8 +339,8 @@ def li_forward(x: Tensor, v0: Tensor | None, i0: Tensor | None, dm: Tensor, ds: 
     fwd = getattr(load(), f"lif_forward_{_DTYPES[x.dtype]}")
     consts, pstep = _consts((dm, ds), M)                           # kept alive during the call
     args = [_ptr(t) for t in (x, v, i, None, *consts, None, None)]
-    _run(lambda a, b: fwd(T, M, a, b, *args, pstep, RESET_CODES["none"], 0, None, None, _ptr(v_seq), _ptr(i_seq),
-                          None, M), M)
+    _launch(lambda a, b, n: fwd(T, M, a, b, n, *args, pstep, RESET_CODES["none"], 0, None, None, _ptr(v_seq),
+                                _ptr(i_seq), None, M), M)
     return v_seq, v, i, i_seq
 
 
@@ -304,7 +348,7 @@ def li_backward(dm: Tensor, ds: Tensor, T: int, M: int, g_vseq: Tensor | None, g
                 g_i: Tensor | None, g_iseq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """The leaky integrator's backward: gradients ``(x [T, M], v0 [M], i0 [M])``."""
     gx, gv, gi = _backward(load(), dm.dtype, None, None, None, (None, g_vseq, g_iseq), dm, ds, None, None,
-                           RESET_CODES["none"], 1, g_v, g_i, T, M)
+                           RESET_CODES["none"], 1, g_v, g_i, T, M, spiking=False)
     return gx, gv, ds * gi
 
 
@@ -313,10 +357,15 @@ class _LIFNativeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, v0, i0, r0, dm, ds, th, vr, slope, cfg: FusedConfig, keep_z: bool, T: int):
+        # with a built-in surrogate backward recomputes z from x and the initial state
+        recompute = keep_z and surrogate_code(cfg.grad_fn, x.dtype, float(slope)) != 0
         spikes, v, i, r, v_seq, i_seq, r_seq, z = lif_forward(x, v0, i0, r0, dm, ds, th, vr, cfg.reset,
-                                                              cfg.refractory, cfg.record, keep_z, T)
+                                                              cfg.refractory, cfg.record, keep_z and not recompute, T)
         ctx.held = len(x) != T
-        ctx.save_for_backward(dm, ds, th, vr, slope, z)
+        ctx.T = T
+        ctx.recompute = recompute
+        saved = (x, v0, i0, r0) if recompute else (None,) * 4
+        ctx.save_for_backward(dm, ds, th, vr, slope, z, *saved)
         ctx.cfg = cfg
         ctx.set_materialize_grads(False)
         outs = [spikes, v, i, r, v_seq, i_seq, r_seq]
@@ -326,10 +375,11 @@ class _LIFNativeFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_spikes, g_v, g_i, _g_r, g_vseq, g_iseq, _g_rseq):
-        dm, ds, th, vr, slope, z = ctx.saved_tensors
+        dm, ds, th, vr, slope, z, *saved = ctx.saved_tensors
         cfg = ctx.cfg
+        recompute = (*saved, cfg.refractory) if ctx.recompute else None
         gx, gv, gi = lif_backward(z, dm, ds, th, vr, slope, cfg.grad_fn, cfg.reset, cfg.detach_reset, g_spikes, g_v,
-                                  g_i, g_vseq, g_iseq)
+                                  g_i, g_vseq, g_iseq, recompute=recompute, T=ctx.T)
         if ctx.held:
             gx = gx.sum(0, keepdim=True)
         return (gx, gv if ctx.needs_input_grad[1] else None, gi if ctx.needs_input_grad[2] else None,
@@ -362,7 +412,8 @@ def lif_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor |
     v_seq, i_seq, r_seq)`` shaped ``[T, B, ...]`` / ``[B, ...]`` (None where not requested).
     """
     T = x_seq.shape[0]
-    if x_seq.stride(0) == 0 and T > 1:  # the same input every step (an expanded tensor): read one row
+    held = x_seq.stride(0) == 0 and T > 1 and not (x_seq.requires_grad and x_seq.is_leaf)
+    if held:  # the same input every step (an expanded tensor, not a leaf that wants its own gradient): one row
         x = x_seq[:1].reshape(1, -1).contiguous()                    # [1, M]
     else:
         x = x_seq.reshape(T, -1).contiguous()                        # [T, M]
