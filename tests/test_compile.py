@@ -77,8 +77,9 @@ def test_custom_operators_pass_opcheck():
     zeros = torch.zeros(5, dtype=torch.float64)
     consts = [torch.full((1,), v, dtype=torch.float64) for v in (0.9, 0.5, 1.0, 0.0)]
     slope = torch.tensor(5.0, dtype=torch.float64)
-    torch.library.opcheck(ops.lif_op, (x.clone().requires_grad_(), zeros, zeros, zeros, *consts, slope, "subtract",
-                                       True, 0, True, True, "atan"))
+    for keep_z, recompute in ((True, False), (False, True)):  # z stored / recomputed in backward
+        torch.library.opcheck(ops.lif_op, (x.clone().requires_grad_(), zeros, zeros, zeros, *consts, slope, "subtract",
+                                           True, 0, True, keep_z, "atan", recompute))
     torch.library.opcheck(ops.li_op, (x.clone().requires_grad_(), zeros, zeros, consts[0], consts[1], False))
     spikes = (torch.rand(12, 9) < 0.1).double()
     w = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)

@@ -352,6 +352,18 @@ def test_native_refuses_a_formula_that_differs_from_the_definition(monkeypatch):
             assert native.surrogate_code(SURROGATES["fast_sigmoid"].grad, torch.float32, 25.0) == 0
         kw = dict(dtype=torch.float32, surrogate="fast_sigmoid", T=12)
         assert_same(run_case("torch", **kw), run_case("native", **kw))
+        # the operator path (torch.compile) asks backward to recompute z by the surrogate's name alone:
+        # backward then reruns the forward to store z and uses the surrogate's own grad
+        x = torch.rand(12, 70) * 1.5
+        consts = [torch.tensor([v]) for v in (0.9, 0.6, 1.0, 0.0)]
+        grad_fn, slope, g = SURROGATES["fast_sigmoid"].grad, torch.tensor(25.0), torch.rand(12, 70)
+        z = native.lif_forward(x, None, None, None, *consts, "subtract", 0, False, True, 12)[-1]
+        want = native.lif_backward(z, *consts, slope, grad_fn, "subtract", True, g, None, None, None, None)
+        got = native.lif_backward(None, *consts, slope, grad_fn, "subtract", True, g, None, None, None, None,
+                                  recompute=(x, None, None, None, 0), T=12)
+        for a, b in zip(want, got):
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
+        assert want[0].abs().sum() > 0
     finally:
         native._verified.cache_clear()
 

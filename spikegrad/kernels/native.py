@@ -323,6 +323,11 @@ def lif_backward(z: Tensor | None, dm: Tensor, ds: Tensor, th: Tensor, vr: Tenso
     initial states ``[M]`` (None: zero), with a built-in surrogate."""
     src = z if z is not None else recompute[0]
     T, M = (T or src.shape[0]), src.shape[1]
+    if recompute is not None and not surrogate_code(grad_fn, src.dtype, float(slope)):
+        # a surrogate the kernels do not compute (its formula differs from theirs): z in memory after all
+        x, v0, i0, r0, refractory = recompute
+        z = lif_forward(x, v0, i0, r0, dm, ds, th, vr, reset, refractory, False, True, T)[-1]
+        recompute = None
     gx, gv, gi = _backward(load(), src.dtype, z, grad_fn, slope.to(src.dtype), (g_spikes, g_vseq, g_iseq),
                            dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M,
                            recompute=recompute)

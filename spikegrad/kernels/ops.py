@@ -36,10 +36,11 @@ def _empty(like: Tensor) -> Tensor:
 @torch.library.custom_op("spikegrad::lif", mutates_args=())
 def lif_op(x: Tensor, v0: Tensor, i0: Tensor, r0: Tensor, dm: Tensor, ds: Tensor, th: Tensor, vr: Tensor,
            slope: Tensor, reset: str, detach_reset: bool, refractory: int, record: bool, keep_z: bool,
-           surrogate: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+           surrogate: str, recompute: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """LIF over ``x [T, M]`` from states ``[M]`` (``r0`` empty without a refractory period).
 
     Returns ``(spikes, v, i, r, v_seq, i_seq, r_seq, z)``; outputs not asked for are empty.
+    ``recompute``: backward recomputes ``z`` from ``x`` and the initial states (``keep_z`` False).
     """
     outs = native.lif_forward(x, v0, i0, r0 if refractory > 0 else None, dm, ds, th, vr, reset, refractory, record,
                               keep_z, x.shape[0])
@@ -47,7 +48,7 @@ def lif_op(x: Tensor, v0: Tensor, i0: Tensor, r0: Tensor, dm: Tensor, ds: Tensor
 
 
 @lif_op.register_fake
-def _(x, v0, i0, r0, dm, ds, th, vr, slope, reset, detach_reset, refractory, record, keep_z, surrogate):
+def _(x, v0, i0, r0, dm, ds, th, vr, slope, reset, detach_reset, refractory, record, keep_z, surrogate, recompute):
     T, M = x.shape
     seq, state = x.new_empty((T, M)), x.new_empty((M,))
     rec = (x.new_empty((T, M)), x.new_empty((T, M))) if record else (_empty(x), _empty(x))
@@ -57,34 +58,40 @@ def _(x, v0, i0, r0, dm, ds, th, vr, slope, reset, detach_reset, refractory, rec
 
 
 @torch.library.custom_op("spikegrad::lif_backward", mutates_args=())
-def lif_backward_op(z: Tensor, dm: Tensor, ds: Tensor, th: Tensor, vr: Tensor, slope: Tensor, reset: str,
-                    detach_reset: bool, surrogate: str, g_spikes: Tensor | None, g_v: Tensor | None,
-                    g_i: Tensor | None, g_vseq: Tensor | None, g_iseq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients ``(x [T, M], v0 [M], i0 [M])`` of :func:`lif_op`."""
-    return native.lif_backward(z, dm, ds, th, vr, slope, SURROGATES[surrogate].grad, reset, detach_reset,
-                               g_spikes, g_v, g_i, g_vseq, g_iseq)
+def lif_backward_op(T: int, M: int, z: Tensor, x: Tensor, v0: Tensor, i0: Tensor, r0: Tensor, refractory: int, dm: Tensor,
+                    ds: Tensor, th: Tensor, vr: Tensor, slope: Tensor, reset: str, detach_reset: bool, surrogate: str,
+                    g_spikes: Tensor | None, g_v: Tensor | None, g_i: Tensor | None, g_vseq: Tensor | None,
+                    g_iseq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(x [T, M], v0 [M], i0 [M])`` of :func:`lif_op`: from the stored ``z [T, M]``, or
+    with ``z`` empty recomputed from the input ``x [T, M]`` and the initial states (else empty)."""
+    recompute = None if z.numel() else (x, v0, i0, r0 if refractory > 0 else None, refractory)
+    return native.lif_backward(z if z.numel() else None, dm, ds, th, vr, slope, SURROGATES[surrogate].grad, reset,
+                               detach_reset, g_spikes, g_v, g_i, g_vseq, g_iseq, recompute=recompute, T=T)
 
 
 @lif_backward_op.register_fake
-def _(z, dm, ds, th, vr, slope, reset, detach_reset, surrogate, g_spikes, g_v, g_i, g_vseq, g_iseq):
-    T, M = z.shape
-    return z.new_empty((T, M)), z.new_empty((M,)), z.new_empty((M,))
+def _(T, M, z, x, v0, i0, r0, refractory, dm, ds, th, vr, slope, reset, detach_reset, surrogate, g_spikes, g_v,
+      g_i, g_vseq, g_iseq):
+    return x.new_empty((T, M)), x.new_empty((M,)), x.new_empty((M,))
 
 
 def _lif_setup(ctx, inputs, output):
-    x, v0, i0, r0, dm, ds, th, vr, slope, reset, detach_reset, refractory, record, keep_z, surrogate = inputs
-    ctx.save_for_backward(dm, ds, th, vr, slope, output[7])
-    ctx.conf = (reset, detach_reset, surrogate, record)
+    x, v0, i0, r0, dm, ds, th, vr, slope, reset, detach_reset, refractory, record, keep_z, surrogate, recompute = inputs
+    # with recompute, z (output 7) is empty and the input and initial states are kept instead
+    kept = (x, v0, i0, r0) if recompute else (x[:0], v0[:0], i0[:0], r0[:0])
+    ctx.save_for_backward(dm, ds, th, vr, slope, output[7], *kept)
+    ctx.conf = (reset, detach_reset, surrogate, record, refractory)
+    ctx.shape = x.shape
 
 
 def _lif_grad(ctx, g_spikes, g_v, g_i, _g_r, g_vseq, g_iseq, _g_rseq, _g_z):
-    dm, ds, th, vr, slope, z = ctx.saved_tensors
-    reset, detach_reset, surrogate, record = ctx.conf
+    dm, ds, th, vr, slope, z, x, v0, i0, r0 = ctx.saved_tensors
+    reset, detach_reset, surrogate, record, refractory = ctx.conf
     if not record:
         g_vseq = g_iseq = None
-    gx, gv, gi = lif_backward_op(z, dm, ds, th, vr, slope, reset, detach_reset, surrogate, g_spikes, g_v, g_i,
-                                 g_vseq, g_iseq)
-    return gx, gv, gi, None, None, None, None, None, None, None, None, None, None, None, None
+    gx, gv, gi = lif_backward_op(*ctx.shape, z, x, v0, i0, r0, refractory, dm, ds, th, vr, slope, reset, detach_reset, surrogate,
+                                 g_spikes, g_v, g_i, g_vseq, g_iseq)
+    return gx, gv, gi, None, None, None, None, None, None, None, None, None, None, None, None, None
 
 
 lif_op.register_autograd(_lif_grad, setup_context=_lif_setup)
@@ -191,10 +198,11 @@ def lif_compiled(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor
     M = x.shape[1]
     consts = [compact_param(p, x_seq) for p in (decay_mem, decay_syn, v_th, v_reset)]
     keep_z = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_seq, v0, i0))
+    recompute = keep_z and surrogate in native.SURROGATE_CODES  # the kernels compute its derivative
     v0, i0 = (x.new_zeros(M) if s is None else s.reshape(M).to(x.dtype) for s in (v0, i0))
     r0 = x.new_zeros(M) if r0 is None else r0.reshape(M).to(x.dtype)
     outs = lif_op(x, v0, i0, r0, *consts, torch.as_tensor(slope).to(x.dtype), cfg.reset, cfg.detach_reset,
-                  cfg.refractory, cfg.record, keep_z, surrogate)
+                  cfg.refractory, cfg.record, keep_z and not recompute, surrogate, recompute)
     return unflatten_outputs(outs[:7], x_seq, cfg)
 
 
