@@ -307,6 +307,24 @@ def test_native_whole_blocks_of_one_value_constants_match_reference(reset, detac
 
 
 @needs_native
+def test_native_large_layer_matches_reference():
+    # 64 steps x 65,536 neurons: spikes and input gradient (16 MiB each) are written with
+    # non-temporal stores (lif.c's STREAM_MIN), whole blocks on two threads
+    T = 64
+    base = torch.rand(T, 32, 2048, generator=torch.Generator().manual_seed(0)) * 0.9
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for backend in ("torch", "native"):
+            leaf = base.clone().requires_grad_()
+            runs.append(lif_run(backend, leaf, leaf, "zero", True, "fast_sigmoid", T))
+    finally:
+        torch.set_num_threads(old)
+    assert_same(*runs)
+
+
+@needs_native
 def test_native_expanded_leaf_input_gets_its_gradient_per_step():
     # a leaf that is itself an expanded tensor needs one gradient per step, not their sum in row 0
     x = (torch.rand(1, 2, 70) * 0.9).expand(25, -1, -1).requires_grad_()

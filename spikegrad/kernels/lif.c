@@ -80,14 +80,18 @@ static int64_t share(int64_t a, int64_t b, int64_t k, int64_t n)
     return j < b ? j : b;
 }
 
-/* Writes `bytes` from src (16-byte aligned) to dst. On x86 with dst 16-byte aligned: non-temporal
- * stores, which do not read the destination's cache lines first (a third of the forward's memory
- * traffic); stream_done() must follow before other threads read dst. */
-static inline void stream_out(void *dst, const void *src, size_t bytes)
+/* Outputs of at least this many bytes are written with non-temporal stores (they would not stay in
+ * cache for the next operation anyway); smaller ones through the cache. */
+#define STREAM_MIN ((size_t)16 << 20)
+
+/* Writes `bytes` from src (16-byte aligned) to dst. With nt, on x86, dst 16-byte aligned:
+ * non-temporal stores, which do not read the destination's cache lines first (a third of the
+ * forward's memory traffic); stream_done() must follow before other threads read dst. */
+static inline void stream_out(void *dst, const void *src, size_t bytes, int nt)
 {
 #if defined(__SSE__)
     typedef float v4 __attribute__((vector_size(16), may_alias));
-    if (((uintptr_t)dst & 15) == 0 && (bytes & 15) == 0) {
+    if (nt && ((uintptr_t)dst & 15) == 0 && (bytes & 15) == 0) {
         for (size_t k = 0; k < bytes; k += 16)
             __builtin_ia32_movntps((float *)((char *)dst + k), *(const v4 *)((const char *)src + k));
         return;
@@ -248,6 +252,7 @@ INLINE void fast_fwd_##SFX(int64_t T, int64_t M, int64_t n, const T_ *restrict x
 {                                                                                                    \
     /* fwd_block's steps for scalar constants; s (step M) and z (step z_step) written if ws, wz */   \
     T_ vb[NB], ib[NB], sb[NB] __attribute__((aligned(64)));                                          \
+    const int nt = (size_t)T * (size_t)M * sizeof(T_) >= STREAM_MIN;                                 \
     for (int64_t j = 0; j < n; ++j) { vb[j] = v[j]; ib[j] = i[j]; }                                  \
     for (int64_t t = 0; t < T; ++t) {                                                                \
         const T_ *restrict xr = x + t * x_step;                                                      \
@@ -264,7 +269,7 @@ INLINE void fast_fwd_##SFX(int64_t T, int64_t M, int64_t n, const T_ *restrict x
             if (ws) sb[j] = zz > 0 ? (T_)1 : (T_)0;                                                  \
             if (wz) zr[j] = zz;                                                                      \
         }                                                                                            \
-        if (ws) stream_out(sr, sb, sizeof(T_) * (size_t)n);                                          \
+        if (ws) stream_out(sr, sb, sizeof(T_) * (size_t)n, nt);                                      \
     }                                                                                                \
     for (int64_t j = 0; j < n; ++j) { v[j] = vb[j]; i[j] = ib[j]; }                                  \
 }                                                                                                    \
@@ -337,6 +342,7 @@ INLINE void fast_bwd_##SFX(int64_t M, int64_t n, int64_t T, const T_ *restrict z
     /* bwd_block's steps T-1..0 for fast_fwd's case (no refractory steps: z > -inf; no gradients    \
      * of recorded states); same operations and roundings as lif_row_bwd there */                    \
     T_ gvb[NB], gib[NB], gb[NB] __attribute__((aligned(64)));                                        \
+    const int nt = (size_t)T * (size_t)M * sizeof(T_) >= STREAM_MIN;                                 \
     for (int64_t j = 0; j < n; ++j) { gvb[j] = gv[j]; gib[j] = gi[j]; }                              \
     for (int64_t t = T - 1; t >= 0; --t) {                                                           \
         const T_ *restrict zr = z + t * z_step, *restrict gsr = gs + t * s_step;                     \
@@ -357,7 +363,7 @@ INLINE void fast_bwd_##SFX(int64_t M, int64_t n, int64_t T, const T_ *restrict z
             gb[j] = gI;                                                                              \
             gvb[j] = dm * gu;                                                                        \
         }                                                                                            \
-        stream_out(gxr, gb, sizeof(T_) * (size_t)n);                                                 \
+        stream_out(gxr, gb, sizeof(T_) * (size_t)n, nt);                                             \
     }                                                                                                \
     for (int64_t j = 0; j < n; ++j) { gv[j] = gvb[j]; gi[j] = gib[j]; }                              \
 }                                                                                                    \
