@@ -2,7 +2,8 @@
  *
  * Built into the same library as lif.c (spikegrad/kernels/native.py) and called through ctypes
  * on the data pointers of contiguous tensors; each call handles the rows [r0, r1) of its input,
- * so several threads can share one batch.
+ * split among nthreads threads of the OpenMP runtime already loaded (as in lif.c; without
+ * OpenMP the caller splits the rows itself).
  *
  * Synapses (Linear, Conv2d) skip the zeros of their input: each output element starts at its bias
  * and adds x * w for every non-zero input x that reaches it (just w for binary input, where the
@@ -24,6 +25,23 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_NUM() omp_get_thread_num()
+#define NUM_THREADS() omp_get_num_threads()
+#else
+#define THREAD_NUM() 0
+#define NUM_THREADS() 1
+#endif
+
+/* The public entries: the part below for each thread's share [lo, hi) of the rows [r0, r1). */
+#define SPLIT(PART, ...)                                                                             \
+    _Pragma("omp parallel num_threads(nthreads) if(nthreads > 1)")                                   \
+    {                                                                                                \
+        const int64_t k_ = THREAD_NUM(), n_ = NUM_THREADS();                                         \
+        const int64_t lo = r0 + (r1 - r0) * k_ / n_, hi = r0 + (r1 - r0) * (k_ + 1) / n_;            \
+        if (hi > lo) PART(lo, hi, __VA_ARGS__);                                                      \
+    }
 
 #define RESET_SUBTRACT 0
 #define RESET_ZERO 1
@@ -98,7 +116,7 @@ static inline __attribute__((always_inline)) uint64_t nonzero_bits_##SFX(const T
 /* y[r] = bias + x[r] @ wt for the rows r0 <= r < r1 of x [R, K]; wt [K, Np], bias [Np], y [R, N].   \
  * Rows go in groups of GROUP: each block of outputs is summed for the whole group before the next,  \
  * so that block's weights stay in cache. */                                                         \
-CLONES void event_linear_##SFX(int64_t r0, int64_t r1, int64_t K, int64_t N, int64_t Np,             \
+CLONES static void event_linear_part_##SFX(int64_t r0, int64_t r1, int64_t K, int64_t N, int64_t Np,             \
                                const T_ *x, const T_ *wt, const T_ *bias, T_ *y, int binary)         \
 {                                                                                                    \
     enum { L = VBYTES / sizeof(T_) };                                                                \
@@ -134,7 +152,7 @@ CLONES void event_linear_##SFX(int64_t r0, int64_t r1, int64_t K, int64_t N, int
                                                                                                      \
 /* Conv2d (groups 1) of channels-last x [R, H, W, C] into y [R, OH, OW, N] for rows r0 <= r < r1;    \
  * w [C, KH, KW, Np], bias [Np]; stride (sh, sw), zero padding (ph, pw), dilation (dh, dw). */       \
-CLONES void event_conv2d_##SFX(int64_t r0, int64_t r1, int64_t H, int64_t W, int64_t C, int64_t KH,  \
+CLONES static void event_conv2d_part_##SFX(int64_t r0, int64_t r1, int64_t H, int64_t W, int64_t C, int64_t KH,  \
                                int64_t KW, int64_t N, int64_t Np, int64_t OH, int64_t OW, int64_t sh, \
                                int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,           \
                                const T_ *x, const T_ *w, const T_ *bias, T_ *y, int binary)          \
@@ -185,7 +203,7 @@ CLONES void event_conv2d_##SFX(int64_t r0, int64_t r1, int64_t H, int64_t W, int
  * neuron; reset[k]), the last an LI readout (c[4k], c[4k+1]): the operations of lif.c. x: [T, B,    \
  * sizes[0]]; v[k], i[k]: states [B, sizes[k+1]], updated in place; spikes[k]: [T, B, sizes[k+1]] or \
  * NULL; readout: [T, B, sizes[L]]. */                                                               \
-CLONES void mlp_forward_##SFX(int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t L,               \
+CLONES static void mlp_forward_part_##SFX(int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t L,               \
                               const int64_t *sizes, const int64_t *np, const T_ *x,                  \
                               const T_ *times,                                                       \
                               const T_ *const *w, const T_ *const *bias, const T_ *const *c,         \
@@ -272,7 +290,7 @@ done_mlp_##SFX:                                                                 
  * (kh, kw), stride (sh, sw), no padding) for the images b0 <= b < b1. x: input current of step t    \
  * and image b at x + t * x_step + b * H*W*C (x_step = 0: the same current every step). v, count:    \
  * state, updated in place; s: the last step's spikes; pooled: [K, B, OH, OW, C]. */                \
-CLONES void if_maxpool_##SFX(int64_t b0, int64_t b1, int64_t K, int64_t B, int64_t H, int64_t W,     \
+CLONES static void if_maxpool_part_##SFX(int64_t b0, int64_t b1, int64_t K, int64_t B, int64_t H, int64_t W,     \
                              int64_t C, const T_ *x, int64_t x_step, T_ *v, T_ *count, T_ *s,        \
                              T_ th, T_ v_reset, int reset, int64_t kh, int64_t kw,                   \
                              int64_t sh, int64_t sw, int64_t OH, int64_t OW, T_ *pooled)             \
@@ -308,7 +326,41 @@ CLONES void if_maxpool_##SFX(int64_t b0, int64_t b1, int64_t K, int64_t B, int64
                 }                                                                                    \
         }                                                                                            \
     }                                                                                                \
+}                                                                                                    \
+                                                                                                     \
+void event_linear_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t K, int64_t N, int64_t Np,      \
+                        const T_ *x, const T_ *wt, const T_ *bias, T_ *y, int binary)                \
+{                                                                                                    \
+    SPLIT(event_linear_part_##SFX, K, N, Np, x, wt, bias, y, binary)                                 \
+}                                                                                                    \
+                                                                                                     \
+void event_conv2d_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t H, int64_t W, int64_t C,       \
+                        int64_t KH, int64_t KW, int64_t N, int64_t Np, int64_t OH, int64_t OW,       \
+                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,      \
+                        const T_ *x, const T_ *w, const T_ *bias, T_ *y, int binary)                 \
+{                                                                                                    \
+    SPLIT(event_conv2d_part_##SFX, H, W, C, KH, KW, N, Np, OH, OW, sh, sw, ph, pw, dh, dw, x, w,    \
+          bias, y, binary)                                                                           \
+}                                                                                                    \
+                                                                                                     \
+void mlp_forward_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t T, int64_t B, int64_t L,        \
+                       const int64_t *sizes, const int64_t *np, const T_ *x, const T_ *times,        \
+                       const T_ *const *w, const T_ *const *bias, const T_ *const *c,                \
+                       const int *reset, T_ *const *v, T_ *const *i, T_ *const *spikes, T_ *readout) \
+{                                                                                                    \
+    SPLIT(mlp_forward_part_##SFX, T, B, L, sizes, np, x, times, w, bias, c, reset, v, i, spikes,     \
+          readout)                                                                                   \
+}                                                                                                    \
+                                                                                                     \
+void if_maxpool_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t K, int64_t B, int64_t H,         \
+                      int64_t W, int64_t C, const T_ *x, int64_t x_step, T_ *v, T_ *count, T_ *s,    \
+                      T_ th, T_ v_reset, int reset, int64_t kh, int64_t kw, int64_t sh, int64_t sw,  \
+                      int64_t OH, int64_t OW, T_ *pooled)                                            \
+{                                                                                                    \
+    SPLIT(if_maxpool_part_##SFX, K, B, H, W, C, x, x_step, v, count, s, th, v_reset, reset, kh, kw,  \
+          sh, sw, OH, OW, pooled)                                                                    \
 }
+
 
 DEFINE_EVENTS(float, f32)
 DEFINE_EVENTS(double, f64)

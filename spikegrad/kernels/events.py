@@ -100,8 +100,8 @@ def event_linear(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, binary: bo
     R, K = x.shape
     y = x.new_empty((R, n_out))
     fn = _fn("event_linear", x.dtype)
-    native._run(lambda a, b: fn(a, b, K, n_out, rows.shape[1], x.data_ptr(), rows.data_ptr(), bias.data_ptr(),
-                                y.data_ptr(), int(binary)), R, min_part=1)
+    native._launch(lambda a, b, n: fn(a, b, n, K, n_out, rows.shape[1], x.data_ptr(), rows.data_ptr(),
+                                      bias.data_ptr(), y.data_ptr(), int(binary)), R, min_part=1)
     return y
 
 
@@ -137,9 +137,9 @@ def event_conv2d(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, kernel: tu
     _, _, _, (OH, OW) = conv_geometry({"stride": stride, "padding": padding, "dilation": dilation}, (H, W), kernel)
     y = torch.empty((R, n_out, OH, OW), dtype=x.dtype, memory_format=torch.channels_last)
     fn = _fn("event_conv2d", x.dtype)
-    native._run(lambda a, b: fn(a, b, H, W, C, kernel[0], kernel[1], n_out, rows.shape[-1], OH, OW, *stride,
-                                *padding, *dilation, xl.data_ptr(), rows.data_ptr(), bias.data_ptr(), y.data_ptr(),
-                                int(binary)), R, min_part=1)
+    native._launch(lambda a, b, n: fn(a, b, n, H, W, C, kernel[0], kernel[1], n_out, rows.shape[-1], OH, OW,
+                                      *stride, *padding, *dilation, xl.data_ptr(), rows.data_ptr(), bias.data_ptr(),
+                                      y.data_ptr(), int(binary)), R, min_part=1)
     return y
 
 
@@ -174,9 +174,9 @@ def if_maxpool(x: Tensor, v: Tensor, count: Tensor, s: Tensor, steps: int, v_th:
     pooled = torch.empty((steps * B, C, OH, OW), dtype=v.dtype, memory_format=torch.channels_last)
     fn = _fn("if_maxpool", v.dtype)
     x_step = 0 if len(xl) == B else B * H * W * C  # held input: the same row every step
-    native._run(lambda a, b: fn(a, b, steps, B, H, W, C, xl.data_ptr(), x_step, v.data_ptr(), count.data_ptr(),
-                                s.data_ptr(), float(v_th), float(v_reset), RESET_CODES[reset], *kernel, *stride,
-                                OH, OW, pooled.data_ptr()), B, min_part=1)
+    native._launch(lambda a, b, n: fn(a, b, n, steps, B, H, W, C, xl.data_ptr(), x_step, v.data_ptr(),
+                                      count.data_ptr(), s.data_ptr(), float(v_th), float(v_reset), RESET_CODES[reset],
+                                      *kernel, *stride, OH, OW, pooled.data_ptr()), B, min_part=1)
     return pooled
 
 
@@ -231,6 +231,6 @@ def mlp_forward(x: Tensor | SpikeTimes, weights: list[Tensor], biases: list[Tens
             arr(ctypes.c_void_p, [s[1].data_ptr() for s in states]),
             arr(ctypes.c_void_p, [s.data_ptr() if record_spikes else None for s in spikes] + [None])]
     fn = _fn("mlp_forward", dtype)
-    native._run(lambda a, b: fn(a, b, T, B, L, keep[0], keep[1], x_ptr, t_ptr, keep[2], keep[3], keep[4], keep[5],
-                                keep[6], keep[7], keep[8], readout.data_ptr()), B, min_part=1)
+    native._launch(lambda a, b, n: fn(a, b, n, T, B, L, keep[0], keep[1], x_ptr, t_ptr, *keep[2:],
+                                      readout.data_ptr()), B, min_part=1)
     return readout, spikes

@@ -558,4 +558,4 @@ DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; native.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 8; }
+int spikegrad_lif_abi(void) { return 9; }

@@ -48,7 +48,7 @@ __all__ = ["available", "build_error", "lif_native", "li_native", "load", "surro
            "SURROGATE_CODES"]
 
 SOURCES = (Path(__file__).with_name("lif.c"), Path(__file__).with_name("events.c"))  # one library
-ABI = 8
+ABI = 9
 NB = 64  # neurons per block of the LIF kernels (lif.c's NB)
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
@@ -99,16 +99,16 @@ def _declare(lib: ctypes.CDLL) -> None:
         sur.argtypes = [i64, p, p, c_int, real]
         sur.restype = None
         lin = getattr(lib, f"event_linear_{suffix}")
-        lin.argtypes = [i64] * 5 + [p] * 4 + [c_int]
+        lin.argtypes = [i64, i64, c_int] + [i64] * 3 + [p] * 4 + [c_int]
         lin.restype = None
         conv = getattr(lib, f"event_conv2d_{suffix}")
-        conv.argtypes = [i64] * 17 + [p] * 4 + [c_int]
+        conv.argtypes = [i64, i64, c_int] + [i64] * 15 + [p] * 4 + [c_int]
         conv.restype = None
         mlp = getattr(lib, f"mlp_forward_{suffix}")
-        mlp.argtypes = [i64] * 5 + [p] * 12
+        mlp.argtypes = [i64, i64, c_int] + [i64] * 3 + [p] * 12
         mlp.restype = None
         pool = getattr(lib, f"if_maxpool_{suffix}")
-        pool.argtypes = [i64] * 7 + [p, i64, p, p, p, real, real, c_int] + [i64] * 6 + [p]
+        pool.argtypes = [i64, i64, c_int] + [i64] * 5 + [p, i64, p, p, p, real, real, c_int] + [i64] * 6 + [p]
         pool.restype = None
     lib.spikegrad_openmp.restype = c_int
 
@@ -174,14 +174,14 @@ def _run(fn, M: int, min_part: int | None = None) -> None:
         f.result()
 
 
-def _launch(fn, M: int) -> None:
-    """``fn(a, b, nthreads)`` over the neurons ``[0, M)``: one call that splits them among
+def _launch(fn, M: int, min_part: int | None = None) -> None:
+    """``fn(a, b, nthreads)`` over the neurons (or rows) ``[0, M)``: one call that splits them among
     ``nthreads`` OpenMP threads when the library has OpenMP, else one call per part of
     :func:`_parts` on the Python thread pool (``nthreads`` 1 each)."""
     if load().spikegrad_openmp():
-        fn(0, M, len(_parts(M)))
+        fn(0, M, len(_parts(M, min_part)))
     else:
-        _run(lambda a, b: fn(a, b, 1), M)
+        _run(lambda a, b: fn(a, b, 1), M, min_part)
 
 
 def _ptr(t: Tensor | None) -> int | None:
