@@ -477,6 +477,36 @@ def test_native_builds_into_cache_once(monkeypatch, tmp_path):
     assert resolve_backend("native", x.half(), p, make_surrogate("atan")) == "fused"
 
 
+@needs_native
+def test_native_without_openmp_splits_on_python_threads(monkeypatch, tmp_path):
+    # a compiler that cannot build with OpenMP: the library is built without it and the neurons
+    # (and an event-driven layer's rows) are split on the Python thread pool; same results
+    import spikegrad.kernels.native as native
+    from spikegrad.kernels import events
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("SPIKEGRAD_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "OPENMP", ("-fopenmp", "-mno-such-option"))  # fails: built without
+    monkeypatch.setattr(native, "MIN_PART", 64)
+    assert native.available() and native.load().spikegrad_openmp() == 0
+    T = 30
+    base = torch.rand(T, 4, 45, generator=torch.Generator().manual_seed(0)) * 0.9
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for backend in ("torch", "native"):
+            leaf = base.clone().requires_grad_()
+            runs.append(lif_run(backend, leaf, leaf, "subtract", True, "fast_sigmoid", T))
+        x = (torch.rand(200, 70) < 0.2).float()
+        w, b = torch.randn(30, 70), torch.randn(30)
+        y = events.event_linear(x, events.linear_table(w, b), 30, binary=True)
+    finally:
+        torch.set_num_threads(old)
+    assert_same(*runs)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------- sparse-input linear layer
 
 def test_sparse_linear_matches_dense_and_its_gradients():

@@ -25,20 +25,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#define THREAD_NUM() omp_get_thread_num()
-#define NUM_THREADS() omp_get_num_threads()
-#else
-#define THREAD_NUM() 0
-#define NUM_THREADS() 1
-#endif
+int spikegrad_thread_num(void);  /* lif.c: this thread's number and its team's size */
+int spikegrad_num_threads(void);
 
 /* The public entries: the part below for each thread's share [lo, hi) of the rows [r0, r1). */
 #define SPLIT(PART, ...)                                                                             \
     _Pragma("omp parallel num_threads(nthreads) if(nthreads > 1)")                                   \
     {                                                                                                \
-        const int64_t k_ = THREAD_NUM(), n_ = NUM_THREADS();                                         \
+        const int64_t k_ = spikegrad_thread_num(), n_ = spikegrad_num_threads();                     \
         const int64_t lo = r0 + (r1 - r0) * k_ / n_, hi = r0 + (r1 - r0) * (k_ + 1) / n_;            \
         if (hi > lo) PART(lo, hi, __VA_ARGS__);                                                      \
     }

@@ -43,12 +43,27 @@
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
-#define THREAD_NUM() omp_get_thread_num()
-#define NUM_THREADS() omp_get_num_threads()
-#else
-#define THREAD_NUM() 0
-#define NUM_THREADS() 1
 #endif
+
+/* This thread's number in its OpenMP team and the team's size (0 and 1 without OpenMP); events.c
+ * uses them too. */
+int spikegrad_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+int spikegrad_num_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
 
 #define RESET_SUBTRACT 0
 #define RESET_ZERO 1
@@ -141,6 +156,11 @@ int spikegrad_openmp(void)
         else if (reset == RESET_ZERO) FAST_BWD_CALL(SFX, S, RESET_ZERO, 0);                          \
         else FAST_BWD_CALL(SFX, S, RESET_NONE, 1);                                                   \
     } while (0)
+
+/* bwd_block's step for surrogate S (a literal) with the caller's derivatives SG (SUR_GIVEN) */
+#define ROW_BWD(SFX, S, SG)                                                                          \
+    lif_row_bwd_##SFX(n, zr, SG, S, slope, gsr, gvs, gis, dm, ds, th, vr, reset, detach, last, gvb, \
+                      gib, gx + o)
 
 #define DEFINE_LIF(T_, SFX)                                                                          \
                                                                                                      \
@@ -291,7 +311,7 @@ CLONES void lif_forward_##SFX(int64_t T, int64_t M, int64_t a, int64_t b, int nt
      * constants dm, ds, th, vr: [M] (pstep 1) or one value repeated NB times (pstep 0) */          \
     _Pragma("omp parallel num_threads(nthreads) if(nthreads > 1)")                                   \
     {                                                                                                \
-        const int64_t k = THREAD_NUM(), nt = NUM_THREADS();                                          \
+        const int64_t k = spikegrad_thread_num(), nt = spikegrad_num_threads();                      \
         const int64_t lo = share(a, b, k, nt), hi = share(a, b, k + 1, nt);                          \
         const int fast = spikes != NULL && refractory == 0 && v_rec == NULL && pstep == 0;           \
         for (int64_t j0 = lo; j0 < hi; j0 += NB) {                                                   \
@@ -457,25 +477,11 @@ INLINE void bwd_block_##SFX(int64_t M, int64_t n, int64_t t0, int64_t t1, int64_
         }                                                                                            \
         const T_ *zr = z + k * z_step, *gsr = g_s ? g_s + k * s_step : zeros;                        \
         switch (sur) { /* a literal surrogate number per call: each compiles to its own loop */      \
-        case SUR_FAST_SIGMOID:                                                                       \
-            lif_row_bwd_##SFX(n, zr, NULL, SUR_FAST_SIGMOID, slope, gsr, gvs, gis, dm, ds, th, vr,  \
-                              reset, detach, last, gvb, gib, gx + o);                                \
-            break;                                                                                   \
-        case SUR_ATAN:                                                                               \
-            lif_row_bwd_##SFX(n, zr, NULL, SUR_ATAN, slope, gsr, gvs, gis, dm, ds, th, vr, reset,   \
-                              detach, last, gvb, gib, gx + o);                                       \
-            break;                                                                                   \
-        case SUR_TRIANGLE:                                                                           \
-            lif_row_bwd_##SFX(n, zr, NULL, SUR_TRIANGLE, slope, gsr, gvs, gis, dm, ds, th, vr,      \
-                              reset, detach, last, gvb, gib, gx + o);                                \
-            break;                                                                                   \
-        case SUR_BOXCAR:                                                                             \
-            lif_row_bwd_##SFX(n, zr, NULL, SUR_BOXCAR, slope, gsr, gvs, gis, dm, ds, th, vr, reset, \
-                              detach, last, gvb, gib, gx + o);                                       \
-            break;                                                                                   \
-        default:                                                                                     \
-            lif_row_bwd_##SFX(n, zr, sg + o, SUR_GIVEN, slope, gsr, gvs, gis, dm, ds, th, vr, reset, \
-                              detach, last, gvb, gib, gx + o);                                       \
+        case SUR_FAST_SIGMOID: ROW_BWD(SFX, SUR_FAST_SIGMOID, NULL); break;                          \
+        case SUR_ATAN: ROW_BWD(SFX, SUR_ATAN, NULL); break;                                          \
+        case SUR_TRIANGLE: ROW_BWD(SFX, SUR_TRIANGLE, NULL); break;                                  \
+        case SUR_BOXCAR: ROW_BWD(SFX, SUR_BOXCAR, NULL); break;                                      \
+        default: ROW_BWD(SFX, SUR_GIVEN, sg + o);                                                    \
         }                                                                                            \
     }                                                                                                \
     for (int64_t j = 0; j < n; ++j) { gv[j] = gvb[j]; gi[j] = gib[j]; }                              \
@@ -502,7 +508,7 @@ CLONES int lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int nthreads, int
     int failed = 0;                                                                                  \
     _Pragma("omp parallel num_threads(nthreads) if(nthreads > 1) reduction(|:failed)")               \
     {                                                                                                \
-        const int64_t k = THREAD_NUM(), nt = NUM_THREADS();                                          \
+        const int64_t k = spikegrad_thread_num(), nt = spikegrad_num_threads();                      \
         const int64_t lo = share(a, b, k, nt), hi = share(a, b, k + 1, nt);                          \
         T_ *buf = recompute && hi > lo ? (T_ *)malloc(sizeof(T_) * (size_t)(T * NB)) : NULL;         \
         if (recompute && hi > lo && buf == NULL) failed = 1;                                         \
