@@ -7,8 +7,10 @@ through their ``backend`` argument; it can also be called directly. Backends:
   :func:`~spikegrad.functional.lif_step` (autograd records every step).
 * ``"native"``: :mod:`spikegrad.kernels.native`, C kernels for CPU tensors (float32/float64, any
   registered surrogate), compiled on first use with the system C compiler: one call runs the
-  whole time loop forward, one backward. Same spikes and states as ``"torch"`` bit for bit;
-  keeps ``v - v_th`` (4 bytes per neuron-step in float32) for backward.
+  whole time loop forward, one backward. Same spikes and states as ``"torch"`` bit for bit.
+  With a built-in surrogate backward recomputes ``v - v_th`` from the saved input (nothing
+  ``[T, ...]`` of its own is kept); with others it keeps ``v - v_th`` (4 bytes per neuron-step
+  in float32).
 * ``"fused"``: :mod:`spikegrad.kernels.cpu`, a hand-written ``torch.autograd.Function`` in PyTorch
   ops (any device and float dtype, any registered surrogate). Same spikes and states as
   ``"torch"`` bit for bit; float32 gradients equal to rounding (< 1e-6 relative in the tests).
