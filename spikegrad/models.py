@@ -252,7 +252,6 @@ class SpikingMLP(nn.Module):
             finals.append(final)
         return SpikingOutput(h, tuple(spikes) if record_spikes else (), tuple(vs), tuple(finals))
 
-
     def _event_constants(self, dtype: torch.dtype, states: tuple) -> list[tuple[Tensor, ...]] | None:
         """The neurons' constants for the event-driven kernel on CPU input of ``dtype`` (per hidden
         layer ``(decay_mem, decay_syn, v_th, v_reset)``, for the readout ``(decay_mem, decay_syn)``),

@@ -5,6 +5,7 @@ and the kernel module re-imported by a module fixture, then restored); they skip
 installed.
 """
 
+import contextlib
 import importlib
 import itertools
 import math
@@ -74,6 +75,17 @@ def run_case(backend, dtype=torch.float64, reset="subtract", detach_reset=True, 
     return s, st, grads
 
 
+@contextlib.contextmanager
+def num_threads(n):
+    """``torch.set_num_threads(n)`` for the block, restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def assert_same(ref, got, grad_rtol=1e-5, exact_states=True):
     s0, st0, g0 = ref
     s1, st1, g1 = got
@@ -116,14 +128,10 @@ def test_fused_user_registered_surrogate(user_surrogate, backend):
 
 
 def test_fused_with_two_threads_matches_reference():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with num_threads(2):
         for reset, refractory in (("subtract", 0), ("zero", 2)):
             kw = dict(dtype=torch.float32, reset=reset, refractory=refractory, T=12, B=8, N=1024, record=True)
             assert_same(run_case("torch", **kw), run_case("fused", **kw))
-    finally:
-        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("backend", CPU_FAST)
@@ -251,31 +259,32 @@ def test_native_split_over_threads_and_many_backward_chunks(monkeypatch):
 
     monkeypatch.setattr(native, "MIN_PART", 64)        # several parts even for a small layer
     monkeypatch.setattr(native, "CHUNK_BYTES", 3 * 1024)  # backward in many chunks of steps
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with num_threads(2):
         assert native._parts(1000) == [(0, 500), (500, 1000)]
         for reset, detach, refractory in (("subtract", True, 0), ("zero", False, 2)):
             for surrogate in ("fast_sigmoid", "gaussian"):  # computed in C / in PyTorch chunk by chunk
                 kw = dict(dtype=torch.float32, reset=reset, detach_reset=detach, refractory=refractory,
                           T=37, B=8, N=40, record=True, surrogate=surrogate)
                 assert_same(run_case("torch", **kw), run_case("native", **kw))
-    finally:
-        torch.set_num_threads(old)
 
 
-def lif_run(backend, leaf, x, reset, detach_reset, surrogate, T):
-    """Spikes, final state and gradients (leaf, v0, i0) of a LIF with one value per constant, input x."""
-    g = torch.Generator().manual_seed(1)
-    B, N = x.shape[1:]
-    v0 = torch.rand(B, N, generator=g).requires_grad_()
-    i0 = (torch.rand(B, N, generator=g) * 0.3).requires_grad_()
-    n = LIF(tau_mem=8.0, tau_syn=3.0, reset=reset, detach_reset=detach_reset, surrogate=surrogate, v_reset=-0.25,
-            backend=backend)
-    s, st = n(x, LIFState(v0, i0, None))
-    w_t = torch.linspace(0.5, 1.5, T)[:, None, None]
-    loss = (s * w_t).sum() + (st.v ** 2).sum() + 0.3 * st.i.sum()
-    return s, st, torch.autograd.grad(loss, (leaf, v0, i0))
+def lif_runs(base, T, reset, detach_reset, surrogate):
+    """Spikes, final state and gradients (input, v0, i0) of a LIF with one value per constant on
+    the reference ``scan`` and on ``native``: input ``base`` [T or 1, B, N] (1: held over T steps)."""
+    runs = []
+    for backend in ("torch", "native"):
+        leaf = base.clone().requires_grad_()
+        g = torch.Generator().manual_seed(1)
+        B, N = base.shape[1:]
+        v0 = torch.rand(B, N, generator=g).requires_grad_()
+        i0 = (torch.rand(B, N, generator=g) * 0.3).requires_grad_()
+        n = LIF(tau_mem=8.0, tau_syn=3.0, reset=reset, detach_reset=detach_reset, surrogate=surrogate,
+                v_reset=-0.25, backend=backend)
+        s, st = n(leaf.expand(T, -1, -1), LIFState(v0, i0, None))
+        w_t = torch.linspace(0.5, 1.5, T)[:, None, None]
+        loss = (s * w_t).sum() + (st.v ** 2).sum() + 0.3 * st.i.sum()
+        runs.append((s, st, torch.autograd.grad(loss, (leaf, v0, i0))))
+    return runs
 
 
 @needs_native
@@ -294,16 +303,8 @@ def test_native_whole_blocks_of_one_value_constants_match_reference(reset, detac
     T = 40
     g = torch.Generator().manual_seed(0)
     base = torch.rand(1 if held else T, 4, 45, generator=g) * 0.9
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        runs = []
-        for backend in ("torch", "native"):
-            leaf = base.clone().requires_grad_()
-            runs.append(lif_run(backend, leaf, leaf.expand(T, -1, -1), reset, detach_reset, surrogate, T))
-    finally:
-        torch.set_num_threads(old)
-    assert_same(*runs)
+    with num_threads(threads):
+        assert_same(*lif_runs(base, T, reset, detach_reset, surrogate))
 
 
 @needs_native
@@ -312,16 +313,8 @@ def test_native_large_layer_matches_reference():
     # non-temporal stores (lif.c's STREAM_MIN), whole blocks on two threads
     T = 64
     base = torch.rand(T, 32, 2048, generator=torch.Generator().manual_seed(0)) * 0.9
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        runs = []
-        for backend in ("torch", "native"):
-            leaf = base.clone().requires_grad_()
-            runs.append(lif_run(backend, leaf, leaf, "zero", True, "fast_sigmoid", T))
-    finally:
-        torch.set_num_threads(old)
-    assert_same(*runs)
+    with num_threads(2):
+        assert_same(*lif_runs(base, T, "zero", True, "fast_sigmoid"))
 
 
 @needs_native
@@ -491,19 +484,11 @@ def test_native_without_openmp_splits_on_python_threads(monkeypatch, tmp_path):
     assert native.available() and native.load().spikegrad_openmp() == 0
     T = 30
     base = torch.rand(T, 4, 45, generator=torch.Generator().manual_seed(0)) * 0.9
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        runs = []
-        for backend in ("torch", "native"):
-            leaf = base.clone().requires_grad_()
-            runs.append(lif_run(backend, leaf, leaf, "subtract", True, "fast_sigmoid", T))
-        x = (torch.rand(200, 70) < 0.2).float()
-        w, b = torch.randn(30, 70), torch.randn(30)
+    x = (torch.rand(200, 70) < 0.2).float()
+    w, b = torch.randn(30, 70), torch.randn(30)
+    with num_threads(2):
+        assert_same(*lif_runs(base, T, "subtract", True, "fast_sigmoid"))
         y = events.event_linear(x, events.linear_table(w, b), 30, binary=True)
-    finally:
-        torch.set_num_threads(old)
-    assert_same(*runs)
     torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 

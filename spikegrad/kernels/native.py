@@ -260,10 +260,8 @@ def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, v
     consts = [_ptr(t) for t in full]
     slope_value = float(slope) if spiking else 0.0
     sur = surrogate_code(grad_fn, dtype, slope_value) if spiking else 0
-    if recompute is not None:
+    if recompute is not None:  # lif_backward passes it only with a surrogate the kernels compute
         x, *states, refractory = recompute
-        if not sur:
-            raise ValueError("spikegrad: recomputing z in backward needs a surrogate the kernels compute")
         states = [None if s is None else s.reshape(M).to(dtype).contiguous() for s in states]  # kept alive
         rec = [_ptr(x), M if len(x) == T else 0, *map(_ptr, states), refractory]
     else:
@@ -320,7 +318,8 @@ def lif_backward(z: Tensor | None, dm: Tensor, ds: Tensor, th: Tensor, vr: Tenso
     """The backward kernels: gradients ``(x [T, M], v0 [M], i0 [M])`` from the saved ``z [T, M]`` and
     the gradients of the outputs (None: zero). Instead of ``z``: ``recompute = (x, v0, i0, r0,
     refractory)``, the forward's input ``[T, M]`` (or ``[1, M]`` held over ``T`` steps) and
-    initial states ``[M]`` (None: zero), with a built-in surrogate."""
+    initial states ``[M]`` (None: zero); when the kernels do not compute the surrogate (its
+    formula check fails) forward reruns once to store ``z``."""
     src = z if z is not None else recompute[0]
     T, M = (T or src.shape[0]), src.shape[1]
     if recompute is not None and not surrogate_code(grad_fn, src.dtype, float(slope)):
@@ -363,7 +362,7 @@ class _LIFNativeFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, i0, r0, dm, ds, th, vr, slope, cfg: FusedConfig, keep_z: bool, T: int):
         # with a built-in surrogate backward recomputes z from x and the initial state
-        recompute = keep_z and surrogate_code(cfg.grad_fn, x.dtype, float(slope)) != 0
+        recompute = keep_z and registered_name(cfg.grad_fn) in SURROGATE_CODES
         spikes, v, i, r, v_seq, i_seq, r_seq, z = lif_forward(x, v0, i0, r0, dm, ds, th, vr, cfg.reset,
                                                               cfg.refractory, cfg.record, keep_z and not recompute, T)
         ctx.held = len(x) != T

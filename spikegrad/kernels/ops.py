@@ -58,10 +58,10 @@ def _(x, v0, i0, r0, dm, ds, th, vr, slope, reset, detach_reset, refractory, rec
 
 
 @torch.library.custom_op("spikegrad::lif_backward", mutates_args=())
-def lif_backward_op(T: int, M: int, z: Tensor, x: Tensor, v0: Tensor, i0: Tensor, r0: Tensor, refractory: int, dm: Tensor,
-                    ds: Tensor, th: Tensor, vr: Tensor, slope: Tensor, reset: str, detach_reset: bool, surrogate: str,
-                    g_spikes: Tensor | None, g_v: Tensor | None, g_i: Tensor | None, g_vseq: Tensor | None,
-                    g_iseq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def lif_backward_op(T: int, M: int, z: Tensor, x: Tensor, v0: Tensor, i0: Tensor, r0: Tensor, refractory: int,
+                    dm: Tensor, ds: Tensor, th: Tensor, vr: Tensor, slope: Tensor, reset: str, detach_reset: bool,
+                    surrogate: str, g_spikes: Tensor | None, g_v: Tensor | None, g_i: Tensor | None,
+                    g_vseq: Tensor | None, g_iseq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(x [T, M], v0 [M], i0 [M])`` of :func:`lif_op`: from the stored ``z [T, M]``, or
     with ``z`` empty recomputed from the input ``x [T, M]`` and the initial states (else empty)."""
     recompute = None if z.numel() else (x, v0, i0, r0 if refractory > 0 else None, refractory)
@@ -89,8 +89,8 @@ def _lif_grad(ctx, g_spikes, g_v, g_i, _g_r, g_vseq, g_iseq, _g_rseq, _g_z):
     reset, detach_reset, surrogate, record, refractory = ctx.conf
     if not record:
         g_vseq = g_iseq = None
-    gx, gv, gi = lif_backward_op(*ctx.shape, z, x, v0, i0, r0, refractory, dm, ds, th, vr, slope, reset, detach_reset, surrogate,
-                                 g_spikes, g_v, g_i, g_vseq, g_iseq)
+    gx, gv, gi = lif_backward_op(*ctx.shape, z, x, v0, i0, r0, refractory, dm, ds, th, vr, slope, reset,
+                                 detach_reset, surrogate, g_spikes, g_v, g_i, g_vseq, g_iseq)
     return gx, gv, gi, None, None, None, None, None, None, None, None, None, None, None, None, None
 
 
