@@ -8,6 +8,8 @@ Hydra ``_target_`` classes. Every encoder keeps the trailing shape of ``x`` (``[
   :func:`latency_times` returns the same spike times as numbers (``inf`` = silent).
 * :func:`rate_encode` (alias ``poisson_encode``) -- Bernoulli spikes with probability ``x * max_rate``.
 * :func:`current_encode` -- the analog intensity ``gain * x`` fed as a constant current at every step.
+* :class:`TimeFirst` -- sequences that are already spikes or currents (temporal data sets, batches
+  ``[B, T, ...]``) made time-first.
 
 Time is counted in steps (``T`` steps, ``tau`` in steps, rates in spikes/step).
 """
@@ -33,6 +35,7 @@ __all__ = [
     "LatencyEncoder",
     "RateEncoder",
     "CurrentEncoder",
+    "TimeFirst",
 ]
 
 LatencyMethod = Literal["log", "linear"]
@@ -295,3 +298,30 @@ class CurrentEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"T={self.T}, gain={self.gain:g}"
+
+
+class TimeFirst(nn.Module):
+    """Batches of sequences ``x [B, T, ...]`` (as the temporal data loaders yield them) ->
+    time-first ``[T, B, ...]`` (contiguous, the dtype of ``x``); no parameters.
+
+    Args:
+        T: the number of steps the sequences must have (a clear error otherwise); None: any.
+    """
+
+    def __init__(self, T: int | None = None):
+        super().__init__()
+        self.T = None if T is None else _check_T("TimeFirst", T)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``generator`` is accepted for a uniform encoder interface and ignored."""
+        if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
+            got = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"TimeFirst: x must be a floating-point batch of sequences [B, T, ...], got {got}; "
+                             "use encoding=sequence only with temporal data (data=shd, ssc, smnist, randman)")
+        if self.T is not None and x.shape[1] != self.T:
+            raise ValueError(f"TimeFirst: the sequences have {x.shape[1]} steps (x {tuple(x.shape)}) but T={self.T}; "
+                             "give the data as many steps as the run (T=N sets both in the temporal experiments)")
+        return x.transpose(0, 1).contiguous()
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}"

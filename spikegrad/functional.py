@@ -49,7 +49,7 @@ from . import checks
 
 __all__ = [
     "RESET_MODES", "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState",
-    "decay", "lif_step", "recurrent_lif_step", "alif_step", "li_step", "scan", "last", "detach_state",
+    "decay", "lif_step", "recurrent_lif_step", "alif_step", "recurrent_alif_step", "li_step", "scan", "last", "detach_state",
     "stack_states", "check_reset", "state_dtype",
 ]
 
@@ -112,12 +112,14 @@ class ALIFParams(NamedTuple):
 
 
 class ALIFState(NamedTuple):
-    """State of an ALIF population, each ``[B, ...]``: membrane ``v``, synaptic current ``i`` and
-    adaptation ``a`` (a low-pass filter of the neuron's spikes, spikes/step)."""
+    """State of an ALIF population, each ``[B, ...]``: membrane ``v``, synaptic current ``i``,
+    adaptation ``a`` (a low-pass filter of the neuron's spikes, spikes/step) and ``z``, the spikes
+    of the previous step (only for recurrent layers, else None)."""
 
     v: Tensor
     i: Tensor
     a: Tensor
+    z: Tensor | None = None
 
 
 class LIParams(NamedTuple):
@@ -183,6 +185,14 @@ def lif_step(x: Tensor, state: LIFState | None, p: LIFParams, spike_fn: SpikeFn)
     return spikes.to(x.dtype), LIFState(v, i, r)
 
 
+def _recurrent_input(x: Tensor, state: Any, w_rec: Tensor) -> Tensor:
+    """``x + z @ w_rec.T``: the input plus the recurrent current of the previous step's spikes
+    ``state.z [B, N]`` (none at rest, or when the state holds no spikes)."""
+    if state is None or state.z is None:
+        return x
+    return x + state.z @ w_rec.to(x.dtype).t()
+
+
 def recurrent_lif_step(x: Tensor, state: LIFState | None, p: LIFParams, w_rec: Tensor,
                        spike_fn: SpikeFn) -> tuple[Tensor, LIFState]:
     """One step of a LIF layer with all-to-all recurrent weights on the previous step's spikes.
@@ -193,9 +203,22 @@ def recurrent_lif_step(x: Tensor, state: LIFState | None, p: LIFParams, w_rec: T
     Returns:
         ``(spikes [B, N], new state with z = spikes)``.
     """
-    if state is not None and state.z is not None:
-        x = x + state.z @ w_rec.to(x.dtype).t()
-    spikes, new = lif_step(x, state, p, spike_fn)
+    spikes, new = lif_step(_recurrent_input(x, state, w_rec), state, p, spike_fn)
+    return spikes, new._replace(z=spikes)
+
+
+def recurrent_alif_step(x: Tensor, state: ALIFState | None, p: ALIFParams, w_rec: Tensor,
+                        spike_fn: SpikeFn) -> tuple[Tensor, ALIFState]:
+    """One step of an ALIF layer with all-to-all recurrent weights (the LSNN layer of Bellec et
+    al. 2018): :func:`alif_step` on ``x + z @ w_rec.T``, ``z`` the previous step's spikes.
+
+    Args:
+        x: input current ``[B, N]``. w_rec: recurrent weights ``[N, N]`` (row = target neuron).
+        state, p, spike_fn: as :func:`alif_step`; ``state.z`` holds the previous spikes ``[B, N]``.
+    Returns:
+        ``(spikes [B, N], new state with z = spikes)``.
+    """
+    spikes, new = alif_step(_recurrent_input(x, state, w_rec), state, p, spike_fn)
     return spikes, new._replace(z=spikes)
 
 

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from .models import SpikingOutput
 
-__all__ = ["CrossEntropy", "MaxOverTime", "SpikeCount", "FirstSpike", "first_spike_steps"]
+__all__ = ["CrossEntropy", "MaxOverTime", "MeanOverTime", "SumOverTime", "LastStep", "SpikeCount", "FirstSpike",
+           "first_spike_steps"]
 
 
 def _readout(output) -> Tensor:
@@ -75,6 +76,30 @@ class MaxOverTime(_ScaledReadout):
 
     def logits(self, output) -> Tensor:
         return self.scale * _readout(output).amax(0)
+
+
+class MeanOverTime(_ScaledReadout):
+    """Cross-entropy on the mean over time of the readout membrane:
+    ``logits[b, c] = scale * mean_t readout[t, b, c]`` (threshold units)."""
+
+    def logits(self, output) -> Tensor:
+        return self.scale * _readout(output).mean(0)
+
+
+class SumOverTime(_ScaledReadout):
+    """Cross-entropy on the sum over time of the readout membrane:
+    ``logits[b, c] = scale * sum_t readout[t, b, c]`` (as the membrane integral of Cramer et al. 2020, SHD)."""
+
+    def logits(self, output) -> Tensor:
+        return self.scale * _readout(output).sum(0)
+
+
+class LastStep(_ScaledReadout):
+    """Cross-entropy on the readout membrane at the last step: ``logits[b, c] = scale * readout[T-1, b, c]``
+    (the readout of sequential MNIST in recurrent networks that see the whole sequence first)."""
+
+    def logits(self, output) -> Tensor:
+        return self.scale * _readout(output)[-1]
 
 
 class SpikeCount(_ScaledReadout):

@@ -142,6 +142,21 @@ def _layer_states(who: str, state, n: int) -> tuple:
     return state
 
 
+def _recurrent_neuron(neuron: NeuronFactory, n: int, gain: float) -> nn.Module:
+    """``neuron(recurrent=n)`` with Gaussian recurrent weights of std ``gain / sqrt(n)``."""
+    try:
+        layer = neuron(recurrent=n)
+    except TypeError as e:
+        raise ValueError(f"SpikingMLP(recurrent=True): the hidden neuron factory does not take recurrent=N ({e}); "
+                         "use LIF or ALIF (neuron=lif or neuron=alif)") from None
+    if getattr(layer, "w_rec", None) is None:
+        raise ValueError(f"SpikingMLP(recurrent=True): {type(layer).__name__} built with recurrent={n} has no "
+                         "recurrent weights (w_rec); use LIF or ALIF")
+    with torch.no_grad():
+        layer.w_rec.normal_(0.0, gain / math.sqrt(n))
+    return layer
+
+
 def _init_linear(layer: nn.Linear, gain: float) -> None:
     """Gaussian weights with std ``gain / sqrt(fan_in)``; zero bias."""
     nn.init.normal_(layer.weight, 0.0, gain / math.sqrt(layer.in_features))
@@ -171,6 +186,10 @@ class SpikingMLP(nn.Module):
             work for latency codes; dense inputs fall back to the dense product).
         dropout: probability of dropping a hidden spike on its way to the next layer while training
             (``nn.Dropout``: kept spikes are scaled by ``1 / (1 - p)``; nothing is dropped in eval mode).
+        recurrent: give every hidden layer all-to-all recurrent weights on its own previous step's
+            spikes (the neuron factory is called with ``recurrent=N``; ``LIF`` and ``ALIF`` take it):
+            the recurrent spiking classifier of temporal tasks (SHD, sequential MNIST, Randman).
+        recurrent_gain: std of the initial recurrent weights times ``sqrt(N)`` (Gaussian, zero mean).
         inference: "auto" (default): without gradients (``torch.no_grad``), on CPU in float32 /
             float64 with the C kernels, a model of plain ``LIF`` / ``IF`` hidden layers and an ``LI``
             readout (``backend="auto"``, no refractory period or recurrence, no recorded membranes)
@@ -183,7 +202,7 @@ class SpikingMLP(nn.Module):
     def __init__(self, sizes: Sequence[int], neuron: NeuronFactory = LIF, readout: NeuronFactory = LI,
                  bias: bool = False, weight_gain: float = 2.0, readout_gain: float = 0.2,
                  record_v: bool = True, sparse_input: bool = False, inference: str = "auto",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, recurrent: bool = False, recurrent_gain: float = 1.0):
         super().__init__()
         self.record_v = bool(record_v)
         self.dropout = nn.Dropout(checks.real("SpikingMLP", "dropout", dropout, lambda p: 0 <= p < 1,
@@ -192,8 +211,10 @@ class SpikingMLP(nn.Module):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) <= 0:
             raise ValueError(f"SpikingMLP: sizes must list at least input and output widths (> 0), got {sizes}")
-        if not (weight_gain > 0 and readout_gain > 0):
-            raise ValueError(f"SpikingMLP: weight_gain and readout_gain must be > 0, got {weight_gain}, {readout_gain}")
+        if not (weight_gain > 0 and readout_gain > 0 and recurrent_gain >= 0):
+            raise ValueError(f"SpikingMLP: weight_gain and readout_gain must be > 0 and recurrent_gain >= 0, got "
+                             f"{weight_gain}, {readout_gain}, {recurrent_gain}")
+        self.recurrent = bool(recurrent)
         self.sizes = sizes
         self.layers = nn.ModuleList()
         self.neurons = nn.ModuleList()
@@ -204,7 +225,12 @@ class SpikingMLP(nn.Module):
                 lin = nn.Linear(n_in, n_out, bias=bias)
             _init_linear(lin, weight_gain if k < len(sizes) - 2 else readout_gain)
             self.layers.append(SeqWise(lin))
-            self.neurons.append(neuron() if k < len(sizes) - 2 else readout())
+            if k == len(sizes) - 2:
+                self.neurons.append(readout())
+            elif recurrent:
+                self.neurons.append(_recurrent_neuron(neuron, n_out, recurrent_gain))
+            else:
+                self.neurons.append(neuron())
 
     def forward(self, x_seq: Tensor | events.SpikeTimes, state: tuple | None = None,
                 record_spikes: bool = True) -> SpikingOutput:

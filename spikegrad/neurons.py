@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from . import checks
 from .functional import (RESET_MODES, ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState, alif_step,
-                         check_reset, decay, detach_state, last, li_step, lif_step, recurrent_lif_step, scan,
-                         state_dtype)
+                         check_reset, decay, detach_state, last, li_step, lif_step, recurrent_alif_step,
+                         recurrent_lif_step, scan, state_dtype)
 from .kernels import BACKENDS, LI_BACKENDS, check_backend, li_sequence, lif_sequence
 from .surrogates import Surrogate, make_surrogate
 
@@ -34,7 +34,7 @@ __all__ = [
     "LIF", "IF", "ALIF", "LI", "BSS2LIF", "BSS2LI", "DelayedState",
     # the functional core, re-exported
     "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState", "lif_step", "recurrent_lif_step",
-    "alif_step", "li_step", "scan", "last", "detach_state", "RESET_MODES",
+    "alif_step", "recurrent_alif_step", "li_step", "scan", "last", "detach_state", "RESET_MODES",
 ]
 
 ALIF_BACKENDS = ("auto", "torch")
@@ -110,6 +110,22 @@ class _Neuron(nn.Module):
 
     def _check_input(self, x_seq: Tensor) -> None:
         _check_seq(type(self).__name__, x_seq)
+
+    def _add_recurrent(self, recurrent: int | None) -> None:
+        """``w_rec [N, N]`` (uniform in ``[-1, 1] / sqrt(N)``) for ``recurrent = N``; None: no recurrence."""
+        self.w_rec = None
+        if recurrent is not None:
+            n = checks.positive_int(type(self).__name__, "recurrent", recurrent, "number of neurons, or None")
+            self.w_rec = nn.Parameter(torch.empty(n, n).uniform_(-1, 1) / math.sqrt(n))
+
+    def _check_recurrent_input(self, x: Tensor) -> None:
+        if self.w_rec is None:
+            return
+        n = self.w_rec.shape[0]
+        if x.dim() != 3 or x.shape[-1] != n:
+            raise ValueError(f"{type(self).__name__}: a recurrent layer of {n} neurons takes input [T, B, {n}] "
+                             f"(one step [B, {n}]), got shape {tuple(x.shape)}; flatten other axes first "
+                             "(e.g. x.flatten(2)) or build the layer with recurrent=None")
 
     def _describe(self, *names: str) -> str:
         parts = []
@@ -199,8 +215,6 @@ class LIF(_Neuron):
         self.reset = check_reset(who, reset)
         self.detach_reset = bool(detach_reset)
         self.refractory = checks.non_negative_int(who, "refractory", refractory, "steps")
-        if recurrent is not None:
-            recurrent = checks.positive_int(who, "recurrent", recurrent, "number of neurons, or None")
         learn_mem, learn_syn = _learn_flags(who, learn_tau)
         self.surrogate = make_surrogate(surrogate)
         self._add_constant("tau_mem", tau_mem, learn_mem, shape)
@@ -208,9 +222,7 @@ class LIF(_Neuron):
         self._add_constant("v_th", v_th, bool(learn_threshold), shape)
         checks.real(who, "v_reset", v_reset, math.isfinite, "a finite number (threshold units)")
         self.register_buffer("v_reset", torch.tensor(float(v_reset)))
-        self.w_rec = None
-        if recurrent is not None:
-            self.w_rec = nn.Parameter(torch.empty(recurrent, recurrent).uniform_(-1, 1) / math.sqrt(recurrent))
+        self._add_recurrent(recurrent)
 
     def params(self, dtype: torch.dtype | None = None) -> LIFParams:
         """The :class:`~spikegrad.functional.LIFParams` for inputs of ``dtype`` (constants in
@@ -219,13 +231,6 @@ class LIF(_Neuron):
             return t if dtype is None else t.to(state_dtype(dtype))
         return LIFParams(cast(decay(self.tau_mem)), cast(decay(self.tau_syn)), cast(self.v_th),
                          cast(self.v_reset), self.reset, self.detach_reset, self.refractory)
-
-    def _check_recurrent_input(self, x: Tensor) -> None:
-        n = self.w_rec.shape[0]
-        if x.dim() != 3 or x.shape[-1] != n:
-            raise ValueError(f"{type(self).__name__}: a recurrent layer of {n} neurons takes input [T, B, {n}] "
-                             f"(one step [B, {n}]), got shape {tuple(x.shape)}; flatten other axes first "
-                             "(e.g. x.flatten(2)) or build the layer with recurrent=None")
 
     def step(self, x_t: Tensor, state: LIFState | None = None) -> tuple[Tensor, LIFState]:
         """One step: ``x_t [B, ...] -> (spikes_t [B, ...], state)``."""
@@ -240,8 +245,7 @@ class LIF(_Neuron):
                 record: bool = False) -> tuple[Tensor, LIFState]:
         """Run ``T`` steps. With ``record=True`` the returned state holds every step, ``[T, B, ...]``."""
         self._check_input(x_seq)
-        if self.w_rec is not None:
-            self._check_recurrent_input(x_seq)
+        self._check_recurrent_input(x_seq)
         _check_state(type(self).__name__, state, x_seq[0], LIFState)
         return lif_sequence(x_seq, state, self.params(x_seq.dtype), self.surrogate, self.backend, record, self.w_rec)
 
@@ -278,6 +282,8 @@ class ALIF(_Neuron):
         tau_ada: adaptation time constant (steps, > 0).
         beta: threshold increase per unit of adaptation (threshold units, >= 0; 0 = plain LIF).
         learn_tau: learn the time constants (as ``log tau``): True (all three), "mem" or "syn".
+        recurrent: number of neurons N to add all-to-all recurrent weights ``W_rec [N, N]`` on the
+            previous step's spikes (the LSNN layer); the input must then be ``[T, B, N]``. None = feed-forward.
         backend: "auto" or "torch": ALIF runs the reference loop (:func:`~spikegrad.functional.scan`
             of ``alif_step``, autograd through every step) on every device; no fused kernel yet.
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (spikes [T, B, ...], ALIFState)``.
@@ -287,7 +293,8 @@ class ALIF(_Neuron):
                  tau_ada: float | Tensor = 200.0, beta: float | Tensor = 1.8, v_th: float | Tensor = 1.0,
                  v_reset: float = 0.0, reset: str = "subtract", detach_reset: bool = True,
                  surrogate: str | Surrogate = "fast_sigmoid", learn_tau: bool | str = False,
-                 learn_threshold: bool = False, shape: tuple[int, ...] | None = None, backend: str = "auto"):
+                 learn_threshold: bool = False, shape: tuple[int, ...] | None = None, recurrent: int | None = None,
+                 backend: str = "auto"):
         super().__init__()
         who = type(self).__name__
         check_backend(who, backend, ALIF_BACKENDS)
@@ -303,6 +310,7 @@ class ALIF(_Neuron):
         self._add_constant("v_th", v_th, bool(learn_threshold), shape)
         checks.real(who, "v_reset", v_reset, math.isfinite, "a finite number (threshold units)")
         self.register_buffer("v_reset", torch.tensor(float(v_reset)))
+        self._add_recurrent(recurrent)
 
     def params(self, dtype: torch.dtype | None = None) -> ALIFParams:
         """The :class:`~spikegrad.functional.ALIFParams` for inputs of ``dtype`` (see :meth:`LIF.params`)."""
@@ -314,17 +322,25 @@ class ALIF(_Neuron):
     def step(self, x_t: Tensor, state: ALIFState | None = None) -> tuple[Tensor, ALIFState]:
         """One step: ``x_t [B, ...] -> (spikes_t [B, ...], state)``."""
         _check_state(type(self).__name__, state, x_t, ALIFState)
-        return alif_step(x_t, state, self.params(x_t.dtype), self.surrogate)
+        if self.w_rec is None:
+            return alif_step(x_t, state, self.params(x_t.dtype), self.surrogate)
+        self._check_recurrent_input(x_t[None])
+        return recurrent_alif_step(x_t, state, self.params(x_t.dtype), self.w_rec, self.surrogate)
 
     def forward(self, x_seq: Tensor, state: ALIFState | None = None,
                 record: bool = False) -> tuple[Tensor, ALIFState]:
         """Run ``T`` steps. With ``record=True`` the returned state holds every step, ``[T, B, ...]``."""
         self._check_input(x_seq)
+        self._check_recurrent_input(x_seq)
         _check_state(type(self).__name__, state, x_seq[0], ALIFState)
-        return scan(alif_step, x_seq, state, self.params(x_seq.dtype), self.surrogate, record=record)
+        p = self.params(x_seq.dtype)
+        if self.w_rec is None:
+            return scan(alif_step, x_seq, state, p, self.surrogate, record=record)
+        return scan(recurrent_alif_step, x_seq, state, p, self.w_rec, self.surrogate, record=record)
 
     def extra_repr(self) -> str:
-        return f"{self._describe('tau_mem', 'tau_syn', 'tau_ada', 'beta', 'v_th')}, reset={self.reset!r}"
+        return (f"{self._describe('tau_mem', 'tau_syn', 'tau_ada', 'beta', 'v_th')}, reset={self.reset!r}, "
+                f"recurrent={None if self.w_rec is None else self.w_rec.shape[0]}")
 
 
 class LI(_Neuron):

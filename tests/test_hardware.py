@@ -14,7 +14,7 @@ from spikegrad.hardware.analysis import (FIGURE_NAME, mismatch_figure, mismatch_
                                          write_mismatch_figure)
 from spikegrad.losses import MaxOverTime
 from spikegrad.models import SpikingConvNet, SpikingMLP
-from spikegrad.neurons import LI, LIF
+from spikegrad.neurons import ALIF, LI, LIF
 from spikegrad.training import fit
 
 NOISY = dict(mismatch=0.2, noise=0.05, cadc_gain=0.02, cadc_offset=2.0, readout_noise=1.0, row_gain=0.1,
@@ -242,8 +242,8 @@ def test_models_the_substrate_cannot_run_are_rejected():
         InTheLoop(SpikingMLP([8, 4, 2], bias=True), sub)
     with pytest.raises(ValueError, match="LI"):
         InTheLoop(SpikingMLP([8, 4, 2], readout=LIF), sub)
-    with pytest.raises(ValueError, match="recurrent"):
-        InTheLoop(SpikingMLP([8, 4, 2], neuron=partial(LIF, recurrent=4)), sub)
+    with pytest.raises(ValueError, match="LIF neurons"):
+        InTheLoop(SpikingMLP([8, 4, 2], neuron=ALIF), sub)
     with pytest.raises(ValueError, match="neuron circuits"):
         InTheLoop(SpikingMLP([8, 40, 2]), AnalogSubstrate(neurons=32))
     with pytest.raises(ValueError, match="synapse rows"):

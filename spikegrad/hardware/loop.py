@@ -66,8 +66,27 @@ def _lif_at_membrane(neuron: nn.Module, current: Tensor, s_hw: Tensor, v_hw: Ten
     return torch.stack(spikes), torch.stack(vs)
 
 
+def _recurrent_at_spikes(neuron: nn.Module, current: Tensor, s_hw: Tensor,
+                         record_v: bool) -> tuple[Tensor, Tensor | None]:
+    """A recurrent LIF layer fed, at every step, the recorded spikes of its previous step
+    (substituted: the chip's values with the software gradient). ``current``, ``s_hw``: ``[T, B, N]``.
+    Returns ``(spikes [T, B, N], v [T, B, N] or None)``."""
+    state, spikes, vs = None, [], []
+    for t in range(current.shape[0]):
+        s_sw, state = neuron.step(current[t], state)
+        s = substitute(s_sw, s_hw[t])
+        state = state._replace(z=s)
+        spikes.append(s)
+        if record_v:
+            vs.append(state.v)
+    return torch.stack(spikes), (torch.stack(vs) if record_v else None)
+
+
 def _check_membrane_mode(model: nn.Module) -> None:
     for k, neuron in enumerate(model.neurons[:-1]):
+        if getattr(neuron, "w_rec", None) is not None:
+            raise ValueError(f"surrogate_at='membrane': layer {k} is recurrent, which runs with the surrogate at the "
+                             "software membrane only; use surrogate_at='software'")
         if neuron.reset not in ("subtract", "none") or neuron.refractory > 0:
             raise ValueError(f"surrogate_at='membrane': layer {k} uses reset={neuron.reset!r}, refractory="
                              f"{neuron.refractory}; the pre-reset membrane can only be reconstructed for reset "
@@ -105,6 +124,11 @@ def in_the_loop(model: nn.Module, x_seq: Tensor, obs: Observables, surrogate_at:
             spikes.append(h)
             if model.record_v:
                 vs.append(substitute(v, obs.v[k]))
+        elif k < last and getattr(neuron, "w_rec", None) is not None:
+            h, v = _recurrent_at_spikes(neuron, current, obs.spikes[k], model.record_v)
+            spikes.append(h)
+            if model.record_v:
+                vs.append(substitute(v, obs.v[k]) if k < len(obs.v) and obs.v[k] is not None else v)
         elif k < last:
             if model.record_v:
                 s_sw, states = neuron(current, record=True)

@@ -16,7 +16,10 @@ else in :mod:`spikegrad.hardware` needs to change.
 Conventions of the analog model (all per physical neuron circuit or synapse, frozen per chip):
 
 * a chip has ``neurons`` neuron circuits and ``rows`` synapse rows (one row per presynaptic
-  input line); layer ``k`` uses the next ``N_k`` circuits and rows ``0 .. N_in - 1``;
+  input line); layer ``k`` uses the next ``N_k`` circuits and rows ``0 .. N_in - 1``; a recurrent
+  layer feeds its own spikes back on rows ``N_in .. N_in + N_k - 1`` (its recurrent synapses are
+  quantized with the same weight scale and carry the same kind of mismatch as its forward ones;
+  they act on the previous step's spikes);
 * fixed-pattern mismatch multiplies ``tau_mem``, ``tau_syn`` and ``v_th`` by ``1 + sigma * e``
   (``e ~ N(0, 1)``, factor clamped at ``>= 0.1``), shifts the leak potential by
   ``sigma * e * v_th`` (threshold units), and multiplies every synapse by ``1 + sigma * e``
@@ -72,12 +75,18 @@ class LayerSpec(NamedTuple):
     spike_fn: the layer's surrogate (used by the kernels' forward pass only); None for a readout.
     max_density: the layer computes its input on the non-zeros of its input up to this density
         (:func:`~spikegrad.kernels.sparse_linear`), or None (dense).
+    w_rec: recurrent weights ``[N_out, N_out]`` on the layer's previous-step spikes, or None.
     """
 
     weight: Tensor
     params: LIFParams | LIParams
     spike_fn: Any
     max_density: float | None
+    w_rec: Tensor | None = None
+
+    def rows(self) -> int:
+        """Synapse rows the layer needs: its inputs, plus its own neurons when recurrent."""
+        return self.weight.shape[1] + (0 if self.w_rec is None else self.w_rec.shape[1])
 
 
 class NeuronConstants(NamedTuple):
@@ -108,8 +117,8 @@ def layer_specs(model: nn.Module) -> list[LayerSpec]:
     """Describe a :class:`~spikegrad.models.SpikingMLP` as :class:`LayerSpec`\\ s (weights not copied).
 
     Raises:
-        ValueError: a model a substrate cannot run (not a SpikingMLP, biases, recurrent or adaptive
-            hidden neurons, a readout other than ``LI``), with what to change.
+        ValueError: a model a substrate cannot run (not a SpikingMLP, biases, adaptive or other
+            hidden neurons than ``LIF``, a readout other than ``LI``), with what to change.
     """
     if not isinstance(model, SpikingMLP):
         raise ValueError(f"a substrate runs a spikegrad.models.SpikingMLP (Linear -> LIF layers, LI readout), got "
@@ -124,12 +133,10 @@ def layer_specs(model: nn.Module) -> list[LayerSpec]:
             raise ValueError(f"layer {k}: the substrate has no bias currents; build the model with bias=False")
         density = lin.max_density if isinstance(lin, SparseInputLinear) else None
         if k < last:
-            if type(neuron) is not LIF or neuron.w_rec is not None:
-                raise ValueError(f"layer {k}: the substrate's neurons are feed-forward LIF neurons, got "
-                                 f"{type(neuron).__name__}" + (" with recurrent weights" if getattr(neuron, "w_rec", None)
-                                                               is not None else "")
-                                 + "; use neuron=LIF (recurrent=None) for the hidden layers")
-            specs.append(LayerSpec(lin.weight, neuron.params(), neuron.surrogate, density))
+            if type(neuron) is not LIF:
+                raise ValueError(f"layer {k}: the substrate's neurons are LIF neurons (recurrent or not), got "
+                                 f"{type(neuron).__name__}; use neuron=lif for the hidden layers")
+            specs.append(LayerSpec(lin.weight, neuron.params(), neuron.surrogate, density, neuron.w_rec))
         else:
             if type(neuron) is not LI:
                 raise ValueError(f"the substrate reads the output layer's membrane, so the readout must be a "
@@ -345,9 +352,10 @@ class AnalogSubstrate(Substrate):
             raise ValueError(f"the network has {n_total} neurons but the chip has {self.neurons} neuron circuits; "
                              f"use a smaller network or a larger chip (substrate.neurons={n_total})")
         for k, s in enumerate(layers):
-            if s.weight.shape[1] > self.rows:
-                raise ValueError(f"layer {k} has {s.weight.shape[1]} inputs but the chip has {self.rows} synapse "
-                                 f"rows; use fewer inputs or a larger chip (substrate.rows={s.weight.shape[1]})")
+            if s.rows() > self.rows:
+                what = f"{s.weight.shape[1]} inputs" + ("" if s.w_rec is None else f" and {s.w_rec.shape[1]} recurrent rows")
+                raise ValueError(f"layer {k} has {what} but the chip has {self.rows} synapse rows; use fewer inputs "
+                                 f"or a larger chip (substrate.rows={s.rows()})")
         if self.weight_max is not None and len(self.weight_max) not in (1, len(layers)):
             raise ValueError(f"weight_max lists {len(self.weight_max)} values for a network of {len(layers)} layers; "
                              "give one number, or one per layer")
@@ -384,8 +392,9 @@ class AnalogSubstrate(Substrate):
         return NeuronConstants(dm, ds, v_th, v_leak)
 
     def chip_weights(self, k: int, w: Tensor, neurons: slice) -> Tensor:
-        """Layer ``k``'s weights ``[N_out, N_in]`` as the chip applies them (quantized, saturated,
-        with synapse and row gains), for the neuron circuits ``neurons``."""
+        """Layer ``k``'s weights ``[N_out, rows]`` as the chip applies them (quantized, saturated,
+        with synapse and row gains), for the neuron circuits ``neurons``; a recurrent layer passes
+        ``[W, W_rec]`` (``[N_out, N_in + N_out]``), one synapse array with one weight scale."""
         w = w.detach()
         if self.weight_bits is not None:
             q = 2**self.weight_bits - 1
@@ -434,7 +443,13 @@ class AnalogSubstrate(Substrate):
             n = spec.weight.shape[0]
             sl = slice(offset, offset + n)
             offset += n
-            w = self.chip_weights(k, spec.weight.to(dtype), sl)
+            w = spec.weight.to(dtype)
+            w_rec = None
+            if spec.w_rec is not None:  # one synapse array: forward rows, then the recurrent rows
+                w, w_rec = self.chip_weights(k, torch.cat([w, spec.w_rec.to(dtype)], 1), sl).split(
+                    [w.shape[1], n], dim=1)
+            else:
+                w = self.chip_weights(k, w, sl)
             if self.delay:
                 h = torch.cat([h.new_zeros(min(self.delay, h.shape[0]), *h.shape[1:]), h[:-self.delay]])
             x = sparse_linear(h, w, None, spec.max_density) if spec.max_density is not None else F.linear(h, w)
@@ -450,7 +465,8 @@ class AnalogSubstrate(Substrate):
                 p = spec.params
                 v_reset = torch.as_tensor(p.v_reset).to(x.device, dtype)
                 params = LIFParams(c.decay_mem, c.decay_syn, c.v_th, v_reset, p.reset, p.detach_reset, p.refractory)
-                s, state = lif_sequence(x, None, params, spec.spike_fn, self.backend, record=record_v)
+                s, state = lif_sequence(x, None, params, spec.spike_fn, self.backend, record=record_v,
+                                        w_rec=None if w_rec is None else w_rec.contiguous())
                 spikes.append(s)
                 vs.append(self._read(state.v, sl, lo, hi) if record_v else None)
                 h = s
