@@ -125,6 +125,14 @@ def test_global_rng_untouched():
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_step_frac_keeps_spikes_in_the_first_part():
+    s = make_randman(**SMALL, step_frac=0.5)
+    steps = s.steps.view(len(s), SMALL["n_units"])
+    assert int(steps.min()) == 0 and int(steps.max()) == SMALL["n_steps"] // 2 - 1
+    full = make_randman(**SMALL)
+    assert torch.equal(steps, full.steps.view_as(steps) // 2)  # floor(t * 25) == floor(t * 50) // 2
+
+
 def test_one_sample_per_class_fires_at_step_0():
     """A class's single sample is both its earliest and latest: its normalised times are 0."""
     assert torch.all(make_randman(**{**SMALL, "samples_per_class": 1}).steps == 0)
@@ -223,6 +231,8 @@ def test_n_units_and_n_classes():
     ({"seed": -1}, "seed must be an int >= 0"),
     ({"alpha": -0.5}, "alpha .* must be a finite number >= 0"),
     ({"alpha": float("nan")}, "alpha"),
+    ({"step_frac": 0.0}, r"step_frac .* must lie in \(0, 1\]"),
+    ({"step_frac": 1.5}, "step_frac"),
     ({"train_fraction": 1.0}, "train_fraction"),
     ({"val_fraction": 0.3, "train_fraction": 0.7}, "the rest is the test set"),
     ({"samples_per_class": 1, "n_classes": 2}, "raise samples_per_class"),

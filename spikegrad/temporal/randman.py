@@ -16,9 +16,10 @@ intrinsic axes of random 1-D functions, each a sum of ``F`` sine terms (:func:`e
 with amplitudes ``a``, frequency factors ``w`` and phases ``phi`` uniform in [0, 1) and the
 constant ``k = 0`` term's amplitude set to 0. A sample of class ``c`` draws intrinsic coordinates
 ``x`` uniform in ``[0, 1)^D``; every manifold of the class maps them to ``U`` values, min-max
-normalised per unit over the class's samples to spike times in [0, 1) (:func:`normalize_times`),
-so unit ``u`` fires once per manifold: exactly ``spikes_per_unit`` spikes per unit and sample,
-all repetitions sharing the one window of ``n_steps`` steps. Spike counts are equal in every
+normalised per unit over the class's samples to spike times in [0, 1) (:func:`normalize_times`)
+and placed in the first ``step_frac`` of the ``n_steps`` steps. Unit ``u`` fires once per
+manifold: exactly ``spikes_per_unit`` spikes per unit and sample, all repetitions sharing that one
+window (as in the reference, which concatenates their events). Spike counts are equal in every
 sample; the class is carried only by the timing.
 """
 
@@ -134,14 +135,20 @@ def normalize_times(values: Tensor, eps: float = TIME_EPS) -> Tensor:
     return (values - lo) / (hi - lo + eps)
 
 
-def spike_steps(times: Tensor, n_steps: int) -> Tensor:
-    """Time steps of spike times: ``min(floor(t * n_steps), n_steps - 1)``, int64 (times [..] in [0, 1))."""
-    return (times * n_steps).floor().to(torch.int64).clamp_(0, n_steps - 1)
+def spike_steps(times: Tensor, n_steps: int, step_frac: float = 1.0) -> Tensor:
+    """Time steps of spike times: ``min(floor(t * step_frac * n_steps), n_steps - 1)``, int64.
+
+    Args:
+        times: spike times [...] in [0, 1) (fractions of the spiking window).
+        n_steps: steps ``T`` per sample.
+        step_frac: fraction of the ``T`` steps, from the start, that the window covers.
+    """
+    return (times * step_frac * n_steps).floor().to(torch.int64).clamp_(0, n_steps - 1)
 
 
 def make_randman(n_classes: int = 10, n_units: int = 20, n_steps: int = 100, dim_manifold: int = 1,
                  alpha: float = 1.0, spikes_per_unit: int = 1, samples_per_class: int = 1000,
-                 seed: int = 0) -> EventSamples:
+                 seed: int = 0, step_frac: float = 1.0) -> EventSamples:
     """Generates the Randman spike-timing data set.
 
     All random numbers come from one ``torch.Generator`` seeded by ``seed``: first the
@@ -157,12 +164,14 @@ def make_randman(n_classes: int = 10, n_units: int = 20, n_steps: int = 100, dim
         spikes_per_unit: spikes of every unit in every sample (one manifold per spike).
         samples_per_class: samples of each class.
         seed: generation seed (>= 0).
+        step_frac: fraction of the ``n_steps`` steps, from the start, that holds the spikes
+            (in (0, 1]; the stork tutorial uses 0.5, the rest of the window stays silent).
     Returns:
         :class:`EventSamples` of ``N = n_classes * samples_per_class`` samples ordered class by
         class (labels ``0, 0, ..., 1, ...``), each with ``spikes_per_unit * n_units`` events.
     """
     _check_generator_args(n_classes, n_units, n_steps, dim_manifold, alpha, spikes_per_unit,
-                          samples_per_class, seed)
+                          samples_per_class, seed, step_frac)
     gen = torch.Generator().manual_seed(seed)
     manifolds = [[random_manifold(n_units, dim_manifold, alpha, gen) for _ in range(spikes_per_unit)]
                  for _ in range(n_classes)]
@@ -170,7 +179,7 @@ def make_randman(n_classes: int = 10, n_units: int = 20, n_steps: int = 100, dim
     for class_manifolds in manifolds:
         coords = torch.rand(samples_per_class, dim_manifold, dtype=torch.float64, generator=gen)  # [S, D]
         times = [normalize_times(eval_manifold(m, coords)) for m in class_manifolds]         # R x [S, U]
-        steps.append(spike_steps(torch.stack(times, 1), n_steps))                          # [S, R, U]
+        steps.append(spike_steps(torch.stack(times, 1), n_steps, step_frac))               # [S, R, U]
     steps = torch.cat(steps)                                                               # [N, R, U]
     n, per_sample = steps.shape[0], spikes_per_unit * n_units
     units = torch.arange(n_units).repeat(n * spikes_per_unit)                              # [N * R * U]
@@ -193,6 +202,7 @@ class RandmanData:
     n_classes: int = 10
     n_units: int = 20
     n_steps: int = 100
+    step_frac: float = 1.0
     dim_manifold: int = 1
     alpha: float = 1.0
     spikes_per_unit: int = 1
@@ -206,7 +216,7 @@ class RandmanData:
 
     def __post_init__(self) -> None:
         _check_generator_args(self.n_classes, self.n_units, self.n_steps, self.dim_manifold, self.alpha,
-                              self.spikes_per_unit, self.samples_per_class, self.seed)
+                              self.spikes_per_unit, self.samples_per_class, self.seed, self.step_frac)
         self.split_sizes()  # checks the fractions
         for arg in ("batch_size", "eval_batch_size"):
             v = getattr(self, arg)
@@ -240,7 +250,7 @@ class RandmanData:
     def samples(self) -> EventSamples:
         """All ``n_classes * samples_per_class`` samples, class by class (:func:`make_randman`)."""
         return make_randman(self.n_classes, self.n_units, self.n_steps, self.dim_manifold, self.alpha,
-                            self.spikes_per_unit, self.samples_per_class, self.seed)
+                            self.spikes_per_unit, self.samples_per_class, self.seed, self.step_frac)
 
     def splits(self) -> tuple[EventSamples, EventSamples | None, EventSamples]:
         """``(train, val or None when val_fraction == 0, test)`` :class:`EventSamples`."""
@@ -263,7 +273,7 @@ def _check_alpha(alpha: float) -> None:
 
 
 def _check_generator_args(n_classes: int, n_units: int, n_steps: int, dim_manifold: int, alpha: float,
-                          spikes_per_unit: int, samples_per_class: int, seed: int) -> None:
+                          spikes_per_unit: int, samples_per_class: int, seed: int, step_frac: float) -> None:
     for arg, v, low, unit in [("n_classes", n_classes, 1, "classes"), ("n_units", n_units, 1, "input units"),
                               ("n_steps", n_steps, 1, "steps"), ("dim_manifold", dim_manifold, 1, "dimensions"),
                               ("spikes_per_unit", spikes_per_unit, 1, "spikes"),
@@ -271,3 +281,6 @@ def _check_generator_args(n_classes: int, n_units: int, n_steps: int, dim_manifo
         if not _is_int(v) or v < low:
             raise ValueError(f"Randman: {arg} must be an int >= {low}{f' ({unit})' if unit else ''}, got {v!r}")
     _check_alpha(alpha)
+    if isinstance(step_frac, bool) or not isinstance(step_frac, (int, float)) or not 0 < step_frac <= 1:
+        raise ValueError(f"Randman: step_frac (fraction of the n_steps steps that holds the spikes) must lie in "
+                         f"(0, 1], got {step_frac!r}")
