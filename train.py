@@ -40,12 +40,15 @@ def main(cfg: DictConfig) -> float:
     out = Path(HydraConfig.get().runtime.output_dir)
     logging.captureWarnings(True)  # warnings go to train.log too
     log.info(f"overrides: {' '.join(HydraConfig.get().overrides.task) or '(none)'}\n{OmegaConf.to_yaml(cfg)}")
-    check_objective(cfg.objective, has_validation=bool(cfg.data.get("val_size", 1)),
+    check_objective(cfg.objective, has_validation=bool(cfg.data.get("val_size", cfg.data.get("val_fraction", 1))),
                     sweep=HydraConfig.get().mode == RunMode.MULTIRUN)
     torch.manual_seed(cfg.seed)
     device = distributed.local_device(resolve_device(cfg.device))
     rank, world = distributed.rank(), distributed.world_size()
-    train_loader, val_loader, test_loader = instantiate(cfg.data).loaders(cfg.seed)
+    data = instantiate(cfg.data)
+    train_loader, val_loader, test_loader = data.loaders(cfg.seed)
+    if rank == 0 and hasattr(data, "save"):
+        data.save(out)  # what the run folder must record about the data (e.g. the PS-MNIST pixel order)
     shards = distributed.shard_loaders(train_loader, val_loader, test_loader, cfg.seed)  # unchanged in one process
     model = instantiate(cfg.model)
     if world > 1:

@@ -6,7 +6,7 @@ inner ear give spike trains on 700 channels, about 1 s per word. The data are CC
 reader is plain h5py (no ``tonic``, which is GPL).
 
 Files, one HDF5 file per split, each also published gzipped as ``NAME.h5.gz`` (both are read; a
-``.gz`` is decompressed once into :func:`spikegrad.data.cache_root` ``/heidelberg``, never into
+``.gz`` is decompressed once into ``$SPIKEGRAD_CACHE/heidelberg`` (``~/.cache/spikegrad/heidelberg``), never into
 the data folder)::
 
     shd: shd_train.h5, shd_test.h5                  20 classes (digits 0-9, English and German)
@@ -82,7 +82,7 @@ def load_events(path: str | os.PathLike, n_steps: int, dt_s: float, channels: in
 
     Args:
         path: the file; gzip is detected from its first bytes, and a gzipped file is decompressed
-            once into ``cache_root() / "heidelberg"`` under a name holding its SHA-256.
+            once into ``$SPIKEGRAD_CACHE/heidelberg`` under a name holding its SHA-256.
         n_steps: ``T``, steps per sample (>= 1).
         dt_s: step length in seconds (> 0); ``n_steps * dt_s`` is the window kept.
         channels: input units after summing groups of ``700 // channels`` neighbouring channels;
@@ -165,7 +165,7 @@ def _open_h5(path: Path, label: str | None = None) -> h5py.File:
 def _decompressed(path: Path, label: str) -> Path:
     """The decompressed copy of the gzipped ``path`` in the cache (made once, atomically)."""
     stem = label.removesuffix(".gz").removesuffix(".h5")
-    out = cache_root() / "heidelberg" / f"{stem}_{_sha256([path])[:24]}.h5"
+    out = cache_root().parent / "heidelberg" / f"{stem}_{_sha256([path])[:24]}.h5"
     if out.is_file():
         return out
     try:
