@@ -157,6 +157,15 @@ def _recurrent_neuron(neuron: NeuronFactory, n: int, gain: float) -> nn.Module:
     return layer
 
 
+def _hooked(model: nn.Module) -> bool:
+    """Whether a forward hook (global, or on a submodule of ``model``) waits to see the layers run."""
+    from torch.nn.modules import module as _module
+
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules() if m is not model)
+
+
 def _init_linear(layer: nn.Linear, gain: float) -> None:
     """Gaussian weights with std ``gain / sqrt(fan_in)``; zero bias."""
     nn.init.normal_(layer.weight, 0.0, gain / math.sqrt(layer.in_features))
@@ -192,8 +201,8 @@ class SpikingMLP(nn.Module):
         recurrent_gain: std of the initial recurrent weights times ``sqrt(N)`` (Gaussian, zero mean).
         inference: "auto" (default): without gradients (``torch.no_grad``), on CPU in float32 /
             float64 with the C kernels, a model of plain ``LIF`` / ``IF`` hidden layers and an ``LI``
-            readout (``backend="auto"``, no refractory period or recurrence, no recorded membranes)
-            runs as one event-driven kernel, image by image
+            readout (``backend="auto"``, no refractory period or recurrence, no recorded membranes,
+            no forward hooks on its submodules: hooks see every layer run) runs as one event-driven kernel, image by image
             (:func:`spikegrad.kernels.events.mlp_forward`): the same spikes and states as layer by
             layer (the first layer sums its inputs as ``sparse_input`` does), the later layers' sums
             in another order (float rounding). "layers": always layer by layer.
@@ -283,6 +292,7 @@ class SpikingMLP(nn.Module):
         layer ``(decay_mem, decay_syn, v_th, v_reset)``, for the readout ``(decay_mem, decay_syn)``),
         or None when :meth:`forward` runs layer by layer (see ``inference``)."""
         if (self.inference != "auto" or self.record_v or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or _hooked(self)
                 or (self.training and self.dropout.p > 0) or _autocasting()
                 or dtype not in (torch.float32, torch.float64) or not events.available()
                 or any(p.device.type != "cpu" for p in self.parameters())):

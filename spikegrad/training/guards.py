@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..models import eval_mode, layer_by_layer
+from ..models import SpikingOutput, eval_mode, layer_by_layer
 
 __all__ = ["NonFiniteLossError"]
 
@@ -78,13 +78,19 @@ class _StateWatch:
     whether all states stay finite, read once per batch. :meth:`diagnose` names the first such module
     whose state is non-finite and the first time step at which its input was non-finite."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, root_only: bool = False):
+        """``root_only``: hook only ``model`` and check the final states of the
+        :class:`~spikegrad.models.SpikingOutput` it returns (evaluation: hooks on the neuron modules
+        would make a :class:`~spikegrad.models.SpikingMLP` leave its event-driven inference path)."""
         self.names = {m: name or type(m).__name__ for name, m in model.named_modules()}
         self.flags: list[Tensor] = []
         self.record: list[tuple[str, nn.Module, Tensor | None, bool]] | None = None
-        self.handles = [m.register_forward_hook(self._hook) for m in model.modules()]
+        self.root_only = root_only
+        self.handles = [m.register_forward_hook(self._hook) for m in ([model] if root_only else model.modules())]
 
     def _hook(self, module, args, output) -> None:
+        if isinstance(output, SpikingOutput):  # the final state of every layer
+            output = (output.readout, output.state)
         if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], tuple)):
             return
         leaves = _float_leaves(output[1])
@@ -107,12 +113,15 @@ class _StateWatch:
     @torch.no_grad()
     def diagnose(self, model: nn.Module, x_seq: Tensor) -> str:
         self.record = []
+        layers = [m.register_forward_hook(self._hook) for m in model.modules() if m is not model] if self.root_only else []
         try:
             with eval_mode(model), layer_by_layer(model):  # every neuron module runs (and is hooked)
                 model(x_seq)
         except Exception as err:  # the diagnosis itself must not hide the original problem
             return f"(the diagnosis run failed: {err})"
         finally:
+            for h in layers:
+                h.remove()
             record, self.record = self.record, None
         for name, module, x, ok in record:
             if ok:

@@ -210,7 +210,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn, *, encoder=None, devic
     n = loss_sum = correct = spike_sum = 0.0
     rates: list[float] = []
     error = None
-    watch = _StateWatch(model)
+    watch = _StateWatch(model, root_only=True)  # the output's final states: the fast inference paths stay on
     try:
         with eval_mode(model):
             for k, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=_progress(progress),
