@@ -53,7 +53,7 @@ def from_run(run: str):
 
 
 def trained_briefly(x, y, steps: int):
-    """The mnist16 model (conf/model/mlp.yaml, conf/encoding/latency.yaml), trained for ``steps`` Adam steps."""
+    """The mnist16 model (as experiment=mnist16 builds it), trained for ``steps`` Adam steps."""
     model = SpikingMLP([256, 246, 10], functools.partial(LIF, tau_mem=8.0, tau_syn=4.0),
                        functools.partial(LI, tau_mem=8.0, tau_syn=4.0), record_v=False, sparse_input=True)
     enc = LatencyEncoder(32, "log", 0.2, 8.0)

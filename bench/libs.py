@@ -199,7 +199,7 @@ class PeerMLP(nn.Module):
 
 
 class SpikegradMLP(nn.Module):
-    """spikegrad's model: :class:`spikegrad.models.SpikingMLP` (as ``conf/model/mlp.yaml``)."""
+    """spikegrad's model: :class:`spikegrad.models.SpikingMLP` (as ``experiment=mnist16`` builds it)."""
 
     def __init__(self, tau_mem, tau_syn, backend, sparse_input=False, w1=None, w2=None):
         super().__init__()
