@@ -201,9 +201,9 @@ def test_ideal_chip_runs_a_recurrent_network_and_trains_it_as_software(record_v)
     g_hil = _grads(model, hil.train()(x))
     names = [n for n, _ in model.named_parameters()]
     assert "neurons.0.w_rec" in names
-    for name, a, b in zip(names, g_sw, g_hil):
+    for name, a, b in zip(names, g_sw, g_hil):  # float32: the fused software path sums in another order
         assert a.abs().sum() > 0, name
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_recurrent_chip_matches_a_slow_reference_with_mismatch_and_quantization():

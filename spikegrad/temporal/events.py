@@ -29,8 +29,9 @@ class EventSamples:
     """``N`` samples of binned spike events.
 
     Attributes:
-        steps: int64 ``[E]``, the time step of every event (``0 <= step < n_steps``).
-        units: int64 ``[E]``, the input unit (channel) of every event (``0 <= unit < n_units``).
+        steps: ``[E]``, the time step of every event (``0 <= step < n_steps``); stored as int16
+            (int32 for ``n_steps > 32767``), 2 bytes per event.
+        units: ``[E]``, the input unit (channel) of every event (``0 <= unit < n_units``); int16 or int32.
         offsets: int64 ``[N + 1]``: sample ``k``'s events are ``steps[offsets[k]:offsets[k + 1]]``.
         labels: int64 ``[N]``, class indices.
         n_steps: ``T``, steps per sample. n_units: input units per step.
@@ -44,6 +45,7 @@ class EventSamples:
     n_units: int
 
     def __post_init__(self) -> None:
+        self.steps, self.units = _compact(self.steps, self.n_steps), _compact(self.units, self.n_units)
         n = self.labels.shape[0]
         if self.offsets.shape != (n + 1,) or int(self.offsets[0]) != 0 or int(self.offsets[-1]) != self.steps.numel():
             raise ValueError(f"EventSamples: offsets must be [N + 1] = [{n + 1}] from 0 to the number of events "
@@ -89,7 +91,7 @@ class EventSamples:
         sel = _ranges(lo, counts)
         row = torch.repeat_interleave(torch.arange(index.numel()), counts)
         out = torch.zeros(index.numel(), self.n_steps, self.n_units, dtype=dtype)
-        flat = (row * self.n_steps + self.steps[sel]) * self.n_units + self.units[sel]
+        flat = (row * self.n_steps + self.steps[sel].long()) * self.n_units + self.units[sel].long()
         out.view(-1).index_add_(0, flat, torch.ones(flat.numel(), dtype=dtype))
         return out
 
@@ -97,6 +99,14 @@ class EventSamples:
         """DataLoader ``collate_fn`` over sample indices: ``(x [B, T, units] float32, y [B] int64)``."""
         index = torch.as_tensor(index, dtype=torch.int64)
         return self.dense(index), self.labels[index]
+
+
+def _compact(t: Tensor, bound: int) -> Tensor:
+    """``t`` as int16 when every value below ``bound`` fits (else int32): SSC holds ~1e8 events."""
+    t = torch.as_tensor(t)
+    if t.is_floating_point():
+        raise TypeError(f"EventSamples: event steps and units must be integers, got {t.dtype}")
+    return t.to(torch.int16 if bound <= 32767 else torch.int32)
 
 
 def _ranges(lo: Tensor, counts: Tensor) -> Tensor:
