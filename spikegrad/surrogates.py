@@ -184,6 +184,23 @@ class FastSigmoid(Surrogate):
         return (1 + slope * x / (1 + slope * x.abs())) / slope
 
 
+@register_surrogate("superspike_asymptotic")
+class SuperSpikeAsymptotic(Surrogate):
+    """SuperSpike scaled by its slope: ``slope / (1 + slope |x|)^2``, the derivative of the fast
+    sigmoid ``slope x / (1 + slope |x|)``; its peak grows with the slope (the "asymptotic" form of
+    Zenke & Vogels 2021, against :class:`FastSigmoid`'s peak of 1)."""
+
+    default_slope = 25.0
+
+    @staticmethod
+    def grad(x, slope):
+        return slope * (1 + slope * x.abs()).pow(-2)
+
+    @staticmethod
+    def primitive(x, slope):
+        return 1 + slope * x / (1 + slope * x.abs())
+
+
 @register_surrogate("sigmoid")
 class Sigmoid(Surrogate):
     """Derivative of the logistic sigmoid ``sigmoid(slope x)``, area 1."""

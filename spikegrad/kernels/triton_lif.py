@@ -31,7 +31,7 @@ from ._common import RESET_CODES, FusedConfig, flat_param, formula_agrees, probe
 BLOCK = 512
 NUM_WARPS = 4
 SURROGATE_CODES = {"fast_sigmoid": 0, "sigmoid": 1, "atan": 2, "triangle": 3, "gaussian": 4, "exponential": 5,
-                   "boxcar": 6}
+                   "boxcar": 6, "superspike_asymptotic": 7}
 """Registered surrogates whose derivative :func:`_surrogate_grad` computes (its ``SURR`` numbers)."""
 _ROUND_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -107,8 +107,11 @@ def _surrogate_grad(z, slope, SURR: tl.constexpr):
         g = slope * 0.3989422804014327 * tl.exp(-0.5 * a * a)
     elif SURR == 5:  # exponential
         g = 0.5 * slope * tl.exp(-slope * tl.abs(z))
-    else:            # boxcar
+    elif SURR == 6:  # boxcar
         g = tl.where(tl.abs(z) < 0.5 / slope, slope, 0.0)
+    else:            # superspike_asymptotic
+        d = 1.0 + slope * tl.abs(z)
+        g = slope / (d * d)
     return g
 
 
