@@ -5,9 +5,12 @@ reStructuredText literals; this turns them into the Markdown that mkdocstrings r
   becomes a cross-reference ``[`name`][full.path]`` when the name resolves, in the scope of the
   object whose docstring it is, to an object the reference documents (a public name under
   :data:`DOCUMENTED`); otherwise a plain code span. A leading ``~`` shows only the last component.
-* A paragraph ending in ``::`` (an RST literal block follows) ends in ``:``; the indented block
-  after it is a Markdown code block already.
+* A paragraph ending in ``::`` ends in ``:``, and the indented RST literal block after it becomes a
+  fenced code block.
+* RST's escaped space (``\\ ``, as in ````nn.Module````\\ s) is dropped.
 * Simple RST tables (``====  ====`` rules) become Markdown tables.
+* ``extra_repr`` (``nn.Module``'s repr hook) and instance attributes without a docstring (``self.x = x`` in ``__init__``) are left out: they
+  repeat the constructor's arguments, which are documented.
 
 Nothing here changes the code or what the docstrings say.
 """
@@ -111,7 +114,7 @@ def _rst_table(lines: list[str]) -> list[str]:
         if re.fullmatch(r"\s*=[= ]*", line):
             rules += 1
             continue
-        cells = [line[a:(spans[k + 1][0] if k + 1 < len(spans) else len(line))].strip()
+        cells = [line[a:(spans[k + 1][0] if k + 1 < len(spans) else len(line))].strip().replace("|", "\\|")
                  for k, (a, _) in enumerate(spans)]
         if rows and not cells[0] and rules >= 2:  # a continuation line of the previous row
             rows[-1] = [f"{p} {c}".strip() for p, c in zip(rows[-1], cells)]
@@ -149,10 +152,40 @@ def _rst_tables(text: str) -> str:
 ARGS = re.compile(r"^(\s*)(Args|Arguments|Parameters|Attributes|Other Parameters):\s*$")
 
 
-def _split_names(text: str) -> str:
+def _split_inline(line: str, indent: int, names: set[str]) -> list[str]:
+    """``a: text. b: more`` (two entries on one line) -> two lines, where ``b`` is a known name."""
+    parts = [line]
+    while True:
+        m = None
+        for m_ in re.finditer(r"(?<=[.)`]) ([A-Za-z_]\w*(?:, [A-Za-z_]\w*)*): ", parts[-1]):
+            if all(n in names for n in m_.group(1).split(", ")):
+                m = m_
+                break
+        if m is None:
+            return parts
+        last = parts.pop()
+        parts += [last[:m.start()], " " * indent + last[m.start() + 1:]]
+
+
+def _split_names(text: str, names: set[str] = frozenset()) -> str:
     """In an ``Args:`` section, ``a, b: description`` becomes one entry per name (griffe's Google
-    parser takes one name per entry); the description is repeated."""
+    parser takes one name per entry; the description is repeated), and ``a: text. b: text`` (two
+    entries on one line, ``b`` a parameter or member of the object) becomes two entries."""
     lines = text.split("\n")
+    out_lines: list[str] = []
+    in_args, base = False, 0
+    for line in lines:  # first pass: one entry per line
+        m = ARGS.match(line)
+        indent = len(line) - len(line.lstrip())
+        if m:
+            in_args, base = True, len(m.group(1))
+        elif line.strip() and indent <= base:
+            in_args = False
+        if in_args and not m and re.match(r"^\s*[A-Za-z_]\w*(?:, [A-Za-z_]\w*)*(?: \([^)]*\))?: ", line):
+            out_lines += _split_inline(line, indent, names)
+        else:
+            out_lines.append(line)
+    lines = out_lines
     out: list[str] = []
     k = 0
     while k < len(lines):
@@ -188,9 +221,51 @@ def _split_names(text: str) -> str:
 
 
 def _literal_blocks(text: str) -> str:
-    # "text::" -> "text:" and a lone "::" line is dropped; the indented block that follows is a code block
-    text = re.sub(r"(?m)^\s*::\s*$", "", text)
-    return re.sub(r"(?m)(\S)::\s*$", r"\1:", text)
+    """``paragraph::`` + blank line + indented block (RST) -> ``paragraph:`` + a fenced code block.
+
+    Fenced, not indented: griffe's Google parser reads a line ending in ``:`` followed by an
+    indented block as an admonition."""
+    lines = text.split("\n")
+    out: list[str] = []
+    k = 0
+    while k < len(lines):
+        line = lines[k]
+        m = re.match(r"^(\s*)(.*?)(\s*)::\s*$", line)
+        if not m:
+            out.append(line)
+            k += 1
+            continue
+        indent = len(m.group(1))
+        if m.group(2):
+            out.append(f"{m.group(1)}{m.group(2)}:")
+        j = k + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        block = []
+        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+            block.append(lines[j])
+            j += 1
+        while block and not block[-1].strip():
+            block.pop()
+        if not block:
+            k += 1
+            continue
+        cut = min(len(b) - len(b.lstrip()) for b in block if b.strip())
+        pad = " " * indent
+        out += ["", f"{pad}```text", *[f"{pad}{b[cut:]}" if b.strip() else "" for b in block], f"{pad}```", ""]
+        k = j
+    return "\n".join(out)
+
+
+def _names(obj: griffe.Object) -> set[str]:
+    """Parameter names of a function (or of a class's ``__init__``) and member names of a class."""
+    names: set[str] = set()
+    target = obj.members.get("__init__") if obj.is_class else obj
+    if target is not None and not target.is_alias and target.is_function:
+        names |= {p.name for p in target.parameters}
+    if obj.is_class:
+        names |= set(obj.members)
+    return names
 
 
 class SphinxToMarkdown(griffe.Extension):
@@ -205,10 +280,18 @@ class SphinxToMarkdown(griffe.Extension):
                 return
             seen.add(obj.path)
             if obj.docstring is not None:
-                text = _rst_tables(obj.docstring.value)
-                text = _literal_blocks(_split_names(text))
+                text = _rst_tables(obj.docstring.value.replace("\\ ", ""))  # RST's escaped space: ``x``\\ s
+                text = _literal_blocks(_split_names(text, _names(obj)))
                 obj.docstring.value = _roles(obj, rendered, text)
-            for member in obj.members.values():
+            init = obj.members.get("__init__") if obj.is_class else None
+            if init is not None and not init.is_alias and init.lineno and init.endlineno:
+                # attributes set in __init__ without a docstring repeat the constructor's arguments
+                for name in [n for n, m in obj.members.items() if not m.is_alias and m.is_attribute
+                             and m.docstring is None and m.lineno and init.lineno <= m.lineno <= init.endlineno]:
+                    del obj.members[name]
+            if obj.is_class and "extra_repr" in obj.members:  # nn.Module's repr hook, not API
+                del obj.members["extra_repr"]
+            for member in list(obj.members.values()):
                 if not member.is_alias:
                     walk(member)
 

@@ -1,5 +1,5 @@
 """MkDocs hook: ``{{ version }}`` in a page becomes ``spikegrad.__version__`` (read from the source,
-without importing the package)."""
+without importing the package); the tutorials' printed output is shown as plain text."""
 
 from __future__ import annotations
 
@@ -20,4 +20,6 @@ VERSION = _version()
 
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
+    # the printed output of the tutorials is text, not shell code to highlight
+    markdown = markdown.replace("```{.shell .mkd-glr-script-out-disp }", "```{.text .mkd-glr-script-out-disp }")
     return markdown.replace("{{ version }}", VERSION)

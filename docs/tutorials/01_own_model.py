@@ -151,4 +151,3 @@ axes[2].set_xlabel("time step")
 axes[2].set_title(f"readout, label {int(y[0])}")
 fig.tight_layout()
 
-# sphinx_gallery_thumbnail_number = 3

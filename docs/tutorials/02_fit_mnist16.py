@@ -1,5 +1,5 @@
 """
-# The mnist16 network with `fit`
+# Training mnist16 with fit
 
 `python train.py experiment=mnist16` builds its objects from the Hydra configs and hands them to
 `spikegrad.training.fit`. This tutorial builds the same objects in plain Python: 16x16
@@ -65,6 +65,7 @@ fig, ax = plt.subplots(figsize=(5, 3))
 epochs = [h["epoch"] for h in metrics["history"]]
 ax.plot(epochs, [100 * h["train_accuracy"] for h in metrics["history"]], marker="o", label="train")
 ax.plot(epochs, [100 * h["val_accuracy"] for h in metrics["history"]], marker="o", label="validation")
+ax.set_xticks(epochs)
 ax.set_xlabel("epoch")
 ax.set_ylabel("accuracy (%)")
 ax.legend()
