@@ -251,6 +251,7 @@ def test_imports_flow_one_way():
             assert not mod.startswith("torch._") and ".torch._" not in mod, f"{rel} imports private torch {mod}"
 
 
+@pytest.mark.slow
 def test_importing_the_library_changes_no_global_state():
     code = ("import matplotlib; before = matplotlib.get_backend(); import spikegrad, spikegrad.conversion, "
             "spikegrad.sharpening, spikegrad.plots, spikegrad.training; "

@@ -94,8 +94,7 @@ class Interrupting:
 
 
 def _worker(rank, world, port, out, task):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # OMP_NUM_THREADS: inherited (conftest.py)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = task(out)
@@ -157,6 +156,7 @@ def _resume_single(out):
     return {"message": None}
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     """2 x batch 8 == 1 x batch 16 in the same sample order, after one epoch of SGD (4 steps), with the
     upper and lower rate regularizers (means over samples) in the loss. Tolerance: 1e-6 on weights of
@@ -179,6 +179,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
 
 
+@pytest.mark.slow
 def test_sigint_on_one_rank_leaves_a_checkpoint_that_resumes_exactly(tmp_path):
     """Rate coding (each process its own noise), SIGINT on rank 1 inside epoch 2: both processes stop at the same
     batch, rank 0 writes interrupted.pt, and the resumed run ends with the uninterrupted run's weights."""
@@ -194,6 +195,7 @@ def test_sigint_on_one_rank_leaves_a_checkpoint_that_resumes_exactly(tmp_path):
     assert resumed[0]["res"]["history"] == full[0]["res"]["history"]
 
 
+@pytest.mark.slow
 def test_bad_use_is_explained(tmp_path):
     bad = spawn(_bad_batch, tmp_path / "batch")
     assert "data.batch_size=15 is the global batch and must be a multiple of the 2 processes" in bad[0]["message"]
@@ -222,6 +224,7 @@ def test_a_sweep_under_torchrun_is_refused(monkeypatch):
         sgdist.launch_overrides(["-m", "seed=0,1"])
 
 
+@pytest.mark.slow
 def test_torchrun_train_py_writes_one_run_folder_once(tmp_path):
     from conftest import SHARED_DATA
 
@@ -229,7 +232,7 @@ def test_torchrun_train_py_writes_one_run_folder_once(tmp_path):
         pytest.skip(f"real MNIST files not found in {SHARED_DATA / 'mnist'}")
     from test_train import TINY
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                         f"--master_port={free_port()}", str(REPO / "train.py"), "experiment=mnist16",
                         f"data.root={SHARED_DATA / 'mnist'}", *TINY, "trainer.epochs=2"],

@@ -454,11 +454,12 @@ def _train(tmp_path, *overrides):
     tiny = ["experiment=mnist16", f"data.root={root}", "data.download=false", "data.subset=200", "data.val_size=100",
             "data.batch_size=50", "data.eval_batch_size=2000", "T=8", "trainer.epochs=1", "trainer.progress=false",
             "trainer.log_samples=1", "model.sizes=[256,32,10]", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     return subprocess.run([sys.executable, str(repo / "train.py"), *tiny, *overrides], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_writes_model_nir(tmp_path):
     r = _train(tmp_path, "nir.export=true", "nir.discretization=euler", "neuron.reset=zero")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -472,6 +473,7 @@ def test_train_writes_model_nir(tmp_path):
     same_output(model(x), net(x))
 
 
+@pytest.mark.slow
 def test_train_refuses_subtract_reset_before_training(tmp_path):
     r = _train(tmp_path, "nir.export=true")
     assert r.returncode != 0 and "lossy_reset=True" in r.stderr

@@ -307,6 +307,7 @@ def test_native_whole_blocks_of_one_value_constants_match_reference(reset, detac
         assert_same(*lif_runs(base, T, reset, detach_reset, surrogate))
 
 
+@pytest.mark.slow  # the reference scan over 64 x 65,536 neurons
 @needs_native
 def test_native_large_layer_matches_reference():
     # 64 steps x 65,536 neurons: spikes and input gradient (16 MiB each) are written with
@@ -452,6 +453,7 @@ def test_native_build_failure_is_reported(monkeypatch, tmp_path):
     assert list(tmp_path.rglob("*.so")) == []  # nothing half-written left behind
 
 
+@pytest.mark.slow
 @needs_native
 def test_native_builds_into_cache_once(monkeypatch, tmp_path):
     import spikegrad.kernels.native as native
@@ -470,6 +472,7 @@ def test_native_builds_into_cache_once(monkeypatch, tmp_path):
     assert resolve_backend("native", x.half(), p, make_surrogate("atan")) == "fused"
 
 
+@pytest.mark.slow
 @needs_native
 def test_native_without_openmp_splits_on_python_threads(monkeypatch, tmp_path):
     # a compiler that cannot build with OpenMP: the library is built without it and the neurons

@@ -29,6 +29,7 @@ print(json.dumps({"mmapped_during": during.hblkhd, "heap_after_free": after.aren
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_retain_freed_memory_keeps_large_blocks_in_the_heap():
     import json

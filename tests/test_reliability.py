@@ -460,6 +460,7 @@ def test_label_outside_the_model_classes_is_named(tmp_path):
         fit(model, [(x, y)], None, None, opt, MaxOverTime(), epochs=1, progress=False)
 
 
+@pytest.mark.slow
 def test_importing_plots_leaves_the_matplotlib_backend_alone():
     import subprocess
     import sys

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # every test starts train.py in a subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.subset=200", "data.val_size=100", "data.batch_size=50", "data.eval_batch_size=2000", "T=8",
@@ -32,7 +35,7 @@ def data_root(tmp_path_factory, request):
 
 
 def train(*args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}  # threads and kernel cache: tests/conftest.py
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -49,7 +52,8 @@ def test_single_run_writes_metrics_checkpoints_and_tensorboard(data_root, tmp_pa
     for key in ("test_accuracy", "val_accuracy", "test_loss", "spikes_per_input", "epochs", "train_seconds",
                 "train_samples_per_second"):
         assert key in m, key
-    assert 0.1 < m["test_accuracy"] <= 1 and m["epochs"] == 1 and m["spikes_per_input"] > 0
+    assert 0 <= m["test_accuracy"] <= 1 and m["epochs"] == 1 and m["spikes_per_input"] > 0  # 4 steps: no accuracy claim
+    assert math.isfinite(m["history"][0]["train_loss"]) and math.isfinite(m["test_loss"])
     assert (out / "last.pt").exists() and (out / "best.pt").exists()
     events = list((out / "tb").rglob("events.out.tfevents.*"))
     assert events
@@ -75,7 +79,7 @@ def test_failed_job_is_listed_in_the_sweep_summary(data_root, tmp_path):
               f"hydra.sweep.dir={sweep}", *TINY[1:], cwd=tmp_path)
     assert r.returncode != 0
     rows = {row["job"]: row for row in csv.DictReader((sweep / "summary.csv").open())}
-    assert rows["0"]["status"] == "ok" and float(rows["0"]["val_accuracy"]) > 0
+    assert rows["0"]["status"] == "ok" and 0 <= float(rows["0"]["val_accuracy"]) <= 1
     assert rows["1"]["status"] == "failed" and "subset=100000 exceeds" in rows["1"]["error"]
     assert "data.subset=100000" in rows["1"]["overrides"]
     assert "run failed: ValueError: subset=100000" in (sweep / "1" / "train.log").read_text()
@@ -83,10 +87,9 @@ def test_failed_job_is_listed_in_the_sweep_summary(data_root, tmp_path):
 
 def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(data_root, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["experiment=mnist16", f"data.root={data_root}", f"hydra.run.dir={out}", *TINY[:-6], "trainer.epochs=500",
             "trainer.progress=false", "model.sizes=[256,32,10]", "data.download=false", "device=cpu"]
-    p = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, text=True,
+    p = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
