@@ -66,7 +66,6 @@ __all__ = [
     "register_surrogate",
     "registered_name",
     "make_surrogate",
-    "make",
 ]
 
 
@@ -317,6 +316,3 @@ def make_surrogate(name: str | Surrogate, **kwargs) -> Surrogate:
         raise ValueError(f"unknown surrogate {name!r}; known surrogates: {known}. "
                          "Register new ones with @spikegrad.surrogates.register_surrogate(name).")
     return SURROGATES[name](**kwargs)
-
-
-make = make_surrogate

@@ -333,27 +333,46 @@ def test_infinite_gradient_on_an_epochs_last_batch_keeps_the_good_checkpoint(tmp
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_no_checkpoint_is_written_from_non_finite_weights(tmp_path):
-    class Poison:  # a sharpener hook that makes a weight infinite after epoch 2
-        def __init__(self, model):
-            self.model = model
+class Poison:
+    """A sharpener hook that makes a weight infinite after epoch 2 or, with ``interrupt``, after batch 2 of
+    epoch 2, followed there by a Ctrl-C (the interrupted run then has non-finite weights to save)."""
 
-        def on_batch_end(self, *a):
-            pass
+    def __init__(self, model, interrupt=False):
+        self.model, self.interrupt = model, interrupt
 
-        def on_epoch_end(self, epoch, metrics):
-            if epoch == 1:
-                with torch.no_grad():
-                    self.model.layers[1].module.weight[0, 0] = float("inf")
+    def poison(self):
+        with torch.no_grad():
+            self.model.layers[1].module.weight[0, 0] = float("inf")
 
-        def state_dict(self):
-            return {}
+    def on_batch_end(self, epoch, batch, loss):
+        if self.interrupt and (epoch, batch) == (1, 1):
+            self.poison()
+            raise KeyboardInterrupt
 
-        def load_state_dict(self, state):
-            pass
+    def on_epoch_end(self, epoch, metrics):
+        if not self.interrupt and epoch == 1:
+            self.poison()
 
-    with pytest.raises(NonFiniteLossError, match=r"weights became non-finite after epoch 2 \(layers\.1\.module\.weight\)"):
-        run(tmp_path, sharpener=Poison)
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@pytest.mark.parametrize("out_dir", [True, False])
+def test_no_checkpoint_is_written_from_non_finite_weights(tmp_path, out_dir):
+    """Checked once per checkpoint, when it is built: also without an output folder (the run stops there)."""
+    with pytest.raises(NonFiniteLossError, match=r"weights became non-finite after epoch 2 \(layers\.1\.module\."):
+        run(tmp_path if out_dir else None, sharpener=Poison)
+    if out_dir:
+        assert torch.load(tmp_path / "last.pt", weights_only=False)["state"]["epoch"] == 1
+
+
+def test_an_interrupt_saves_no_checkpoint_from_non_finite_weights(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"weights became non-finite during train of epoch 2 \(layers\.1\."):
+        run(tmp_path, sharpener=functools.partial(Poison, interrupt=True))
+    assert not (tmp_path / "interrupted.pt").exists()
     assert torch.load(tmp_path / "last.pt", weights_only=False)["state"]["epoch"] == 1
 
 

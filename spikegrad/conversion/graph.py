@@ -42,7 +42,6 @@ __all__ = ["SUPPORTED", "ConversionError", "Node", "Program", "fold_batchnorm", 
 
 SUPPORTED = ("Conv2d, Linear, ReLU, BatchNorm1d/2d, AvgPool2d, MaxPool2d, Flatten, Dropout, Identity, "
              "residual additions, concatenation and reshapes")
-KINDS = ("input", "conv", "linear", "scale", "avgpool", "maxpool", "relu", "add", "call")
 SYNAPTIC = ("conv", "linear", "scale", "avgpool")  # kinds whose inputs drive synapses
 
 _HINTS = {

@@ -449,7 +449,13 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
     def stop_agreed() -> bool:
         return _dist.agree(bool(stop)) if sync else bool(stop)
 
-    def checkpoint(rng: dict) -> dict:
+    def checkpoint(rng: dict, when: str) -> dict:
+        """The checkpoint of this moment; never built from non-finite weights (checked here, once per checkpoint,
+        on every process, also without out_dir)."""
+        bad = _nonfinite_names(model)
+        if bad:
+            raise NonFiniteLossError(f"the weights became non-finite {when} ({', '.join(bad[:5])}); no checkpoint "
+                                     "is written from them")
         ranks = _dist.gather({"rng": rng, "totals": state["totals"], "epoch_rng": state["epoch_rng"]}) if sync else None
         return {"version": CHECKPOINT_VERSION, **({"world_size": world, "ranks": ranks} if sync else {}), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "optimizer_type": type(optimizer).__name__,
@@ -457,13 +463,9 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
                 "sharpener": None if sharpener is None else sharpener.state_dict(),
                 "best_model": best_model, "settings": settings, "state": dict(state), "rng": rng}
 
-    def write(ckpt: dict, name: str, when: str) -> Path | None:
+    def write(ckpt: dict, name: str) -> Path | None:
         if out_dir is None or _dist.rank() > 0:
             return None
-        bad = _nonfinite_names(model)
-        if bad:
-            raise NonFiniteLossError(f"the weights became non-finite {when} ({', '.join(bad[:5])}); no checkpoint "
-                                     "is written from them")
         save_checkpoint(ckpt, out_dir / name)
         return out_dir / name
 
@@ -524,15 +526,11 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
                 state["best_val"] = score
                 best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             state["epoch"] = epoch + 1
-            bad = _nonfinite_names(model)
-            if bad:
-                raise NonFiniteLossError(f"the weights became non-finite after epoch {epoch + 1} ({', '.join(bad[:5])}); "
-                                         "no checkpoint is written from them")
             phase = "checkpoint write"
-            ckpt = checkpoint(_rng_state(train_loader, generator))
-            write(ckpt, "last.pt", f"after epoch {epoch + 1}")
+            ckpt = checkpoint(_rng_state(train_loader, generator), f"after epoch {epoch + 1}")
+            write(ckpt, "last.pt")
             if improved:
-                write(ckpt, "best.pt", f"after epoch {epoch + 1}")
+                write(ckpt, "best.pt")
             _check_stop(stop_agreed)
             phase = "epoch end"
             if writer is not None:
@@ -587,12 +585,12 @@ def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epoch
         else:  # every process builds the checkpoint (its random state goes in), rank 0 writes it and says where
             if phase in ("train", "validation"):  # the last completed batch is the resume point
                 state.update(batch=position["batch"], totals=position["totals"], epoch_rng=epoch_rng)
-                ckpt = checkpoint(position["rng"])
+                ckpt = checkpoint(position["rng"], where)
             else:  # at an epoch boundary: the end-of-epoch checkpoint
                 if last_weights is not None:
                     model.load_state_dict(last_weights)
-                ckpt = checkpoint(_rng_state(train_loader, generator)) if phase != "checkpoint write" else ckpt
-            path = write(ckpt, "interrupted.pt", where)
+                ckpt = checkpoint(_rng_state(train_loader, generator), where) if phase != "checkpoint write" else ckpt
+            path = write(ckpt, "interrupted.pt")
             what = (f"epoch {state['epoch'] + 1}, batch {state['batch']}" if phase in ("train", "validation")
                     else f"{state['epoch']} completed epochs")
             if _dist.rank() == 0:
