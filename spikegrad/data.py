@@ -44,7 +44,8 @@ from tqdm import tqdm
 
 __all__ = [
     "DATASETS", "SPLIT_FILES", "DatasetInfo", "IDXData", "RandomShift", "area_matrix", "area_resize",
-    "cache_root", "default_root", "download", "load_split", "make_loaders", "read_idx", "shift_images",
+    "cache_root", "check_loader_args", "check_name", "default_root", "download", "is_int", "load_split",
+    "make_loaders", "read_idx", "sha256_files", "shift_images",
 ]
 
 SPLIT_FILES: dict[str, tuple[str, str]] = {  # split -> (images file, labels file)
@@ -184,7 +185,7 @@ def default_root(name: str) -> Path:
     Returns:
         ``$SPIKEGRAD_DATA/<name>`` if that variable is set, else ``~/.cache/spikegrad/<name>``.
     """
-    _check_name(name)
+    check_name(name)
     base = os.environ.get("SPIKEGRAD_DATA")
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "spikegrad") / name
 
@@ -200,7 +201,8 @@ def cache_root() -> Path:
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "spikegrad") / "resized"
 
 
-def _sha256(paths: Sequence[Path]) -> str:
+def sha256_files(paths: Sequence[Path]) -> str:
+    """SHA-256 (hex) of the concatenated contents of ``paths``: the key of a cache entry."""
     h = hashlib.sha256()
     for path in paths:
         with open(path, "rb") as f:
@@ -262,7 +264,7 @@ def download(name: str, root: str | os.PathLike | None = None,
     Raises:
         RuntimeError: a file could not be fetched from any mirror (each failure is listed).
     """
-    info = DATASETS[_check_name(name)]
+    info = DATASETS[check_name(name)]
     root = _resolve_root(name, root)
     mirrors = info.mirrors if mirrors is None else tuple(mirrors)
     root.mkdir(parents=True, exist_ok=True)
@@ -349,7 +351,7 @@ def load_split(name: str = "mnist", root: str | os.PathLike | None = None, split
         ValueError: bad arguments, corrupt files, or files of the wrong kind.
         FileNotFoundError: files missing and not downloadable; names them and the folder.
     """
-    _check_name(name)
+    check_name(name)
     if split not in SPLIT_FILES:
         raise ValueError(f"split must be one of {list(SPLIT_FILES)}, got {split!r}.")
     if size is not None:
@@ -361,7 +363,7 @@ def load_split(name: str = "mnist", root: str | os.PathLike | None = None, split
     n_classes = num_classes if num_classes is not None else N_CLASSES.get(name)
     cache_file = digest = None
     if size is not None and cache:
-        digest = _sha256([root / f for f in files])
+        digest = sha256_files([root / f for f in files])
         cache_file = (Path(cache_dir).expanduser() if cache_dir is not None else cache_root()) / \
             f"{name}_{split}_{size}px_{_RESIZE_METHOD}_{digest[:24]}.pt"
         cached = None
@@ -463,7 +465,7 @@ class RandomShift:
     """
 
     def __init__(self, max_shift: int, generator: torch.Generator | None = None):
-        if not _is_int(max_shift) or max_shift < 1:
+        if not is_int(max_shift) or max_shift < 1:
             raise ValueError(f"max_shift must be an int >= 1 (pixels), got {max_shift!r}; "
                              "use shift=0 for no augmentation.")
         self.max_shift, self.generator = int(max_shift), generator
@@ -504,10 +506,10 @@ def make_loaders(name: str = "mnist", root: str | os.PathLike | None = None,
     Returns:
         (train_loader, val_loader or None when ``val_size == 0``, test_loader).
     """
-    _check_loader_args(val_size, subset, batch_size, eval_batch_size, seed)
-    if not _is_int(shift) or shift < 0:
+    check_loader_args(val_size, subset, batch_size, eval_batch_size, seed)
+    if not is_int(shift) or shift < 0:
         raise ValueError(f"shift must be an int >= 0 (pixels of random translation), got {shift!r}.")
-    if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
+    if num_classes is not None and (not is_int(num_classes) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}.")
     x, y = load_split(name, root, "train", size, download, mirrors, num_classes=num_classes)
     x_test, y_test = load_split(name, root, "test", size, download, mirrors, num_classes=num_classes)
@@ -559,10 +561,10 @@ class IDXData:
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
+        check_name(self.name)
         if self.size is not None:
             _check_size(self.size)
-        _check_loader_args(self.val_size, self.subset, self.batch_size, self.eval_batch_size, 0)
+        check_loader_args(self.val_size, self.subset, self.batch_size, self.eval_batch_size, 0)
         if self.mirrors is not None:
             self.mirrors = tuple(self.mirrors)  # plain tuple, also from an OmegaConf ListConfig
 
@@ -572,7 +574,8 @@ class IDXData:
 
 
 # ------------------------------------------------------------------------------ validation
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """``name`` if it is one of :data:`DATASETS`; else a ValueError listing them."""
     if name not in DATASETS:
         raise ValueError(f"name must be one of {list(DATASETS)}, got {name!r}.")
     return name
@@ -587,20 +590,23 @@ def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
     return Path(root).expanduser()
 
 
-def _is_int(v: object) -> bool:
+def is_int(v: object) -> bool:
+    """True for a Python or numpy integer that is not a bool."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _check_size(size: int) -> None:
-    if not _is_int(size) or size < 1:
+    if not is_int(size) or size < 1:
         raise ValueError(f"size must be a positive int (pixels) or None, got {size!r}.")
 
 
-def _check_loader_args(val_size: int, subset: int | None, batch_size: int,
-                       eval_batch_size: int, seed: int) -> None:
+def check_loader_args(val_size: int, subset: int | None, batch_size: int,
+                      eval_batch_size: int, seed: int) -> None:
+    """Raise a ValueError naming the argument unless the split and batch sizes are valid ints
+    (``val_size >= 0``, ``batch_size, eval_batch_size >= 1``, ``seed >= 0``, ``subset`` None or >= 1)."""
     for arg, v, low in [("val_size", val_size, 0), ("batch_size", batch_size, 1),
                         ("eval_batch_size", eval_batch_size, 1), ("seed", seed, 0)]:
-        if not _is_int(v) or v < low:
+        if not is_int(v) or v < low:
             raise ValueError(f"{arg} must be an int >= {low}, got {v!r}.")
-    if subset is not None and (not _is_int(subset) or subset < 1):
+    if subset is not None and (not is_int(subset) or subset < 1):
         raise ValueError(f"subset must be a positive int (samples) or None (all), got {subset!r}.")

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from spikegrad.data import _is_int
+from spikegrad.data import is_int
 from .events import EventSamples, event_loaders
 
 __all__ = ["RandomManifold", "RandmanData", "eval_manifold", "make_randman", "n_frequencies",
@@ -220,7 +220,7 @@ class RandmanData:
         self.split_sizes()  # checks the fractions
         for arg in ("batch_size", "eval_batch_size"):
             v = getattr(self, arg)
-            if not _is_int(v) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"RandmanData: {arg} must be an int >= 1 (samples), got {v!r}")
 
     def split_sizes(self) -> tuple[int, int, int]:
@@ -278,7 +278,7 @@ def _check_generator_args(n_classes: int, n_units: int, n_steps: int, dim_manifo
                               ("n_steps", n_steps, 1, "steps"), ("dim_manifold", dim_manifold, 1, "dimensions"),
                               ("spikes_per_unit", spikes_per_unit, 1, "spikes"),
                               ("samples_per_class", samples_per_class, 1, "samples"), ("seed", seed, 0, "")]:
-        if not _is_int(v) or v < low:
+        if not is_int(v) or v < low:
             raise ValueError(f"Randman: {arg} must be an int >= {low}{f' ({unit})' if unit else ''}, got {v!r}")
     _check_alpha(alpha)
     if isinstance(step_frac, bool) or not isinstance(step_frac, (int, float)) or not 0 < step_frac <= 1:

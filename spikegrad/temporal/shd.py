@@ -50,7 +50,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data import _check_loader_args, _is_int, _sha256, cache_root
+from ..data import check_loader_args, is_int, sha256_files, cache_root
 from .events import EventSamples, event_loaders
 
 __all__ = ["BASE_URL", "FILES", "N_CHANNELS", "N_CLASSES", "SHDData", "download", "load_events", "speaker_split"]
@@ -126,13 +126,13 @@ def load_events(path: str | os.PathLike, n_steps: int, dt_s: float, channels: in
 
 
 def _check_binning(n_steps: int, dt_s: float, channels: int) -> None:
-    if not _is_int(n_steps) or n_steps < 1:
+    if not is_int(n_steps) or n_steps < 1:
         raise ValueError(f"n_steps must be an int >= 1 (steps per sample), got {n_steps!r}.")
     if (isinstance(dt_s, bool) or not isinstance(dt_s, (int, float, np.integer, np.floating))
             or not math.isfinite(dt_s) or dt_s <= 0):
         raise ValueError(f"dt_s must be a finite number > 0 (seconds per step, e.g. 0.01 for 100 steps "
                          f"over 1 s), got {dt_s!r}.")
-    if not _is_int(channels) or channels < 1 or N_CHANNELS % channels:
+    if not is_int(channels) or channels < 1 or N_CHANNELS % channels:
         raise ValueError(f"channels must divide {N_CHANNELS} (groups of {N_CHANNELS} // channels neighbouring "
                          f"channels are summed): one of {_DIVISORS}; got {channels!r}.")
 
@@ -165,7 +165,7 @@ def _open_h5(path: Path, label: str | None = None) -> h5py.File:
 def _decompressed(path: Path, label: str) -> Path:
     """The decompressed copy of the gzipped ``path`` in the cache (made once, atomically)."""
     stem = label.removesuffix(".gz").removesuffix(".h5")
-    out = cache_root().parent / "heidelberg" / f"{stem}_{_sha256([path])[:24]}.h5"
+    out = cache_root().parent / "heidelberg" / f"{stem}_{sha256_files([path])[:24]}.h5"
     if out.is_file():
         return out
     try:
@@ -329,7 +329,7 @@ def download(name: str, root: str | os.PathLike | None = None, base_url: str = B
     Raises:
         RuntimeError: a file could not be fetched or is not a valid file (names the URL and the cause).
     """
-    _check_name(name)
+    check_name(name)
     root = _resolve_root(name, root)
     root.mkdir(parents=True, exist_ok=True)
     for fname in FILES[name].values():
@@ -368,7 +368,7 @@ def _fetch(url: str, dest: Path, timeout: float, progress: bool) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     if name not in FILES:
         raise ValueError(f"name must be one of {list(FILES)}, got {name!r}.")
     return name
@@ -413,10 +413,10 @@ class SHDData:
     n_classes: int | None = None
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
+        check_name(self.name)
         _check_binning(self.n_steps, self.dt_s, self.channels)
         _check_fraction(self.val_fraction)
-        _check_loader_args(0, self.subset, self.batch_size, self.eval_batch_size, 0)
+        check_loader_args(0, self.subset, self.batch_size, self.eval_batch_size, 0)
         for field, want in [("n_units", self.channels), ("n_classes", N_CLASSES[self.name])]:
             got = getattr(self, field)
             if got is not None and got != want:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from spikegrad.data import _check_loader_args, _check_name, _is_int, load_split
+from spikegrad.data import check_loader_args, check_name, is_int, load_split
 
 __all__ = ["N_PIXELS", "SMNISTData", "SequenceCollate", "level_crossings", "level_thresholds", "pixel_permutation"]
 
@@ -132,14 +132,14 @@ class SMNISTData:
     drop_last: bool = False
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
+        check_name(self.name)
         if self.input not in INPUTS:
             raise ValueError(f"SMNISTData: input must be one of {list(INPUTS)} (gray value as current, or "
                              f"level-crossing spikes), got {self.input!r}")
         _check_levels(self.n_levels)
-        if not _is_int(self.permutation_seed) or self.permutation_seed < 0:
+        if not is_int(self.permutation_seed) or self.permutation_seed < 0:
             raise ValueError(f"SMNISTData: permutation_seed must be an int >= 0, got {self.permutation_seed!r}")
-        _check_loader_args(self.val_size, self.subset, self.batch_size, self.eval_batch_size, 0)
+        check_loader_args(self.val_size, self.subset, self.batch_size, self.eval_batch_size, 0)
 
     @property
     def n_units(self) -> int:
@@ -177,7 +177,7 @@ class SMNISTData:
 
     def loaders(self, seed: int = 0) -> tuple[DataLoader, DataLoader | None, DataLoader]:
         """(train, val or None when ``val_size == 0``, test) loaders of pixel sequences."""
-        _check_loader_args(self.val_size, self.subset, self.batch_size, self.eval_batch_size, seed)
+        check_loader_args(self.val_size, self.subset, self.batch_size, self.eval_batch_size, seed)
         x, y = self._split("train")
         x_test, y_test = self._split("test")
         n = len(y)
@@ -209,5 +209,5 @@ class SMNISTData:
 
 
 def _check_levels(n_levels: int) -> None:
-    if not _is_int(n_levels) or n_levels < 1:
+    if not is_int(n_levels) or n_levels < 1:
         raise ValueError(f"n_levels must be an int >= 1 (level-crossing input neurons), got {n_levels!r}")
