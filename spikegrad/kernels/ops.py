@@ -10,7 +10,8 @@ graph as single nodes whose shapes are symbolic in ``T``:
   and :func:`~spikegrad.kernels.native.lif_backward`;
 * ``spikegrad::li`` / ``spikegrad::li_backward``: the leaky integrator;
 * ``spikegrad::sparse_linear`` / ``spikegrad::sparse_linear_backward``: ``F.linear`` on the
-  non-zeros of a spike input (:mod:`spikegrad.kernels.sparse`), weight gradient on the non-zeros.
+  non-zeros of a spike input (:mod:`spikegrad.kernels.sparse`), weight gradient on the non-zeros;
+  :func:`sparse_linear_eager` is the product both the operator and eager code run.
 
 :func:`spikegrad.kernels.lif_sequence` and friends use them while ``torch.compile`` traces; eager
 code keeps the ``autograd.Function``\\ s (same kernels, same numbers).
@@ -19,6 +20,7 @@ code keeps the ``autograd.Function``\\ s (same kernels, same numbers).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..surrogates import SURROGATES
@@ -141,13 +143,43 @@ li_op.register_autograd(_li_grad, setup_context=_li_setup)
 
 
 # ------------------------------------------------------------------------------ sparse input layer
+def dense_only(x: Tensor, weight: Tensor) -> bool:
+    """Whether ``F.linear(x, weight)`` takes the dense path whatever the density of ``x``: an input
+    off the CPU, not float32/float64, of another dtype than ``weight``, needing a gradient, or empty."""
+    return (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dtype != weight.dtype
+            or (x.requires_grad and torch.is_grad_enabled()) or x.numel() == 0)
+
+
+def sparse_linear_eager(x: Tensor, weight: Tensor, bias: Tensor | None = None, max_density: float = 0.05) -> Tensor:
+    """:func:`spikegrad.kernels.sparse.sparse_linear` outside ``torch.compile`` (same arguments and
+    result): the products on the non-zeros of ``x [..., K]`` (one ``embedding_bag`` bag per row),
+    or ``F.linear`` when :func:`dense_only` or when ``x`` is denser than ``max_density``."""
+    if not 0.0 <= max_density <= 1.0:
+        raise ValueError(f"sparse_linear: max_density must be in [0, 1], got {max_density!r}")
+    if dense_only(x, weight):
+        return F.linear(x, weight, bias)
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)                                # [R, K]
+    R = x2.shape[0]
+    flat = x2.reshape(-1).nonzero().squeeze(1)          # [nnz], row-major
+    if flat.numel() > max_density * x2.numel():
+        return F.linear(x, weight, bias)
+    rows = torch.div(flat, K, rounding_mode="floor")
+    cols = flat - rows * K
+    vals = x2.reshape(-1)[flat]
+    offsets = torch.zeros(R, dtype=torch.int64, device=x.device)   # start of each row's bag
+    torch.cumsum(torch.bincount(rows, minlength=R)[:-1], 0, out=offsets[1:])
+    y = F.embedding_bag(cols, weight.t().contiguous(), offsets, mode="sum", per_sample_weights=vals)  # [R, N]
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
 @torch.library.custom_op("spikegrad::sparse_linear", mutates_args=())
 def sparse_linear_op(x: Tensor, weight: Tensor, bias: Tensor | None, max_density: float) -> Tensor:
     """``F.linear(x, weight, bias)`` for ``x [R, K]``, on the non-zeros of ``x`` when at most a
     fraction ``max_density`` of it is non-zero (:func:`spikegrad.kernels.sparse.sparse_linear`)."""
-    from .sparse import sparse_linear
-
-    return sparse_linear(x, weight, bias, max_density)
+    return sparse_linear_eager(x, weight, bias, max_density)
 
 
 @sparse_linear_op.register_fake

@@ -10,8 +10,9 @@ layer), is on an accelerator, or is denser than ``max_density``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .ops import dense_only, sparse_linear_eager, sparse_linear_op
 
 __all__ = ["sparse_linear", "SparseInputLinear"]
 
@@ -31,34 +32,15 @@ def sparse_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, max_den
         ``[..., N]``, equal to ``F.linear`` up to float rounding (sums in another order).
 
     The sparse path runs on CPU tensors that need no gradient (float32/float64); ``weight`` and
-    ``bias`` get their gradients as usual. Anything else goes to ``F.linear``.
+    ``bias`` get their gradients as usual. Anything else goes to ``F.linear``. The product is
+    :func:`spikegrad.kernels.ops.sparse_linear_eager`; under ``torch.compile`` it runs as the
+    custom operator :func:`spikegrad.kernels.ops.sparse_linear_op`.
     """
-    if not 0.0 <= max_density <= 1.0:
-        raise ValueError(f"sparse_linear: max_density must be in [0, 1], got {max_density!r}")
-    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dtype != weight.dtype
-            or (x.requires_grad and torch.is_grad_enabled()) or x.numel() == 0):
-        return F.linear(x, weight, bias)
-    if torch.compiler.is_compiling():  # the same computation as one custom operator (no data-dependent shapes)
-        from .ops import sparse_linear_op
-
-        K = x.shape[-1]
+    if torch.compiler.is_compiling() and 0.0 <= max_density <= 1.0 and not dense_only(x, weight):
+        K = x.shape[-1]  # the same computation as one custom operator (no data-dependent shapes)
         y = sparse_linear_op(x.reshape(-1, K), weight, bias, float(max_density))
         return y.reshape(*x.shape[:-1], weight.shape[0])
-    K = x.shape[-1]
-    x2 = x.reshape(-1, K)                                # [R, K]
-    R = x2.shape[0]
-    flat = x2.reshape(-1).nonzero().squeeze(1)          # [nnz], row-major
-    if flat.numel() > max_density * x2.numel():
-        return F.linear(x, weight, bias)
-    rows = torch.div(flat, K, rounding_mode="floor")
-    cols = flat - rows * K
-    vals = x2.reshape(-1)[flat]
-    offsets = torch.zeros(R, dtype=torch.int64, device=x.device)   # start of each row's bag
-    torch.cumsum(torch.bincount(rows, minlength=R)[:-1], 0, out=offsets[1:])
-    y = F.embedding_bag(cols, weight.t().contiguous(), offsets, mode="sum", per_sample_weights=vals)  # [R, N]
-    if bias is not None:
-        y = y + bias
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    return sparse_linear_eager(x, weight, bias, max_density)
 
 
 class SparseInputLinear(nn.Linear):
