@@ -2,6 +2,7 @@
 per-neuron constants that stay valid, the refusals, and the one-way import graph."""
 
 import ast
+import graphlib
 import math
 import subprocess
 import sys
@@ -202,18 +203,45 @@ def test_bad_states_are_clear_errors():
 
 
 # ------------------------------------------------------------------------------ architecture
-LAYERS = {  # module -> spikegrad modules it may import
-    "checks": set(),
-    "surrogates": set(),
-    "functional": {"checks"},
-    "kernels": {"checks", "surrogates", "functional", "kernels"},
-    "neurons": {"checks", "surrogates", "functional", "kernels"},
-    "models": {"checks", "surrogates", "functional", "kernels", "neurons"},
-}
+# The intended order of spikegrad's modules and packages, bottom up: a module may import only
+# modules of lower rows (and the modules of its own package). Rows 0-4 are the core (surrogates <-
+# functional core <- kernels <- neuron modules <- models); training builds on the core; the method
+# packages sit on top of both, NIR interop on top of the models it exports.
+ORDER = (
+    ("checks", "surrogates"),                   # argument checks; surrogate spike functions
+    ("functional",),                            # the functional core: states, step functions, scan
+    ("kernels",),                               # fast paths of the same maths
+    ("neurons", "encoding"),                    # neuron modules; encoders (SpikeTimes from kernels.events)
+    ("models",),                                # networks of neurons
+    ("losses", "regularizers", "data", "plots", "malloc"),  # what training takes, reads, draws, tunes
+    ("__init__",),                              # the package's own names: the model builder's API
+    ("training", "temporal"),                   # the training loop; temporal datasets over data
+    ("sharpening", "conversion", "hardware"),   # method packages, reusing the neurons
+    ("interop",),                               # NIR export/import of the models and methods
+    ("sweep",),                                 # the Hydra sweep callback, train.py's side
+)
+# Inside kernels/, bottom up: shared preparation, the kernels, the custom operators and the event
+# paths over them, the sparse input layer over its operator, the backend choice (__init__).
+KERNEL_ORDER = (
+    ("_common", "linear"),
+    ("native", "cpu", "triton_lif", "recurrent"),
+    ("ops", "events"),
+    ("sparse",),
+    ("__init__",),
+)
+
+
+def _may_import(order: tuple[tuple[str, ...], ...]) -> dict[str, set[str]]:
+    """module -> the modules it may import: those of lower rows."""
+    return {m: set().union(*order[:k]) for k, row in enumerate(order) for m in row}
+
+
+LAYERS = _may_import(ORDER)
+KERNEL_LAYERS = _may_import(KERNEL_ORDER)
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(imported spikegrad module, imported names) of every import in a file, resolved from relative form."""
+    """(imported module, imported names) of every import in a file, in functions too, resolved from relative form."""
     parts = path.relative_to(ROOT.parent).with_suffix("").parts
     package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
     out = []
@@ -227,21 +255,55 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _top(mod: str) -> str | None:
-    parts = mod.split(".")
-    return parts[1] if parts[0] == "spikegrad" and len(parts) > 1 else None
+def _key(parts: tuple[str, ...]) -> tuple[str, ...]:
+    """The file a dotted spikegrad path (without 'spikegrad') names: ('kernels', 'ops'), ('kernels', '__init__'), ..."""
+    return parts + ("__init__",) if ROOT.joinpath(*parts).is_dir() else parts
+
+
+def _targets(mod: str, names: list[str]) -> list[tuple[str, ...]]:
+    """The spikegrad files an import reads: ``from spikegrad.kernels import native, lif_sequence`` reads
+    kernels/native.py and kernels/__init__.py."""
+    if mod.split(".")[0] != "spikegrad":
+        return []
+    parts = tuple(mod.split(".")[1:])
+    out = set()
+    for name in names or [None]:
+        sub = parts + (name,) if name else None
+        is_module = sub and (ROOT.joinpath(*sub).is_dir() or ROOT.joinpath(*sub).with_suffix(".py").exists())
+        out.add(_key(sub if is_module else parts))
+    return sorted(out)
+
+
+def _name(key: tuple[str, ...]) -> str:
+    """('kernels', '__init__') -> 'spikegrad.kernels'."""
+    return ".".join(("spikegrad", *key[:-1], *[k for k in key[-1:] if k != "__init__"]))
+
+
+def _top(key: tuple[str, ...]) -> str:
+    """The row of a file in ORDER: its top-level module or package, '__init__' for spikegrad/__init__.py."""
+    return key[0]
 
 
 def test_imports_flow_one_way():
-    for path in ROOT.rglob("*.py"):
+    files = sorted(ROOT.rglob("*.py"))
+    unplaced = sorted({_top(p.relative_to(ROOT).with_suffix("").parts) for p in files} - set(LAYERS))
+    assert not unplaced, f"place {unplaced} in ORDER (tests/test_core.py)"
+    kernels = sorted({p.stem for p in (ROOT / "kernels").glob("*.py")} - set(KERNEL_LAYERS))
+    assert not kernels, f"place kernels/{kernels} in KERNEL_ORDER (tests/test_core.py)"
+    within: dict[tuple[str, ...], set[tuple[str, ...]]] = {}  # file -> files of its own package it imports
+    for path in files:
         rel = path.relative_to(ROOT)
-        me = rel.parts[0].removesuffix(".py")
+        me = rel.with_suffix("").parts
+        within.setdefault(me, set())
         for mod, names in _imports(path):
-            target = _top(mod)
-            if mod == "spikegrad" or (mod.startswith("spikegrad.") and target is None):
-                target = names[0] if names else None
-            if me in LAYERS and target is not None:
-                assert target in LAYERS[me] | {me}, f"{rel} imports spikegrad.{target}"
+            for target in _targets(mod, names):
+                mine, theirs = _top(me), _top(target)
+                if mine != theirs:
+                    assert theirs in LAYERS[mine], f"{rel} imports {_name(target)} (see ORDER)"
+                elif mine == "kernels" and target != me:
+                    assert target[1] in KERNEL_LAYERS[me[1]], f"{rel} imports {_name(target)} (see KERNEL_ORDER)"
+                if target != me and target[:-1] == me[:-1]:
+                    within[me].add(target)
             if mod.split(".")[0] == "hydra" and rel.as_posix() != "sweep.py":
                 pytest.fail(f"{rel} imports hydra; only the sweep callback may")
             if mod.startswith("spikegrad") and mod.split(".")[-1] != rel.with_suffix("").parts[-1]:
@@ -249,6 +311,10 @@ def test_imports_flow_one_way():
                 same_package = len(rel.parts) > 1 and mod.startswith(f"spikegrad.{rel.parts[0]}")
                 assert not private or same_package, f"{rel} imports private {private} from {mod}"
             assert not mod.startswith("torch._") and ".torch._" not in mod, f"{rel} imports private torch {mod}"
+    try:  # no cycle between the modules of one package, also through imports inside functions
+        tuple(graphlib.TopologicalSorter(within).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(_name(k) for k in e.args[1])}")
 
 
 @pytest.mark.slow
