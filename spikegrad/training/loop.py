@@ -406,198 +406,276 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
     settings = _settings(epochs, optimizer, scheduler, grad_clip, train_loader, config)
     eval_seed = generator.initial_seed() if generator is not None else 0
     with _console_log() if _dist.rank() == 0 else contextlib.nullcontext(), _StopRequest() as stop:
-        return _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs, encoder, scheduler,
-                    regularizers, sharpener, device, out_dir, resume, writer, generator, progress, grad_clip,
-                    log_samples, use_best, settings, stop, eval_seed, precision)
+        run = _Run(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs=epochs, encoder=encoder,
+                   scheduler=scheduler, regularizers=regularizers, sharpener=sharpener, device=device,
+                   out_dir=out_dir, writer=writer, generator=generator, progress=progress, grad_clip=grad_clip,
+                   log_samples=log_samples, use_best=use_best, precision=precision, settings=settings, stop=stop,
+                   eval_seed=eval_seed)
+        return run.run(resume)
 
 
-def _fit(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs, encoder, scheduler, regularizers,
-         sharpener, device, out_dir, resume, writer, generator, progress, grad_clip, log_samples, use_best,
-         settings, stop, eval_seed, precision) -> dict[str, Any]:
-    def eval_generator() -> torch.Generator:
+class _Run:
+    """One call of :func:`fit`: its settings (checked by ``fit``) and the state that changes as it runs.
+
+    The settings are the arguments of ``fit`` (``device`` resolved, ``out_dir`` a ``Path`` or None,
+    ``writer``/``progress`` off on ranks > 0), plus ``settings`` (what the checkpoints keep), ``stop``
+    (the :class:`~spikegrad.training.guards._StopRequest` of the run) and ``eval_seed``. The state:
+    ``state`` (what a checkpoint records: epoch, batch, best score, history, timings, partial sums),
+    ``best_model`` (the best weights, on the CPU), ``boundary_rng`` (the random state after the
+    completed batches of a resumed epoch) and, for an interrupt checkpoint, ``phase``, ``epoch``,
+    ``position``, ``epoch_rng``, ``last_weights`` and ``ckpt`` (the end-of-epoch checkpoint).
+    """
+
+    def __init__(self, model: nn.Module, train_loader, val_loader, test_loader, optimizer: torch.optim.Optimizer,
+                 loss_fn, *, epochs: int, encoder, scheduler, regularizers: Sequence, sharpener, device: torch.device,
+                 out_dir: Path | None, writer, generator: torch.Generator | None, progress: bool,
+                 grad_clip: float | None, log_samples: int, use_best: bool, precision: str, settings: dict,
+                 stop: _StopRequest, eval_seed: int):
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
+        self.epochs, self.encoder, self.scheduler, self.regularizers = epochs, encoder, scheduler, regularizers
+        self.sharpener, self.device, self.out_dir, self.writer = sharpener, device, out_dir, writer
+        self.generator, self.progress, self.grad_clip = generator, progress, grad_clip
+        self.log_samples, self.use_best, self.precision = log_samples, use_best, precision
+        self.settings, self.stop, self.eval_seed = settings, stop, eval_seed
+        self.sync, self.world = _dist.active(), _dist.world_size()
+        # `net` trains; `model` evaluates and is saved
+        self.net = nn.parallel.DistributedDataParallel(model) if self.sync else model
+        self.state: dict[str, Any] = {"epoch": 0, "batch": 0, "best_val": -math.inf, "history": [],
+                                      "train_seconds": 0.0, "train_samples": 0, "totals": None, "epoch_rng": None}
+        self.best_model: dict | None = None
+        self.boundary_rng: dict | None = None
+        self.samples = self.labels = None
+        self.phase, self.epoch = "train", 0
+        self.position: dict = {}
+        self.epoch_rng: dict | None = None
+        self.last_weights: dict | None = None  # the last epoch's weights while the test runs on the best ones
+        self.ckpt: dict | None = None
+
+    # ------------------------------------------------------------------------------ helpers
+    def eval_generator(self) -> torch.Generator:
         """Validation, test and sample figures draw their encoder noise (rate coding) from a fresh generator
         with a fixed seed: the same noise every epoch, and the training generators are left alone."""
-        return torch.Generator(device=device).manual_seed(eval_seed)
+        return torch.Generator(device=self.device).manual_seed(self.eval_seed)
 
-    state = {"epoch": 0, "batch": 0, "best_val": -math.inf, "history": [], "train_seconds": 0.0,
-             "train_samples": 0, "totals": None, "epoch_rng": None}
-    best_model: dict | None = None
-    boundary_rng = None  # random state after the completed batches of a resumed epoch
-    sync, world = _dist.active(), _dist.world_size()
-    net = nn.parallel.DistributedDataParallel(model) if sync else model  # trains; `model` evaluates and is saved
-    if resume is not None:
-        ckpt = load_checkpoint(resume, model)
-        saved_world = ckpt.get("world_size", 1)
-        if saved_world != world:
-            raise ResumeError(f"checkpoint {resume} was written by a run of {saved_world} process(es), and this run "
-                              f"has {world}: the data shards, the random generators of each process and the position "
-                              f"inside the epoch cannot be mapped. Resume with {saved_world} process(es) ("
-                              + ("plain python train.py" if saved_world == 1 else f"torchrun --nproc_per_node={saved_world}")
-                              + f" for one node), or start a new run from its weights (ann_checkpoint={resume})")
-        report = _resume(resume, ckpt, optimizer, scheduler, sharpener, epochs, settings)
-        state.update(ckpt["state"])
-        rng = ckpt["rng"]
-        if sync:  # this process's own random state and partial sums
-            own = ckpt["ranks"][_dist.rank()]
-            rng, state["totals"], state["epoch_rng"] = own["rng"], own["totals"], own["epoch_rng"]
-        best_model = ckpt.get("best_model")
-        _set_rng_state(rng, train_loader, generator)
-        boundary_rng = rng if state["batch"] > 0 else None
-        log.info(f"resumed from {resume} at epoch {state['epoch'] + 1}, batch {state['batch']}\n  "
-                 + "\n  ".join(report))
+    def stop_requested(self) -> bool:
+        return bool(self.stop)
 
-    def stop_agreed() -> bool:
-        return _dist.agree(bool(stop)) if sync else bool(stop)
+    def stop_agreed(self) -> bool:
+        return _dist.agree(bool(self.stop)) if self.sync else bool(self.stop)
 
-    def checkpoint(rng: dict, when: str) -> dict:
+    def checkpoint(self, rng: dict, when: str) -> dict:
         """The checkpoint of this moment; never built from non-finite weights (checked here, once per checkpoint,
         on every process, also without out_dir)."""
-        bad = _nonfinite_names(model)
+        bad = _nonfinite_names(self.model)
         if bad:
             raise NonFiniteLossError(f"the weights became non-finite {when} ({', '.join(bad[:5])}); no checkpoint "
                                      "is written from them")
-        ranks = _dist.gather({"rng": rng, "totals": state["totals"], "epoch_rng": state["epoch_rng"]}) if sync else None
-        return {"version": CHECKPOINT_VERSION, **({"world_size": world, "ranks": ranks} if sync else {}), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "optimizer_type": type(optimizer).__name__,
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "sharpener": None if sharpener is None else sharpener.state_dict(),
-                "best_model": best_model, "settings": settings, "state": dict(state), "rng": rng}
+        state = self.state
+        ranks = (_dist.gather({"rng": rng, "totals": state["totals"], "epoch_rng": state["epoch_rng"]})
+                 if self.sync else None)
+        return {"version": CHECKPOINT_VERSION, **({"world_size": self.world, "ranks": ranks} if self.sync else {}),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "optimizer_type": type(self.optimizer).__name__,
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "sharpener": None if self.sharpener is None else self.sharpener.state_dict(),
+                "best_model": self.best_model, "settings": self.settings, "state": dict(state), "rng": rng}
 
-    def write(ckpt: dict, name: str) -> Path | None:
-        if out_dir is None or _dist.rank() > 0:
+    def write(self, ckpt: dict, name: str) -> Path | None:
+        if self.out_dir is None or _dist.rank() > 0:
             return None
-        save_checkpoint(ckpt, out_dir / name)
-        return out_dir / name
+        save_checkpoint(ckpt, self.out_dir / name)
+        return self.out_dir / name
 
-    samples = labels = None
-    if writer is not None and log_samples and test_loader is not None:
+    # ------------------------------------------------------------------------------ phases
+    def restore(self, resume: str | os.PathLike) -> None:
+        """Continue from the checkpoint ``resume``: weights, optimizer, scheduler, sharpener, random state, position."""
+        ckpt = load_checkpoint(resume, self.model)
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != self.world:
+            raise ResumeError(f"checkpoint {resume} was written by a run of {saved_world} process(es), and this run "
+                              f"has {self.world}: the data shards, the random generators of each process and the "
+                              f"position inside the epoch cannot be mapped. Resume with {saved_world} process(es) ("
+                              + ("plain python train.py" if saved_world == 1 else f"torchrun --nproc_per_node={saved_world}")
+                              + f" for one node), or start a new run from its weights (ann_checkpoint={resume})")
+        report = _resume(resume, ckpt, self.optimizer, self.scheduler, self.sharpener, self.epochs, self.settings)
+        state = self.state
+        state.update(ckpt["state"])
+        rng = ckpt["rng"]
+        if self.sync:  # this process's own random state and partial sums
+            own = ckpt["ranks"][_dist.rank()]
+            rng, state["totals"], state["epoch_rng"] = own["rng"], own["totals"], own["epoch_rng"]
+        self.best_model = ckpt.get("best_model")
+        _set_rng_state(rng, self.train_loader, self.generator)
+        self.boundary_rng = rng if state["batch"] > 0 else None
+        log.info(f"resumed from {resume} at epoch {state['epoch'] + 1}, batch {state['batch']}\n  "
+                 + "\n  ".join(report))
+
+    def draw_samples(self) -> None:
+        """The test samples whose rasters and traces go to TensorBoard every epoch."""
+        test_loader = self.test_loader
+        if self.writer is None or not self.log_samples or test_loader is None:
+            return
         first = test_loader  # in a distributed run its shard: take the first samples of the whole test set
-        if sync and isinstance(test_loader, DataLoader):
-            first = DataLoader(test_loader.dataset, batch_size=log_samples, collate_fn=test_loader.collate_fn)
-        samples, labels = (t[:log_samples] for t in next(iter(first)))
-    phase, epoch = "train", state["epoch"]
-    position: dict = {}
-    epoch_rng: dict | None = None
-    last_weights: dict | None = None  # the last epoch's weights while the test runs on the best ones
-    try:
-        for epoch in range(state["epoch"], epochs):
-            if state["batch"] == 0 and getattr(sharpener, "stop_training", False):  # resumed after the sharp stop
-                log.info(f"every layer is fully sharp: no training after epoch {epoch}")
-                break
-            phase = "train"
-            lr = optimizer.param_groups[0]["lr"]
-            if state["batch"] > 0:  # resuming inside an epoch: replay its shuffling, skip done batches
-                epoch_rng = state["epoch_rng"]
-                _set_rng_state({**epoch_rng, "encoder": None}, train_loader, None)
-            else:
-                epoch_rng = _rng_state(train_loader, generator)  # the epoch's shuffling is drawn from this
-            if sync:
-                _dist.set_epoch(train_loader, epoch)
-            position = {"batch": state["batch"], "totals": state["totals"],
-                        "rng": boundary_rng or _rng_state(None, generator)}
-            t0 = time.perf_counter()
-            try:
-                metrics = train_epoch(net, train_loader, optimizer, loss_fn, encoder=encoder,
-                                      regularizers=regularizers, sharpener=sharpener, device=device,
-                                      generator=generator, epoch=epoch, start_batch=state["batch"],
-                                      totals=state["totals"], resume_rng=boundary_rng, position=position,
-                                      progress=progress, grad_clip=grad_clip, should_stop=lambda: bool(stop),
-                                      precision=precision)
-            finally:
-                state["train_seconds"] += time.perf_counter() - t0
-            boundary_rng = None
-            phase = "validation"
-            val = (evaluate(model, val_loader, loss_fn, encoder=encoder, device=device, generator=eval_generator(),
-                            desc="validation", should_stop=lambda: bool(stop),
-                            precision=precision) if val_loader is not None else {})
-            phase = "epoch end"
-            state["train_samples"] += metrics["train_samples"]
-            state["batch"], state["totals"], state["epoch_rng"] = 0, None, None
-            record = {"epoch": epoch + 1, "lr": lr, **metrics, **{f"val_{k}": v for k, v in val.items()}}
-            state["history"].append(record)
-            if scheduler is not None:
-                scheduler.step()
-            if sharpener is not None:
-                sharpener.on_epoch_end(epoch, {"train_loss": metrics["train_loss"], "val_loss": val.get("loss"),
-                                               "val_accuracy": val.get("accuracy")})
-            score = val["accuracy"] if val else metrics["train_accuracy"]
-            improved = score > state["best_val"]
-            if improved:
-                state["best_val"] = score
-                best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            state["epoch"] = epoch + 1
-            phase = "checkpoint write"
-            ckpt = checkpoint(_rng_state(train_loader, generator), f"after epoch {epoch + 1}")
-            write(ckpt, "last.pt")
-            if improved:
-                write(ckpt, "best.pt")
-            _check_stop(stop_agreed)
-            phase = "epoch end"
-            if writer is not None:
-                _log_epoch(writer, model, record, epoch, sharpener)
-                if samples is not None:
-                    _log_samples(writer, model, encoder, samples, labels, device, epoch + 1, eval_generator())
-                writer.flush()
-            log.info(f"epoch {epoch + 1}/{epochs}: train loss {metrics['train_loss']:.4f} acc "
-                     f"{metrics['train_accuracy']:.4f}"
-                     + (f" | val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if val else "")
-                     + (f" spikes/input {val['spikes_per_input']:.1f}" if val and val["spikes_per_input"] is not None
-                        else "") + f" | lr {lr:.3g}")
-            if getattr(sharpener, "stop_training", False):  # Whetstone: training ends once every layer is sharp
-                log.info(f"every layer is fully sharp: training stops after epoch {epoch + 1}")
-                break
+        if self.sync and isinstance(test_loader, DataLoader):
+            first = DataLoader(test_loader.dataset, batch_size=self.log_samples, collate_fn=test_loader.collate_fn)
+        self.samples, self.labels = (t[:self.log_samples] for t in next(iter(first)))
 
+    def run(self, resume: str | os.PathLike | None) -> dict[str, Any]:
+        """Resume if asked, train the remaining epochs, test; the metrics of :func:`fit`."""
+        if resume is not None:
+            self.restore(resume)
+        self.draw_samples()
+        self.phase, self.epoch = "train", self.state["epoch"]
+        try:
+            for epoch in range(self.state["epoch"], self.epochs):
+                self.epoch = epoch
+                # resumed after the sharp stop
+                if self.state["batch"] == 0 and getattr(self.sharpener, "stop_training", False):
+                    log.info(f"every layer is fully sharp: no training after epoch {epoch}")
+                    break
+                self.train_and_validate(epoch)
+                if getattr(self.sharpener, "stop_training", False):  # Whetstone: training ends once every layer is sharp
+                    log.info(f"every layer is fully sharp: training stops after epoch {epoch + 1}")
+                    break
+            return self.test()
+        except NonFiniteLossError as err:
+            raise self.nonfinite(err) from None
+        except (_Stop, KeyboardInterrupt) as err:
+            self.save_interrupted(err)
+            if self.stop.forced or isinstance(err, KeyboardInterrupt):
+                raise
+            if self.stop.name == "SIGTERM":
+                raise SystemExit(128 + signal.SIGTERM) from None
+            raise KeyboardInterrupt(self.cause(err)) from None
+
+    def train_and_validate(self, epoch: int) -> None:
+        """One epoch: train, validate, step the schedules, checkpoint, log."""
+        state, sharpener, writer = self.state, self.sharpener, self.writer
+        self.phase = "train"
+        lr = self.optimizer.param_groups[0]["lr"]
+        if state["batch"] > 0:  # resuming inside an epoch: replay its shuffling, skip done batches
+            self.epoch_rng = state["epoch_rng"]
+            _set_rng_state({**self.epoch_rng, "encoder": None}, self.train_loader, None)
+        else:
+            self.epoch_rng = _rng_state(self.train_loader, self.generator)  # the epoch's shuffling is drawn from this
+        if self.sync:
+            _dist.set_epoch(self.train_loader, epoch)
+        self.position = {"batch": state["batch"], "totals": state["totals"],
+                         "rng": self.boundary_rng or _rng_state(None, self.generator)}
+        t0 = time.perf_counter()
+        try:
+            metrics = train_epoch(self.net, self.train_loader, self.optimizer, self.loss_fn, encoder=self.encoder,
+                                  regularizers=self.regularizers, sharpener=sharpener, device=self.device,
+                                  generator=self.generator, epoch=epoch, start_batch=state["batch"],
+                                  totals=state["totals"], resume_rng=self.boundary_rng, position=self.position,
+                                  progress=self.progress, grad_clip=self.grad_clip, should_stop=self.stop_requested,
+                                  precision=self.precision)
+        finally:
+            state["train_seconds"] += time.perf_counter() - t0
+        self.boundary_rng = None
+        self.phase = "validation"
+        val = (evaluate(self.model, self.val_loader, self.loss_fn, encoder=self.encoder, device=self.device,
+                        generator=self.eval_generator(), desc="validation", should_stop=self.stop_requested,
+                        precision=self.precision) if self.val_loader is not None else {})
+        self.phase = "epoch end"
+        state["train_samples"] += metrics["train_samples"]
+        state["batch"], state["totals"], state["epoch_rng"] = 0, None, None
+        record = {"epoch": epoch + 1, "lr": lr, **metrics, **{f"val_{k}": v for k, v in val.items()}}
+        state["history"].append(record)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if sharpener is not None:
+            sharpener.on_epoch_end(epoch, {"train_loss": metrics["train_loss"], "val_loss": val.get("loss"),
+                                           "val_accuracy": val.get("accuracy")})
+        score = val["accuracy"] if val else metrics["train_accuracy"]
+        improved = score > state["best_val"]
+        if improved:
+            state["best_val"] = score
+            self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        state["epoch"] = epoch + 1
+        self.phase = "checkpoint write"
+        self.ckpt = self.checkpoint(_rng_state(self.train_loader, self.generator), f"after epoch {epoch + 1}")
+        self.write(self.ckpt, "last.pt")
+        if improved:
+            self.write(self.ckpt, "best.pt")
+        _check_stop(self.stop_agreed)
+        self.phase = "epoch end"
+        if writer is not None:
+            _log_epoch(writer, self.model, record, epoch, sharpener)
+            if self.samples is not None:
+                _log_samples(writer, self.model, self.encoder, self.samples, self.labels, self.device, epoch + 1,
+                             self.eval_generator())
+            writer.flush()
+        log.info(f"epoch {epoch + 1}/{self.epochs}: train loss {metrics['train_loss']:.4f} acc "
+                 f"{metrics['train_accuracy']:.4f}"
+                 + (f" | val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if val else "")
+                 + (f" spikes/input {val['spikes_per_input']:.1f}" if val and val["spikes_per_input"] is not None
+                    else "") + f" | lr {lr:.3g}")
+
+    def test(self) -> dict[str, Any]:
+        """The result of the run, with the test metrics (on the best weights if ``use_best``)."""
+        state, model = self.state, self.model
         result: dict[str, Any] = {"epochs": state["epoch"], "train_seconds": state["train_seconds"],
                                   "train_samples_per_second": state["train_samples"] / max(state["train_seconds"], 1e-9),
-                                  "val_accuracy": (state["best_val"] if val_loader is not None and state["history"]
+                                  "val_accuracy": (state["best_val"] if self.val_loader is not None and state["history"]
                                                    else None),
                                   "history": state["history"]}
-        phase = "test"
-        if test_loader is not None:
-            if use_best and best_model is not None:
-                last_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                model.load_state_dict(best_model)
-            test = evaluate(model, test_loader, loss_fn, encoder=encoder, device=device, generator=eval_generator(),
-                            progress=progress, desc="test", should_stop=lambda: bool(stop), precision=precision)
+        self.phase = "test"
+        if self.test_loader is not None:
+            if self.use_best and self.best_model is not None:
+                self.last_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(self.best_model)
+            test = evaluate(model, self.test_loader, self.loss_fn, encoder=self.encoder, device=self.device,
+                            generator=self.eval_generator(), progress=self.progress, desc="test",
+                            should_stop=self.stop_requested, precision=self.precision)
             result.update(test_accuracy=test["accuracy"], test_loss=test["loss"],
                           spikes_per_input=test["spikes_per_input"], test_rates=test["rates"])
-            if writer is not None:
-                writer.add_scalar("accuracy/test", test["accuracy"], state["epoch"])
+            if self.writer is not None:
+                self.writer.add_scalar("accuracy/test", test["accuracy"], state["epoch"])
                 if test["spikes_per_input"] is not None:
-                    writer.add_scalar("spikes_per_input/test", test["spikes_per_input"], state["epoch"])
+                    self.writer.add_scalar("spikes_per_input/test", test["spikes_per_input"], state["epoch"])
         return result
-    except NonFiniteLossError as err:
+
+    # ------------------------------------------------------------------------------ endings
+    def nonfinite(self, err: NonFiniteLossError) -> NonFiniteLossError:
+        """``err`` with where the last good checkpoint is and what to try."""
+        out_dir = self.out_dir
         kept = out_dir / "last.pt" if out_dir is not None and (out_dir / "last.pt").exists() else None
-        raise NonFiniteLossError(f"{err}. The run stopped; " + (
+        return NonFiniteLossError(f"{err}. The run stopped; " + (
             f"the last good checkpoint is kept at {kept}. " if kept else "no checkpoint was written yet. ") +
             "Lower the learning rate (optim.lr), add grad clipping (trainer.grad_clip=1.0) or check the "
-            "inputs for NaNs.") from None
-    except (_Stop, KeyboardInterrupt) as err:
-        cause = stop.name or ("a stop request of another process" if sync and isinstance(err, _Stop) else "KeyboardInterrupt")
-        where = f"during {phase}" + (f" of epoch {epoch + 1}" if phase in ("train", "validation") else "")
-        if stop.forced:
+            "inputs for NaNs.")
+
+    def cause(self, err: BaseException) -> str:
+        return self.stop.name or ("a stop request of another process" if self.sync and isinstance(err, _Stop)
+                                  else "KeyboardInterrupt")
+
+    def save_interrupted(self, err: BaseException) -> None:
+        """After a stop request: write ``interrupted.pt`` (unless a second signal forced the stop) and say how to
+        resume. Every process builds the checkpoint (its random state goes in), rank 0 writes it and says where."""
+        state, out_dir, phase = self.state, self.out_dir, self.phase
+        cause = self.cause(err)
+        where = f"during {phase}" + (f" of epoch {self.epoch + 1}" if phase in ("train", "validation") else "")
+        if self.stop.forced:
             log.warning(f"\nstopped at once by a second signal {where}; no checkpoint written"
                         + (f" (the last one is {out_dir / 'last.pt'})" if out_dir and (out_dir / "last.pt").exists()
                            else ""))
-            raise
+            return
         if out_dir is None:
             log.warning(f"\n{cause} {where}; nothing saved (no out_dir)")
-        else:  # every process builds the checkpoint (its random state goes in), rank 0 writes it and says where
-            if phase in ("train", "validation"):  # the last completed batch is the resume point
-                state.update(batch=position["batch"], totals=position["totals"], epoch_rng=epoch_rng)
-                ckpt = checkpoint(position["rng"], where)
-            else:  # at an epoch boundary: the end-of-epoch checkpoint
-                if last_weights is not None:
-                    model.load_state_dict(last_weights)
-                ckpt = checkpoint(_rng_state(train_loader, generator), where) if phase != "checkpoint write" else ckpt
-            path = write(ckpt, "interrupted.pt")
-            what = (f"epoch {state['epoch'] + 1}, batch {state['batch']}" if phase in ("train", "validation")
-                    else f"{state['epoch']} completed epochs")
-            if _dist.rank() == 0:
-                log.warning(f"\n{cause} {where}; checkpoint saved to {path} ({what})\n"
-                            f"resume with the same command plus: resume={path}")
-        if isinstance(err, KeyboardInterrupt):
-            raise
-        if stop.name == "SIGTERM":
-            raise SystemExit(128 + signal.SIGTERM) from None
-        raise KeyboardInterrupt(cause) from None
+            return
+        if phase in ("train", "validation"):  # the last completed batch is the resume point
+            state.update(batch=self.position["batch"], totals=self.position["totals"], epoch_rng=self.epoch_rng)
+            ckpt = self.checkpoint(self.position["rng"], where)
+        else:  # at an epoch boundary: the end-of-epoch checkpoint
+            if self.last_weights is not None:
+                self.model.load_state_dict(self.last_weights)
+            ckpt = (self.checkpoint(_rng_state(self.train_loader, self.generator), where)
+                    if phase != "checkpoint write" else self.ckpt)
+        path = self.write(ckpt, "interrupted.pt")
+        what = (f"epoch {state['epoch'] + 1}, batch {state['batch']}" if phase in ("train", "validation")
+                else f"{state['epoch']} completed epochs")
+        if _dist.rank() == 0:
+            log.warning(f"\n{cause} {where}; checkpoint saved to {path} ({what})\n"
+                        f"resume with the same command plus: resume={path}")
