@@ -13,6 +13,23 @@ from ..surrogates import SURROGATES
 
 RESET_CODES = {mode: code for code, mode in enumerate(RESET_MODES)}  # the kernels' numbers
 
+SURROGATE_GIVEN = 0
+"""The surrogate number that means: the derivative is computed by the caller (in PyTorch) and handed
+to the kernel (``lif.c``'s ``SUR_GIVEN``)."""
+SURROGATE_CODES = {"fast_sigmoid": 1, "sigmoid": 2, "atan": 3, "triangle": 4, "gaussian": 5, "exponential": 6,
+                   "boxcar": 7, "superspike_asymptotic": 8}
+"""One numbering of the built-in surrogates for every kernel (``lif.c``'s ``SUR_*`` defines, the
+Triton kernels' ``SURR`` branches); a backend computes some of them itself, listed below."""
+C_SURROGATES = ("fast_sigmoid", "atan", "triangle", "boxcar")
+"""The surrogates whose derivative the C kernels (``lif.c``) compute themselves: the rational ones."""
+TRITON_SURROGATES = tuple(SURROGATE_CODES)
+"""The surrogates whose derivative the Triton kernels compute themselves: every built-in one."""
+
+
+def backend_codes(names: tuple[str, ...]) -> dict[str, int]:
+    """``{name: number}`` of :data:`SURROGATE_CODES` for the surrogates a backend computes (a new dict)."""
+    return {name: SURROGATE_CODES[name] for name in names}
+
 
 class FusedConfig(NamedTuple):
     """Static (non-tensor) settings of one fused LIF call.

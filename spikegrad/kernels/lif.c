@@ -68,11 +68,13 @@ int spikegrad_num_threads(void)
 #define RESET_SUBTRACT 0
 #define RESET_ZERO 1
 #define RESET_NONE 2
+/* Surrogate numbers: those of spikegrad.kernels._common.SURROGATE_CODES (one numbering of the
+ * built-in surrogates for every kernel), of which these kernels compute the four below. */
 #define SUR_GIVEN 0 /* surrogate derivatives computed by the caller */
 #define SUR_FAST_SIGMOID 1
-#define SUR_ATAN 2
-#define SUR_TRIANGLE 3
-#define SUR_BOXCAR 4
+#define SUR_ATAN 3
+#define SUR_TRIANGLE 4
+#define SUR_BOXCAR 7
 #define ABS(x) ((x) < 0 ? -(x) : (x))
 #define NB 64 /* neurons per block */
 /* Backward's loops fetch the rows they will need this many steps ahead into cache: their rows lie
@@ -564,4 +566,4 @@ DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; native.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 9; }
+int spikegrad_lif_abi(void) { return 10; }

@@ -42,13 +42,14 @@ import torch
 from torch import Tensor
 
 from ..surrogates import SURROGATES, registered_name
-from ._common import RESET_CODES, FusedConfig, compact_param, formula_agrees, probe_points, unflatten_outputs
+from ._common import (C_SURROGATES, RESET_CODES, FusedConfig, backend_codes, compact_param, formula_agrees,
+                      probe_points, unflatten_outputs)
 
 __all__ = ["available", "build_error", "lif_native", "li_native", "load", "surrogate_code", "kernel_surrogate_grad",
            "SURROGATE_CODES"]
 
 SOURCES = (Path(__file__).with_name("lif.c"), Path(__file__).with_name("events.c"))  # one library
-ABI = 9
+ABI = 10
 NB = 64  # neurons per block of the LIF kernels (lif.c's NB)
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
@@ -206,8 +207,9 @@ def _rows(g: Tensor | None) -> tuple[Tensor | None, int]:
     return g.contiguous(), g.shape[1]
 
 
-SURROGATE_CODES = {"fast_sigmoid": 1, "atan": 2, "triangle": 3, "boxcar": 4}
-"""Registered surrogates whose derivative the C kernels compute themselves (``lif.c``'s numbers)."""
+SURROGATE_CODES = backend_codes(C_SURROGATES)
+"""Registered surrogates whose derivative the C kernels compute themselves, with their numbers
+(:data:`~spikegrad.kernels._common.SURROGATE_CODES`, ``lif.c``'s ``SUR_*``)."""
 
 
 def kernel_surrogate_grad(code: int, z: Tensor, slope: float) -> Tensor:

@@ -26,13 +26,14 @@ import triton.language as tl
 from torch import Tensor
 
 from ..surrogates import SURROGATES, registered_name
-from ._common import RESET_CODES, FusedConfig, flat_param, formula_agrees, probe_points
+from ._common import (RESET_CODES, TRITON_SURROGATES, FusedConfig, backend_codes, flat_param, formula_agrees,
+                      probe_points)
 
 BLOCK = 512
 NUM_WARPS = 4
-SURROGATE_CODES = {"fast_sigmoid": 0, "sigmoid": 1, "atan": 2, "triangle": 3, "gaussian": 4, "exponential": 5,
-                   "boxcar": 6, "superspike_asymptotic": 7}
-"""Registered surrogates whose derivative :func:`_surrogate_grad` computes (its ``SURR`` numbers)."""
+SURROGATE_CODES = backend_codes(TRITON_SURROGATES)
+"""Registered surrogates whose derivative :func:`_surrogate_grad` computes, with their ``SURR`` numbers
+(:data:`~spikegrad.kernels._common.SURROGATE_CODES`)."""
 _ROUND_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _verified: dict = {}
@@ -91,25 +92,25 @@ def _round(a, ROUND: tl.constexpr):
 @triton.jit
 def _surrogate_grad(z, slope, SURR: tl.constexpr):
     """Surrogate derivative at ``z = v - v_th`` (codes in ``SURROGATE_CODES``), float32."""
-    if SURR == 0:    # fast_sigmoid
+    if SURR == 1:    # fast_sigmoid
         d = 1.0 + slope * tl.abs(z)
         g = 1.0 / (d * d)
-    elif SURR == 1:  # sigmoid
+    elif SURR == 2:  # sigmoid
         s = 1.0 / (1.0 + tl.exp(-slope * z))
         g = slope * s * (1.0 - s)
-    elif SURR == 2:  # atan
+    elif SURR == 3:  # atan
         a = 1.5707963267948966 * slope * z
         g = (0.5 * slope) / (1.0 + a * a)
-    elif SURR == 3:  # triangle
+    elif SURR == 4:  # triangle
         g = slope * tl.maximum(1.0 - slope * tl.abs(z), 0.0)
-    elif SURR == 4:  # gaussian
+    elif SURR == 5:  # gaussian
         a = slope * z
         g = slope * 0.3989422804014327 * tl.exp(-0.5 * a * a)
-    elif SURR == 5:  # exponential
+    elif SURR == 6:  # exponential
         g = 0.5 * slope * tl.exp(-slope * tl.abs(z))
-    elif SURR == 6:  # boxcar
+    elif SURR == 7:  # boxcar
         g = tl.where(tl.abs(z) < 0.5 / slope, slope, 0.0)
-    else:            # superspike_asymptotic
+    else:            # 8: superspike_asymptotic
         d = 1.0 + slope * tl.abs(z)
         g = slope / (d * d)
     return g
