@@ -1,6 +1,6 @@
 /* Event-driven synapses and a fused IF + spiking max-pool layer for CPU tensors (float32, float64).
  *
- * Built into the same library as lif.c (spikegrad/kernels/native.py) and called through ctypes
+ * Built into the same library as lif.c (spikegrad/kernels/build.py) and called through ctypes
  * on the data pointers of contiguous tensors; each call handles the rows [r0, r1) of its input,
  * split among nthreads threads of the OpenMP runtime already loaded (as in lif.c; without
  * OpenMP the caller splits the rows itself).

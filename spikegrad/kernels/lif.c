@@ -1,6 +1,6 @@
 /* Fused LIF / LI time loops for CPU tensors, forward and backward, in float32 and float64.
  *
- * Built on first use by spikegrad/kernels/native.py (any C99 compiler; with OpenMP when the
+ * Built on first use by spikegrad/kernels/build.py (any C99 compiler; with OpenMP when the
  * compiler has it) and called through ctypes on the data pointers of contiguous tensors. Each call
  * handles the neurons [a, b) of flat [T, M] sequences (row t at offset t * M). The neurons are
  * processed in blocks of NB: a block's state stays in L1 cache (registers, mostly) over the whole
@@ -565,5 +565,5 @@ CLONES int lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int nthreads, int
 DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
-/* Version of this interface; native.py refuses a library whose number differs. */
+/* Version of this interface; build.py refuses a library whose number differs. */
 int spikegrad_lif_abi(void) { return 10; }

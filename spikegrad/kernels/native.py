@@ -10,14 +10,11 @@ tensor beyond the input is kept). For any other registered surrogate forward sto
 bytes per neuron-step in float32) and its ``grad`` runs in PyTorch on a few steps of ``z`` at a
 time, so every surrogate works.
 
-The library is compiled on first use with the C compiler named by ``$CC`` (default ``cc``) into
-``$SPIKEGRAD_CACHE`` (default ``~/.cache/spikegrad``)/native, once per source version; without
-a compiler :func:`available` is False and ``backend="auto"`` uses the ``"fused"`` PyTorch path.
-With several intra-op threads (``torch.set_num_threads``) the neurons are split into one part
-per thread. The library is built with OpenMP when the compiler has it (``-fopenmp``): its
-parallel regions then run on the OpenMP runtime PyTorch has loaded (same ``libgomp.so.1``), on
-PyTorch's own intra-op threads. Without OpenMP a pool of Python threads runs the parts (ctypes
-releases the GIL during each call), which competes with PyTorch's threads for the cores.
+The library is built on first use (see :mod:`~spikegrad.kernels.build`: ``$CC``, the cache folder,
+OpenMP); without a compiler :func:`available` is False and ``backend="auto"`` uses the ``"fused"``
+PyTorch path. With several intra-op threads (``torch.set_num_threads``) the neurons are split into
+one part per thread: by the library's OpenMP regions when it has OpenMP, else by a pool of Python
+threads (ctypes releases the GIL during each call), which competes with PyTorch's threads for the cores.
 
 By default backward does not read a stored ``z``: it recomputes ``z`` from the saved input and
 initial state, block by block in cache (bit-identical to the forward's), which moves fewer bytes
@@ -29,106 +26,33 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..surrogates import SURROGATES, registered_name
+from . import build
 from ._common import (C_SURROGATES, RESET_CODES, FusedConfig, backend_codes, compact_param, formula_agrees,
                       probe_points, unflatten_outputs)
 
 __all__ = ["available", "build_error", "lif_native", "li_native", "load", "surrogate_code", "kernel_surrogate_grad",
            "SURROGATE_CODES"]
 
-SOURCES = (Path(__file__).with_name("lif.c"), Path(__file__).with_name("events.c"))  # one library
-ABI = 10
 NB = 64  # neurons per block of the LIF kernels (lif.c's NB)
-# -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
-# branch-free selects vectorize (it changes no result)
-FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")
-OPENMP = ("-fopenmp",)  # tried first; a compiler without OpenMP builds the library without it
 MIN_PART = 4096  # neurons per thread, at least
 CHUNK_BYTES = 1 << 20  # backward computes the surrogate derivative for this many bytes of z at a time
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-_state: dict = {}
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("SPIKEGRAD_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "spikegrad"
-
-
-def _compile(path: Path) -> None:
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        raise RuntimeError(f"no C compiler: {cc!r} is not on PATH (set CC to one)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
-        for extra in (OPENMP, ()):
-            proc = subprocess.run([cc, *FLAGS, *extra, *map(str, SOURCES), "-o", tmp], capture_output=True,
-                                  text=True)
-            if proc.returncode == 0:
-                break
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, path)  # atomic: parallel processes see the whole library or none
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        fwd = getattr(lib, f"lif_forward_{suffix}")
-        fwd.argtypes = [i64, i64, i64, i64, c_int, p, p, p, p, p, p, p, p, i64, c_int, i64, p, p, p, p, p, i64]
-        fwd.restype = None
-        bwd = getattr(lib, f"lif_backward_{suffix}")
-        bwd.argtypes = [i64, i64, i64, c_int, i64, i64, i64, c_int, p, p, i64, p, p, p, i64, p, c_int, real,
-                        p, i64, p, i64, p, i64, p, p, p, p, i64, c_int, c_int, p, p, p]
-        bwd.restype = c_int
-        sur = getattr(lib, f"surrogate_grad_{suffix}")
-        sur.argtypes = [i64, p, p, c_int, real]
-        sur.restype = None
-        lin = getattr(lib, f"event_linear_{suffix}")
-        lin.argtypes = [i64, i64, c_int] + [i64] * 3 + [p] * 4 + [c_int]
-        lin.restype = None
-        conv = getattr(lib, f"event_conv2d_{suffix}")
-        conv.argtypes = [i64, i64, c_int] + [i64] * 15 + [p] * 4 + [c_int]
-        conv.restype = None
-        mlp = getattr(lib, f"mlp_forward_{suffix}")
-        mlp.argtypes = [i64, i64, c_int] + [i64] * 3 + [p] * 12
-        mlp.restype = None
-        pool = getattr(lib, f"if_maxpool_{suffix}")
-        pool.argtypes = [i64, i64, c_int] + [i64] * 5 + [p, i64, p, p, p, real, real, c_int] + [i64] * 6 + [p]
-        pool.restype = None
-    lib.spikegrad_openmp.restype = c_int
+OPENMP = build.OPENMP  # the flags load() tries first (a test replaces them here to build without OpenMP)
+_state: dict = {}  # the process's library ("lib", None if it cannot be built) and why not ("error")
 
 
 def load() -> ctypes.CDLL | None:
     """The compiled kernel library (built on first call), or None if it cannot be built."""
     if "lib" not in _state:
-        key = (b"".join(p.read_bytes() for p in SOURCES)
-               + " ".join((*FLAGS, platform.machine(), platform.system())).encode())
-        digest = hashlib.sha256(key).hexdigest()[:16]  # a shared home across machines keeps one per kind
-        path = _cache_dir() / "native" / f"spikegrad_lif_{digest}.so"
         try:
-            if not path.is_file():
-                _compile(path)
-            lib = ctypes.CDLL(str(path))
-            if lib.spikegrad_lif_abi() != ABI:
-                raise RuntimeError(f"{path} has interface version {lib.spikegrad_lif_abi()}, expected {ABI}")
-            _declare(lib)
-            _state.update(lib=lib, error=None)
+            _state.update(lib=build.load_library(OPENMP), error=None)
         except (OSError, RuntimeError) as err:
             _state.update(lib=None, error=str(err))
     return _state["lib"]
