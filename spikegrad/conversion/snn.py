@@ -32,7 +32,10 @@ computes every time-invariant value once per batch. The other nodes run on chunk
 once (time folded into the batch axis; a large batch in tiles of images, so that each layer's
 state stays in cache over a chunk), which gives the same values as a per-step loop: the IF
 layers, running sums (spike counts, pooling gates, the membrane readout) and all stateless nodes
-compute each step from the same operands in the same order.
+compute each step from the same operands in the same order. That schedule (the event plan below,
+chunks and tiles, the order of the nodes) is :mod:`spikegrad.conversion.executor`'s; this module
+holds the network and what each node computes, and :meth:`SpikingNetwork.run` / ``forward`` call
+the executor.
 
 On CPU (float32 / float64, with the C kernels) the synapses are event-driven by default
 (``synapses="auto"``): a Conv2d or Linear node fed by spikes adds up the weights of the spiking
@@ -60,12 +63,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import LIFParams, LIFState, check_reset, lif_step
-from ..kernels import events
 from ..models import eval_mode
 from ..neurons import IF
 from .. import checks
 from ..surrogates import heaviside
-from .graph import SYNAPTIC, Node, Program, apply_stateless, eval_call, gained
+from . import executor
+from .graph import SYNAPTIC, Node, Program
 
 __all__ = [
     "SNNState", "RunResult", "SimulationResult", "SpikingNetwork", "gated_max_pool2d", "spike_max_pool2d", "if_step",
@@ -80,7 +83,8 @@ MAXPOOL_GATES = ("count", "fir", "avg", "exp")
 SYNAPSES = ("auto", "event", "dense")
 
 
-# elements of the widest [K * B, ...] value of one chunk of steps: 16 MiB in float32, which glibc
+# The memory budget run() and forward() hand to the executor on every call (read here at each call).
+# Elements of the widest [K * B, ...] value of one chunk of steps: 16 MiB in float32, which glibc
 # serves from the heap when spikegrad.malloc.retain_freed_memory is on (no page faults per chunk)
 CHUNK_ELEMENTS = 1 << 22
 CHUNK_STEPS = 16  # SpikingNetwork.run splits a batch into tiles of images rather than run fewer steps at once
@@ -161,11 +165,6 @@ class SNNState(NamedTuple):
     out_v: Tensor
     out_count: Tensor | None = None
     time: Tensor | None = None
-
-
-class _EventPlan(NamedTuple):
-    tables: dict[int, tuple[Tensor, Tensor]]  # event-driven Conv2d / Linear node -> its weight rows
-    fused: dict[int, tuple[float, float]]     # IF layer fused with its max-pool -> (v_th, v_reset)
 
 
 class RunResult(NamedTuple):
@@ -310,54 +309,11 @@ class SpikingNetwork(nn.Module):
                 binary.append(n.kind == "relu" or (n.kind in ("maxpool", "call") and bool(ins_b) and all(ins_b)
                                                    and all(g is None for g in n.gains)))
         self._static, self._binary = static, binary
-        self._fused_pool = self._fusable_pools(program)
+        self._fused_pool = executor.fusable_pools(self, program)
 
-    def _fusable_pools(self, program: Program) -> dict[int, tuple[int, tuple[int, int], tuple[int, int]]]:
-        """IF layer -> ``(node, kernel, stride)`` of the count-gated max-pool (no padding, dilation 1,
-        floor mode) that is its only target: the two run fused in the event-driven mode."""
-        out = {}
-        for i in self.neurons:
-            targets = [j for j, n in enumerate(program.nodes) if i in n.inputs]
-            if len(targets) != 1 or i == self.out or program.nodes[targets[0]].kind != "maxpool":
-                continue
-            j = targets[0]
-            conf = program.nodes[j].conf
-            if (self._pool_reads_count(j) and len(self.shapes[i]) == 3 and _pair(conf.get("padding", 0)) == (0, 0)
-                    and _pair(conf.get("dilation", 1)) == (1, 1) and not conf.get("ceil_mode", False)):
-                stride = conf["stride"] if conf.get("stride") is not None else conf["kernel_size"]
-                out[i] = (j, _pair(conf["kernel_size"]), _pair(stride))
-        return out
-
-    def _events(self, x: Tensor) -> bool:
-        """Whether this input runs on the event-driven C kernels."""
-        return self.synapses != "dense" and events.supports(x) and events.available()
-
-    def _event_plan(self, nodes: list[Node], x: Tensor) -> "_EventPlan":
-        """What runs on the event-driven kernels for input ``x``: per Conv2d / Linear node its weight
-        rows (see :mod:`spikegrad.kernels.events`), and the IF layers fused with their max-pool."""
-        if not self._events(x):
-            return _EventPlan({}, {})
-        fused = {i: c for i in self._fused_pool if (c := self._plain_if(self._slot[i])) is not None}
-        tables = {}
-        for i, n in enumerate(nodes):
-            src = n.inputs[0] if n.inputs else None
-            if n.kind not in ("conv", "linear") or self._static[i] or src is None:
-                continue
-            if self.synapses == "auto" and not (self._binary[src] and (i, 0) not in self._gained):
-                continue
-            w, b = n.params["weight"], n.params.get("bias")
-            if n.kind == "linear":
-                tables[i] = events.linear_table(w, b)
-            elif events.conv_geometry(n.conf, self.shapes[src][1:], tuple(w.shape[2:])) is not None:
-                tables[i] = events.conv2d_table(w, b)
-        return _EventPlan(tables, fused)
-
-    def _plain_if(self, slot: int) -> tuple[float, float] | None:
-        """``(v_th, v_reset)`` of IF layer ``slot`` if its constants are single values (the fused kernel's case)."""
-        layer = self.if_layers[slot]
-        if layer.refractory or layer.v_th.numel() != 1 or layer.v_reset.numel() != 1:
-            return None
-        return float(layer.v_th), float(layer.v_reset)
+    def _event_plan(self, nodes: list[Node], x: Tensor) -> executor.EventPlan:
+        """What runs on the event-driven kernels for input ``x`` (:func:`.executor.event_plan`)."""
+        return executor.event_plan(self, nodes, x)
 
     # ------------------------------------------------------------------ helpers
     def _dtype(self) -> torch.dtype:
@@ -411,110 +367,36 @@ class SpikingNetwork(nn.Module):
         (the ``"count"`` gate)."""
         return self.maxpool_gate == "count" and self._nodes[i].inputs[0] in self._slot and (i, 0) not in self._gained
 
-    # ------------------------------------------------------------------ time chunks
-    def _chunk_steps(self, batch: int, static: list[bool], hidden: set[int]) -> int:
-        """Steps simulated at once: every dynamic node's ``[K * B, ...]`` value (but the ``hidden``
-        ones, never materialised) stays under ``CHUNK_ELEMENTS`` elements."""
-        return max(1, CHUNK_ELEMENTS // max(1, batch * self._widest(static, hidden)))
-
-    def _widest(self, static: list[bool], hidden: set[int]) -> int:
-        """Elements per input of the widest time-varying value (but the ``hidden`` ones)."""
-        return max((_numel(self.shapes[i]) for i in range(len(self._nodes))
-                    if self.shapes[i] is not None and not static[i] and i not in hidden), default=1)
-
-    def _advance(self, nodes: list[Node], vals: list, order: list[int], static: list[bool], st: SNNState, K: int,
-                 generator: torch.Generator | None, synops: Tensor | None, plan: "_EventPlan") -> Tensor:
-        """Runs the nodes in ``order`` for ``K`` steps at once, updating ``st``; returns the readout
-        ``[K, B, C]``.
-
-        ``vals[i]`` is ``[B, ...]`` for a time-invariant node (``static[i]``) and ``[K * B, ...]``
-        (time folded into the batch, step-major) for the others; every node runs once per chunk.
-        ``plan``: the event-driven synaptic nodes and fused IF layers (:meth:`_event_plan`).
-        """
+    # ------------------------------------------------------------------ what the nodes compute
+    def _integrate(self, i: int, x: Tensor, constant: bool, st: SNNState, K: int) -> tuple[Tensor, Tensor]:
+        """IF layer node ``i`` for ``K`` steps of input current ``x`` (``[B, ...]`` if ``constant``, else
+        ``[K * B, ...]``, step-major); updates its membrane, spike count and last spikes in ``st`` (a
+        working copy with lists per field). Returns ``(spikes, counts so far)``, each ``[K * B, *shape]``."""
         B = st.out_v.shape[0]
-        counts_seq: dict[int, Tensor] = {}  # IF layer -> spike counts so far, [K * B, ...]
-
-        def folded(j: int) -> Tensor:
-            x = vals[j]
-            if static[j] and isinstance(x, Tensor):
-                return x.unsqueeze(0).expand(K, *x.shape).reshape(K * B, *x.shape[1:])
-            return x
-
-        done: set[int] = set()  # max-pools computed with their IF layer
-        for i in order:
-            if i in done:
-                continue
-            n = nodes[i]
-            k = n.kind
-            if i in plan.fused:
-                done.add(self._fuse(i, n, vals, st, K, *plan.fused[i]))
-                continue
-            ins = list(vals)
-            for j in n.inputs:
-                if not (k == "relu" and static[j]):  # a constant current: the IF kernel reads one row
-                    ins[j] = folded(j)
-            if k == "call":  # user code (x.view(...)) may need the standard layout
-                for j in n.inputs:
-                    if isinstance(ins[j], Tensor):
-                        ins[j] = ins[j].contiguous()
-                vals[i] = eval_call(n, ins)
-                continue
-            xs = gained(n, ins)
-            if k == "relu":
-                slot = self._slot[i]
-                shape = self.shapes[i]  # IF neurons are elementwise: they run on the memory order
-                if static[n.inputs[0]]:
-                    x = _flat(xs[0]).unsqueeze(0).expand(K, B, -1)
-                else:
-                    x = _flat(xs[0]).view(K, B, -1)
-                v0 = _flat(st.v[slot])
-                spikes, new = self.if_layers[slot](x, LIFState(v0, torch.zeros_like(v0)))
-                counts = _running_sum(_flat(st.count[slot]), spikes)            # [K, B, F], including this step
-                st.v[slot], st.count[slot] = _unflat(new.v, shape), _unflat(counts[-1], shape)
-                st.s[slot] = _unflat(spikes[-1], shape)
-                vals[i] = _unflat(spikes.view(K * B, -1), shape)
-                counts_seq[slot] = _unflat(counts.view(K * B, -1), shape)
-            elif k == "maxpool":
-                p = st.pool[self._pool_slot[i]]
-                if p is None:  # fed by an IF layer: its spike counts so far are the rates
-                    rate = counts_seq[self._slot[n.inputs[0]]]
-                else:
-                    rates = self._rates(p, xs[0].reshape(K, *p.shape), st.time)
-                    st.pool[self._pool_slot[i]] = rates[-1]
-                    rate = rates.reshape(K * B, *p.shape[1:])
-                if self.maxpool_gate == "count" and self._binary[n.inputs[0]] and n.gains[0] is None:
-                    vals[i] = spike_max_pool2d(xs[0], rate, **n.conf)
-                else:
-                    vals[i] = gated_max_pool2d(xs[0], rate, **n.conf)
-            else:
-                if synops is not None and k in SYNAPTIC:
-                    self._count(i, xs[0], synops, K)
-                vals[i] = self._synapses(i, n, xs[0], plan.tables) if i in plan.tables else apply_stateless(n, xs, ins)
-        out = self._read(folded(self.out).reshape(K, B, -1), st, generator)
-        if st.time is not None:
-            st.time.add_(K)
-        return out
-
-    def _fuse(self, i: int, n: Node, vals: list, st: SNNState, K: int, v_th: float, v_reset: float) -> int:
-        """Runs IF layer ``i`` (threshold ``v_th``, reset potential ``v_reset``) and its max-pool for
-        ``K`` steps in one kernel; returns the pool's index."""
         slot = self._slot[i]
-        pool, kernel, stride = self._fused_pool[i]
-        x = gained(n, vals)[0]  # [B, ...] (constant current) or [K * B, ...]
-        v, count, s = (t.contiguous(memory_format=torch.channels_last) for t in (st.v[slot], st.count[slot],
-                                                                                   st.s[slot]))
-        vals[pool] = events.if_maxpool(x, v, count, s, K, v_th, self.if_layers[slot].reset, v_reset, kernel, stride)
-        st.v[slot], st.count[slot], st.s[slot] = v, count, s
-        return pool
+        shape = self.shapes[i]  # IF neurons are elementwise: they run on the memory order
+        x = _flat(x).unsqueeze(0).expand(K, B, -1) if constant else _flat(x).view(K, B, -1)
+        v0 = _flat(st.v[slot])
+        spikes, new = self.if_layers[slot](x, LIFState(v0, torch.zeros_like(v0)))
+        counts = _running_sum(_flat(st.count[slot]), spikes)            # [K, B, F], including this step
+        st.v[slot], st.count[slot] = _unflat(new.v, shape), _unflat(counts[-1], shape)
+        st.s[slot] = _unflat(spikes[-1], shape)
+        return _unflat(spikes.view(K * B, -1), shape), _unflat(counts.view(K * B, -1), shape)
 
-    def _synapses(self, i: int, n: Node, x: Tensor, tables: dict[int, tuple[Tensor, Tensor]]) -> Tensor:
-        """Conv2d / Linear node ``i`` on input ``x [N, ...]``, summing the weights of the non-zero inputs only."""
-        w = n.params["weight"]
-        binary = self._binary[n.inputs[0]] and (i, 0) not in self._gained
-        if n.kind == "linear":
-            return events.event_linear(x.reshape(len(x), -1), tables[i], w.shape[0], binary)
-        stride, padding, dilation, _ = events.conv_geometry(n.conf, tuple(x.shape[2:]), tuple(w.shape[2:]))
-        return events.event_conv2d(x, tables[i], w.shape[0], tuple(w.shape[2:]), stride, padding, dilation, binary)
+    def _max_pool(self, i: int, n: Node, x: Tensor, counts_seq: dict[int, Tensor], st: SNNState, K: int) -> Tensor:
+        """Max-pool node ``i`` for ``K`` steps of input ``x [K * B, ...]``: the gate's rates come from
+        ``counts_seq`` (IF slot -> spike counts so far ``[K * B, ...]``) for the ``"count"`` gate of an
+        IF layer, else from its own estimate in ``st`` (updated). Returns ``[K * B, C, H', W']``."""
+        p = st.pool[self._pool_slot[i]]
+        if p is None:  # fed by an IF layer: its spike counts so far are the rates
+            rate = counts_seq[self._slot[n.inputs[0]]]
+        else:
+            rates = self._rates(p, x.reshape(K, *p.shape), st.time)
+            st.pool[self._pool_slot[i]] = rates[-1]
+            rate = rates.flatten(0, 1)                                  # [K * B, ...]
+        if self.maxpool_gate == "count" and self._binary[n.inputs[0]] and n.gains[0] is None:
+            return spike_max_pool2d(x, rate, **n.conf)
+        return gated_max_pool2d(x, rate, **n.conf)
 
     def _rates(self, r: Tensor, x: Tensor, time: Tensor) -> Tensor:
         """The max-pool gate's rate estimates after each of ``K`` steps of input ``x [K, B, ...]``,
@@ -593,20 +475,7 @@ class SpikingNetwork(nn.Module):
         with torch.no_grad():
             if state is None:
                 state = self.init_state(x_seq.shape[1], x_seq.device, x_seq.dtype)
-            st = _working_copy(state)
-            nodes = self.nodes()
-            order = [i for i in range(len(nodes)) if i != self._input]
-            T, B = x_seq.shape[:2]
-            static = [False] * len(nodes)  # every step's input is given
-            plan = self._event_plan(nodes, x_seq)
-            K = self._chunk_steps(B, static, set(plan.fused))
-            outs = []
-            for t0 in range(0, T, K):
-                chunk = x_seq[t0:t0 + K]
-                vals: list = [None] * len(nodes)
-                vals[self._input] = chunk.reshape(len(chunk) * B, *chunk.shape[2:])
-                outs.append(self._advance(nodes, vals, order, static, st, len(chunk), generator, None, plan))
-            return torch.cat(outs), _frozen(st)
+        return executor.forward(self, x_seq, state, generator, CHUNK_ELEMENTS)
 
     # ------------------------------------------------------------------ fast path
     def run(self, x: Tensor, T: int, generator: torch.Generator | None = None, count_ops: bool = True) -> RunResult:
@@ -631,75 +500,8 @@ class SpikingNetwork(nn.Module):
         if self.input_mode == "poisson" and x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
             raise ValueError("SpikingNetwork.run: input_mode='poisson' needs intensities in [0, 1]; use "
                              "input_mode='analog' for other inputs")
-        with torch.no_grad():
-            nodes = self.nodes()
-            plan = self._event_plan(nodes, x)
-            K, tile = self._tiling(len(x), T, set(plan.fused))
-            readout = torch.empty((T, len(x), *self.shapes[self.out]), device=x.device, dtype=x.dtype)
-            synops = torch.zeros(T, len(self.synaptic), dtype=torch.float64, device=x.device) if count_ops else None
-            counts = [self._run_tile(nodes, plan, x[b:b + tile], T, K, generator, readout[:, b:b + tile], synops)
-                      for b in range(0, len(x), tile)]
-            return RunResult(readout, tuple(torch.cat(c) for c in zip(*counts)), synops)
-
-    def _tiling(self, batch: int, T: int, hidden: set[int]) -> tuple[int, int]:
-        """``(steps per chunk, images per tile)`` for :meth:`run`: a large batch runs in tiles of
-        images, each for ``CHUNK_STEPS`` steps at a time, so that every layer's state is read from
-        memory once per chunk rather than once per step."""
-        K = self._chunk_steps(batch, self._static, hidden)
-        if K >= min(T, CHUNK_STEPS):
-            return K, batch
-        K = min(T, CHUNK_STEPS)
-        return K, max(1, CHUNK_ELEMENTS // (K * self._widest(self._static, hidden)))
-
-    def _run_tile(self, nodes: list[Node], plan: _EventPlan, x: Tensor, T: int, K: int,
-                  generator: torch.Generator | None, readout: Tensor, synops: Tensor | None) -> list[Tensor]:
-        """:meth:`run` on the images ``x [b, ...]``: writes ``readout [T, b, C]``, adds to ``synops``;
-        returns the spike counts of every IF layer."""
-        st = _working_copy(self.init_state(len(x), x.device, x.dtype), clone=False)
-        static_vals: list = [None] * len(nodes)
-        for i, n in enumerate(nodes):
-            if not self._static[i]:
-                continue
-            if n.kind == "input":
-                static_vals[i] = x
-            elif n.kind == "call":
-                static_vals[i] = eval_call(n, static_vals)
-            elif n.kind == "maxpool":  # constant input: the gate picks the maximum
-                static_vals[i] = F.max_pool2d(gained(n, static_vals)[0], **n.conf)
-            else:
-                xs = gained(n, static_vals)
-                if synops is not None and n.kind in SYNAPTIC:
-                    self._count(i, xs[0], synops[:1], 1)
-                static_vals[i] = apply_stateless(n, xs, static_vals)
-            if isinstance(static_vals[i], Tensor) and static_vals[i].dim() == 4:  # the IF layers' order
-                static_vals[i] = static_vals[i].contiguous(memory_format=torch.channels_last)
-        order = [i for i in range(len(nodes)) if not self._static[i] and i != self._input]
-        for t0 in range(0, T, K):
-            k = min(K, T - t0)
-            vals = list(static_vals)
-            if self.input_mode == "poisson":
-                u = torch.rand((k, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
-                vals[self._input] = (u < x).to(x.dtype).reshape(k * len(x), *x.shape[1:])  # Bernoulli spikes
-            readout[t0:t0 + k] = self._advance(nodes, vals, order, self._static, st, k, generator,
-                                               None if synops is None else synops[t0:t0 + k],
-                                               plan).view(k, len(x), -1)
-        return list(st.count)
-
-
-def _working_copy(state: SNNState, clone: bool = True) -> SNNState:
-    """``state`` with lists as per-layer fields (replaced layer by layer during a chunk), its tensors
-    cloned (``clone=True``: the caller's state is left as it was) or shared."""
-    def copy(t):
-        return t.clone(memory_format=torch.preserve_format) if clone and t is not None else t
-    return SNNState(*([copy(t) for t in f] if isinstance(f, tuple) else copy(f) for f in state))
-
-
-def _frozen(state: SNNState) -> SNNState:
-    return SNNState(*(tuple(f) if isinstance(f, list) else f for f in state))
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+        readout, counts, synops = executor.run(self, x, T, generator, count_ops, CHUNK_ELEMENTS, CHUNK_STEPS)
+        return RunResult(readout, counts, synops)
 
 
 def _flat(t: Tensor) -> Tensor:
