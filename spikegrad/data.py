@@ -31,7 +31,7 @@ import tempfile
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 __all__ = [
     "DATASETS", "SPLIT_FILES", "DatasetInfo", "IDXData", "RandomShift", "area_matrix", "area_resize",
-    "cache_root", "check_loader_args", "check_name", "default_root", "download", "is_int", "load_split",
+    "cache_root", "check_loader_args", "check_name", "default_root", "download", "fetch_to", "is_int", "load_split",
     "make_loaders", "read_idx", "sha256_files", "shift_images",
 ]
 
@@ -220,8 +220,10 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fetch(url: str, dest: Path, md5: str | None, timeout: float, progress: bool) -> None:
-    """Streams ``url`` to a temp file beside ``dest``, checks it, then renames it to ``dest``."""
+def fetch_to(url: str, dest: Path, timeout: float, progress: bool, check: Callable[[Path, str], None]) -> None:
+    """Streams ``url`` to a temp file beside ``dest`` (with a progress bar), calls
+    ``check(temp_path, md5_hex)``, which raises on a bad file, then renames the file to ``dest``.
+    Nothing is left behind when the download or the check fails."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         h = hashlib.md5(usedforsecurity=False)
@@ -234,13 +236,21 @@ def _fetch(url: str, dest: Path, md5: str | None, timeout: float, progress: bool
                     f.write(chunk)
                     h.update(chunk)
                     bar.update(len(chunk))
-        if md5 is not None and h.hexdigest() != md5:
-            raise ValueError(f"MD5 mismatch for {dest.name}: got {h.hexdigest()}, expected {md5}")
-        if md5 is None:
-            read_idx(tmp)  # no checksum to rely on: at least check that it parses
+        check(Path(tmp), h.hexdigest())
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _fetch(url: str, dest: Path, md5: str | None, timeout: float, progress: bool) -> None:
+    """Streams ``url`` to ``dest`` (:func:`fetch_to`), checking its MD5, or, without one, that it parses as IDX."""
+    def check(tmp: Path, digest: str) -> None:
+        if md5 is not None and digest != md5:
+            raise ValueError(f"MD5 mismatch for {dest.name}: got {digest}, expected {md5}")
+        if md5 is None:
+            read_idx(tmp)  # no checksum to rely on: at least check that it parses
+
+    fetch_to(url, dest, timeout, progress, check)
 
 
 def download(name: str, root: str | os.PathLike | None = None,

@@ -44,6 +44,15 @@ def test_class_config_holds_the_python_defaults(path):
     assert checked or cfg["_target_"].endswith(("TimeFirst", "CrossEntropy")) or not defaults
 
 
+@pytest.mark.parametrize("name", ["randman", "smnist"])
+def test_data_config_lists_every_dataclass_field_with_its_default(name):
+    import dataclasses
+
+    cfg = yaml.safe_load((CONF / "data" / f"{name}.yaml").read_text())
+    fields = {f.name: f.default for f in dataclasses.fields(get_object(cfg.pop("_target_")))}
+    assert cfg == fields  # the file documents every setting and its default
+
+
 def test_every_surrogate_class_default_is_its_config():
     for name, cls in SURROGATES.items():
         path = CONF / "surrogate" / f"{name}.yaml"

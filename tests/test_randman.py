@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -250,13 +249,7 @@ def test_make_randman_checks_too():
         make_randman(alpha=-1.0)
 
 
-def test_config_matches_dataclass():
-    omegaconf = pytest.importorskip("omegaconf")
+def test_config_instantiates():
     hydra_utils = pytest.importorskip("hydra.utils")
-    cfg = omegaconf.OmegaConf.load(CONF)
-    fields = {f.name: f.default for f in dataclasses.fields(RandmanData)}
-    keys = set(cfg) - {"_target_"}
-    assert keys == set(fields)
-    assert {k: cfg[k] for k in keys} == fields  # the file documents the defaults
-    d = hydra_utils.instantiate(cfg, samples_per_class=10)
+    d = hydra_utils.instantiate(pytest.importorskip("omegaconf").OmegaConf.load(CONF), samples_per_class=10)
     assert isinstance(d, RandmanData) and d.samples_per_class == 10 and d.n_units == 20

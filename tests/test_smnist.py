@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import struct
@@ -224,13 +223,7 @@ def test_real_mnist(mnist_root, monkeypatch, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing cached for unresized images
 
 
-def test_config_matches_dataclass():
-    omegaconf = pytest.importorskip("omegaconf")
+def test_config_instantiates():
     hydra_utils = pytest.importorskip("hydra.utils")
-    cfg = omegaconf.OmegaConf.load(CONF)
-    fields = {f.name: f.default for f in dataclasses.fields(SMNISTData)}
-    keys = set(cfg) - {"_target_"}
-    assert keys == set(fields)
-    assert {k: cfg[k] for k in keys} == fields  # the file documents the defaults
-    d = hydra_utils.instantiate(cfg, permute=True)
+    d = hydra_utils.instantiate(pytest.importorskip("omegaconf").OmegaConf.load(CONF), permute=True)
     assert isinstance(d, SMNISTData) and d.permutation.shape == (784,) and d.n_units == 80

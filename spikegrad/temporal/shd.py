@@ -38,7 +38,6 @@ import math
 import os
 import shutil
 import tempfile
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from ..data import check_loader_args, is_int, sha256_files, cache_root
+from ..data import cache_root, check_loader_args, fetch_to, is_int, sha256_files
 from .events import EventSamples, event_loaders
 
 __all__ = ["BASE_URL", "FILES", "N_CHANNELS", "N_CLASSES", "SHDData", "download", "load_events", "speaker_split"]
@@ -329,7 +327,7 @@ def download(name: str, root: str | os.PathLike | None = None, base_url: str = B
     Raises:
         RuntimeError: a file could not be fetched or is not a valid file (names the URL and the cause).
     """
-    check_name(name)
+    _check_name(name)
     root = _resolve_root(name, root)
     root.mkdir(parents=True, exist_ok=True)
     for fname in FILES[name].values():
@@ -344,31 +342,18 @@ def download(name: str, root: str | os.PathLike | None = None, base_url: str = B
 
 
 def _fetch(url: str, dest: Path, timeout: float, progress: bool) -> None:
-    """Streams ``url`` to a temp file beside ``dest``, checks its layout, then renames it to ``dest``.
-
-    (``spikegrad.data._fetch`` checks an MD5 or parses IDX; these files have neither, so the check
-    here is opening them and finding the SHD / SSC keys.)
-    """
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        request = urllib.request.Request(url, headers={"User-Agent": "spikegrad"})
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(request, timeout=timeout) as r:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False,
-                      disable=not progress) as bar:
-                while chunk := r.read(1 << 16):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        with _open_h5(Path(tmp), label=dest.name) as h5:
+    """Streams ``url`` to ``dest`` (:func:`spikegrad.data.fetch_to`), checking its layout: these
+    files have no published checksum, so the check is opening them and finding the SHD / SSC keys."""
+    def check(tmp: Path, digest: str) -> None:
+        with _open_h5(tmp, label=dest.name) as h5:
             missing = [key for key in _KEYS if not isinstance(h5.get(key), h5py.Dataset)]
         if missing:
             raise ValueError(f"the downloaded file lacks {missing}")
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    fetch_to(url, dest, timeout, progress, check)
 
 
-def check_name(name: str) -> str:
+def _check_name(name: str) -> str:
     if name not in FILES:
         raise ValueError(f"name must be one of {list(FILES)}, got {name!r}.")
     return name
@@ -413,7 +398,7 @@ class SHDData:
     n_classes: int | None = None
 
     def __post_init__(self) -> None:
-        check_name(self.name)
+        _check_name(self.name)
         _check_binning(self.n_steps, self.dt_s, self.channels)
         _check_fraction(self.val_fraction)
         check_loader_args(0, self.subset, self.batch_size, self.eval_batch_size, 0)
