@@ -13,7 +13,18 @@ Workloads (settings matched across libraries, see ``bench/libs.py``):
 * ``linear+lif``: ``Linear(N, N) + LIF`` on input spikes, ``(500, 16, 16384)`` (GPU);
 * ``mnist16 train``: one Adam step of 256 -> 246 LIF -> 10 LI, ``T = 100``, batch 256, latency-coded
   input, max-over-time cross-entropy (samples/s);
-* ``mnist16 infer``: the same model's forward under ``torch.no_grad`` (samples/s).
+* ``mnist16 infer``: the same model's forward under ``torch.no_grad`` (samples/s);
+* ``recurrent lif`` / ``recurrent alif``: one recurrent LIF layer (``LIF(recurrent=N)``) or LSNN layer
+  (``ALIF(recurrent=N)``, tau_ada 200 steps, beta 1.8), forward + backward of ``sum(spikes)`` w.r.t.
+  the input current and ``w_rec``, at ``(T, B, N) = (784, 64, 256)`` and ``(100, 256, 512)``:
+  spikegrad's default (``auto``: the fused layer of ``spikegrad/kernels/recurrent.py``), its
+  reference scan (``backend="torch"``), a plain PyTorch loop over ``x.unbind(0)`` with the step
+  written inline (a fast-sigmoid ``autograd.Function``), and that loop with its step function under
+  ``torch.compile``. The recurrent weights are the layers' initial ones times 0.1 and the input
+  N(0, 0.15^2): about 5 % of the neurons spike per step. These rows also report the peak resident
+  memory of the first forward + backward in the row's fresh process, above the memory held before
+  it (``/proc/self/status`` VmHWM after resetting it through ``/proc/self/clear_refs``); compiled
+  rows compile there, so none is given.
 
 Each row runs in its own process (SpikingJelly picks its GPU kernels from an environment variable
 at import; peak-memory counters start clean), with ``torch.set_num_threads(--threads)``, warm-up
@@ -52,6 +63,15 @@ MNIST_TAUS = (8.0, 4.0)     # as conf/neuron/lif.yaml and conf/readout/li.yaml
 # spikegrad/torch is the plain ten-line loop (scan of lif_step); norse/unbind its functional step
 COMPILED_LIF = ("spikegrad/torch", "spikegrad/native", "norse/unbind")
 COMPILED_MNIST = ("spikegrad/torch", "spikegrad/native+sparse")
+RECURRENT_SHAPES = ((784, 64, 256), (100, 256, 512))
+RECURRENT_VARIANTS = {  # name -> note
+    "spikegrad/auto": "default backend (fused recurrent layer)",
+    "spikegrad/torch": "reference scan",
+    "torch/eager loop": "x.unbind(0), step inline",
+    "torch/compiled step": "the same step under torch.compile",
+}
+RECURRENT_INPUT = (0.0, 0.15)  # mean, std of the input current (threshold units per step)
+RECURRENT_GAIN = 0.1           # w_rec = the layers' initial uniform(-1, 1) / sqrt(N) times this: about 5 % spikes
 
 
 # ----------------------------------------------------------------------------- row list
@@ -90,9 +110,120 @@ def make_rows(device: str, only: str | None) -> list[dict]:
                 continue
             rows.append(dict(workload=f"mnist16 {mode}", shape=(100, 256, 246), variant=v, base_variant=v,
                              sj_impl=None, device=device))
+    for workload in ("recurrent lif", "recurrent alif"):
+        for shape in RECURRENT_SHAPES:
+            for v in RECURRENT_VARIANTS:
+                rows.append(dict(workload=workload, shape=shape, variant=v, base_variant=v, sj_impl=None,
+                                 device=device, compiled=v.endswith("compiled step")))
     if only:
         rows = [r for r in rows if r["workload"].startswith(only)]
     return rows
+
+
+# ----------------------------------------------------------------------------- recurrent layers
+
+def _spike_fn():
+    """A plain fast-sigmoid spike ``autograd.Function`` (what a user of bare PyTorch writes)."""
+    import torch
+
+    class Spike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, slope):
+            ctx.save_for_backward(x)
+            ctx.slope = slope
+            return (x > 0).to(x.dtype)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g / (1 + ctx.slope * x.abs()) ** 2, None
+
+    return Spike.apply
+
+
+def recurrent_setup(row: dict):
+    """``(forward() -> spikes [T, B, N], zero_grad())`` for a ``recurrent lif`` / ``recurrent alif`` row."""
+    import math
+
+    import torch
+
+    from spikegrad.neurons import ALIF, LIF
+
+    T, B, N = row["shape"]
+    device = row["device"]
+    adaptive = row["workload"].endswith("alif")
+    tm, ts = LIF_TAUS
+    layer = (ALIF if adaptive else LIF)(tau_mem=tm, tau_syn=ts, recurrent=N, surrogate="fast_sigmoid").to(device)
+    g = torch.Generator().manual_seed(0)
+    mu, sd = RECURRENT_INPUT
+    x = (torch.randn(T, B, N, generator=g) * sd + mu).to(device).requires_grad_()
+    w = layer.w_rec
+    with torch.no_grad():
+        w.mul_(RECURRENT_GAIN)
+    variant = row["base_variant"]
+
+    def zero_grad():
+        x.grad = None
+        w.grad = None
+
+    if variant.startswith("spikegrad/"):
+        layer.backend = variant.split("/")[1]
+        return (lambda: layer(x)[0]), zero_grad
+    spike = _spike_fn()
+    dm, ds = math.exp(-1 / tm), math.exp(-1 / ts)
+    da, beta, slope = math.exp(-1 / 200.0), 1.8, 25.0
+
+    def lif_step(x_t, v, i, z, w):
+        i = ds * i + x_t + z @ w.t()
+        v = dm * v + i
+        z = spike(v - 1.0, slope)
+        return z, v - z.detach(), i
+
+    def alif_step(x_t, v, i, a, z, w):
+        i = ds * i + x_t + z @ w.t()
+        v = dm * v + i
+        th = 1.0 + beta * a
+        z = spike(v - th, slope)
+        s = z.detach()
+        return z, v - s * th, i, da * a + (1 - da) * s
+
+    step = alif_step if adaptive else lif_step
+    if row.get("compiled"):
+        step = torch.compile(step)
+
+    def forward():
+        zero = x.new_zeros(B, N)
+        v, i, a, z = zero, zero, zero, zero
+        out = []
+        for x_t in x.unbind(0):
+            if adaptive:
+                z, v, i, a = step(x_t, v, i, a, z, w)
+            else:
+                z, v, i = step(x_t, v, i, z, w)
+            out.append(z)
+        return torch.stack(out)
+
+    return forward, zero_grad
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_rss_mib(fn) -> float | None:
+    """Peak resident memory while ``fn()`` runs, above the resident memory before (MiB; Linux only)."""
+    try:
+        before = _rss_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:   # resets VmHWM to the current RSS
+            f.write("5")
+    except (OSError, RuntimeError):
+        return None
+    fn()
+    return (_rss_kib("VmHWM") - before) / 1024
 
 
 # ----------------------------------------------------------------------------- measuring (child)
@@ -191,6 +322,19 @@ def measure(row: dict, threads: int, quick: bool) -> dict:
             return s
 
         neuron_steps = T * B * N
+    elif row["workload"].startswith("recurrent"):
+        res["note"] = RECURRENT_VARIANTS[row["base_variant"]]
+        forward, zero_grad = recurrent_setup(row)
+
+        def step():
+            zero_grad()
+            s = forward()
+            s.sum().backward()
+            return s
+
+        neuron_steps = T * B * N
+        if device == "cpu" and not row.get("compiled"):
+            res["peak_rss_mib"] = peak_rss_mib(step)   # the first fwd + bwd of this fresh process
     else:
         lib = libs.MNIST_VARIANTS[row["base_variant"]][0]
         res["note"] = libs.MNIST_VARIANTS[row["base_variant"]][1]
@@ -289,6 +433,9 @@ def print_table(results: list[dict]) -> None:
         peers = [r for r in ok if not r["variant"].startswith("spikegrad") and "LIFNode" not in r["variant"]]
         best_peer = min(peers, key=lambda r: r["median_ms"]) if peers else None
         print(f"\n== {wl}  (T, B, N) = {shape}  on {device}")
+        if wl.startswith("recurrent"):
+            print("   x plain: against the reference scan (spikegrad/torch); x best peer: against the faster of "
+                  "the eager and compiled loops; peak MiB: RSS of the first fwd+bwd")
         print(f"{'variant':34s} {'median ms':>10s} {'x plain':>8s} {'x best peer':>11s} {'spike rate':>10s} "
               f"{'saved B/n-step':>14s} {'peak MiB':>9s} {'samples/s':>10s}  note")
         for r in rows:
@@ -297,9 +444,10 @@ def print_table(results: list[dict]) -> None:
                 continue
             sp = ref["median_ms"] / r["median_ms"] if ref else None
             bp = best_peer["median_ms"] / r["median_ms"] if best_peer else None
+            peak = r.get("peak_mem_mib", r.get("peak_rss_mib"))
             print(f"{r['variant']:34s} {r['median_ms']:10.1f} {fmt(sp, '8.2f')} {fmt(bp, '11.2f')} "
                   f"{r['spike_rate']:10.4f} {fmt(r.get('saved_bytes_per_neuron_step'), '14.2f')} "
-                  f"{fmt(r.get('peak_mem_mib'), '9.0f')} {fmt(r.get('samples_per_s'), '10.0f')}  {r.get('note', '')}")
+                  f"{fmt(peak, '9.0f')} {fmt(r.get('samples_per_s'), '10.0f')}  {r.get('note', '')}")
         if ok:
             rates = [r["spike_rate"] for r in ok if "LIFNode" not in r["variant"]]
             lo, hi = min(rates), max(rates)
@@ -311,7 +459,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["auto", "cpu", "cuda", "all"], default="all",
                     help="all: CPU workloads, plus the GPU ones when CUDA is available")
-    ap.add_argument("--only", default=None, help="run the workloads whose name starts with this (lif, linear, mnist16)")
+    ap.add_argument("--only", default=None,
+                    help="run the workloads whose name starts with this (lif, linear, mnist16, recurrent)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every row")
     ap.add_argument("--quick", action="store_true", help="3 repeats per row")
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds per row")

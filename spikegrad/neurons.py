@@ -27,7 +27,7 @@ from . import checks
 from .functional import (RESET_MODES, ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState, alif_step,
                          check_reset, decay, detach_state, last, li_step, lif_step, recurrent_alif_step,
                          recurrent_lif_step, scan, state_dtype)
-from .kernels import BACKENDS, LI_BACKENDS, check_backend, li_sequence, lif_sequence
+from .kernels import ALIF_BACKENDS, BACKENDS, LI_BACKENDS, alif_sequence, check_backend, li_sequence, lif_sequence
 from .surrogates import Surrogate, make_surrogate
 
 __all__ = [
@@ -36,8 +36,6 @@ __all__ = [
     "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState", "lif_step", "recurrent_lif_step",
     "alif_step", "recurrent_alif_step", "li_step", "scan", "last", "detach_state", "RESET_MODES",
 ]
-
-ALIF_BACKENDS = ("auto", "torch")
 
 # name -> (the rule in words, allowed(values) -> bool)
 _RULES = {
@@ -284,8 +282,9 @@ class ALIF(_Neuron):
         learn_tau: learn the time constants (as ``log tau``): True (all three), "mem" or "syn".
         recurrent: number of neurons N to add all-to-all recurrent weights ``W_rec [N, N]`` on the
             previous step's spikes (the LSNN layer); the input must then be ``[T, B, N]``. None = feed-forward.
-        backend: "auto" or "torch": ALIF runs the reference loop (:func:`~spikegrad.functional.scan`
-            of ``alif_step``, autograd through every step) on every device; no fused kernel yet.
+        backend: one of :data:`spikegrad.kernels.ALIF_BACKENDS`: "auto" (default: the fused layer of
+            :mod:`spikegrad.kernels.recurrent` where it applies, see :func:`spikegrad.kernels.explain_backend`),
+            "fused" or "torch" (the reference :func:`~spikegrad.functional.scan` of ``alif_step``).
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (spikes [T, B, ...], ALIFState)``.
     """
 
@@ -333,10 +332,7 @@ class ALIF(_Neuron):
         self._check_input(x_seq)
         self._check_recurrent_input(x_seq)
         _check_state(type(self).__name__, state, x_seq[0], ALIFState)
-        p = self.params(x_seq.dtype)
-        if self.w_rec is None:
-            return scan(alif_step, x_seq, state, p, self.surrogate, record=record)
-        return scan(recurrent_alif_step, x_seq, state, p, self.w_rec, self.surrogate, record=record)
+        return alif_sequence(x_seq, state, self.params(x_seq.dtype), self.surrogate, self.backend, record, self.w_rec)
 
     def extra_repr(self) -> str:
         return (f"{self._describe('tau_mem', 'tau_syn', 'tau_ada', 'beta', 'v_th')}, reset={self.reset!r}, "

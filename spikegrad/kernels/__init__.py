@@ -32,11 +32,22 @@ the backends ``"auto"`` (``"native"`` where it applies), ``"native"`` and ``"tor
 :func:`sparse_linear` / :class:`SparseInputLinear` compute a ``Linear`` on the non-zeros of a sparse
 spike input (latency codes), for the first layer of a network.
 
-Every fast path falls back to ``"torch"`` where it does not apply: recurrent weights, constants that
-require gradients (``learn_tau`` / ``learn_threshold``), a surrogate with ``spiking=False`` or its
-own ``forward``. While ``torch.compile`` traces a model, the C kernels run as custom operators
-(:mod:`spikegrad.kernels.ops`: one graph node, symbolic in ``T``) and other paths as ``scan``.
-:func:`resolve_backend` is the one place that decides.
+Recurrent LIF layers (``w_rec``) and ALIF layers (:func:`alif_sequence`, recurrent or not) run
+:mod:`spikegrad.kernels.recurrent` for every backend but ``"torch"`` (called ``"fused"``): the whole
+sequence in one autograd node, in PyTorch operations (any device and float dtype, any registered
+surrogate, constants that require grad). Same spikes and states as the reference ``scan`` where the
+recurrent product is a GEMM; on CPU, for large layers at low firing rates, it sums the active rows
+of ``w_rec`` instead (faster; the sums round in another order, so states are equal to rounding and,
+over long sequences, a few spikes can differ: see :mod:`spikegrad.kernels.recurrent`). No
+refractory period there (such layers run ``scan``).
+
+Every fast path falls back to ``"torch"`` where it does not apply: constants that require
+gradients (``learn_tau`` / ``learn_threshold``) on a feed-forward LIF, a surrogate with
+``spiking=False``, its own ``forward`` or forward hooks. While ``torch.compile`` traces a model,
+the C kernels run as custom operators (:mod:`spikegrad.kernels.ops`: one graph node, symbolic in
+``T``) and other paths as ``scan``. :func:`explain_backend` is the one place that decides; it
+returns the path and the reason, and ``"auto"`` logs the reason when it falls back to ``scan``
+(``logging.getLogger("spikegrad.kernels")``, debug level).
 
 Half-precision inputs (float16, bfloat16) run every backend in float32 (:func:`~spikegrad.functional.state_dtype`):
 the input is widened once, constants and states stay float32, and the spikes (or the LI output)
@@ -51,6 +62,7 @@ with a warning), so an edit of a surrogate can never leave the kernels computing
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any
@@ -59,18 +71,24 @@ import torch
 from torch import Tensor
 
 from .. import checks
-from ..functional import (LIFParams, LIFState, LIParams, LIState, li_step, lif_step, recurrent_lif_step, scan,
-                          state_dtype)
+from ..functional import (ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState, alif_step, li_step,
+                          lif_step, recurrent_alif_step, recurrent_lif_step, scan, state_dtype)
 from ..surrogates import Surrogate, registered_name
-from . import cpu, native, ops
+from . import cpu, native, ops, recurrent
 from ._common import FusedConfig
 from .sparse import SparseInputLinear, sparse_linear
 
-__all__ = ["BACKENDS", "LI_BACKENDS", "check_backend", "li_sequence", "lif_sequence", "native_available",
-           "resolve_backend", "triton_available", "sparse_linear", "SparseInputLinear"]
+__all__ = ["ALIF_BACKENDS", "BACKENDS", "LI_BACKENDS", "alif_sequence", "check_backend", "explain_backend",
+           "li_sequence", "lif_sequence", "native_available", "resolve_backend", "triton_available", "sparse_linear",
+           "SparseInputLinear"]
 
 BACKENDS = ("auto", "torch", "native", "fused", "fused_lowmem", "triton", "triton_lowmem")
 LI_BACKENDS = ("auto", "torch", "native")
+ALIF_BACKENDS = ("auto", "torch", "fused")
+"""Backends of :func:`alif_sequence` (and :class:`~spikegrad.neurons.ALIF`): ``"fused"`` is
+:mod:`spikegrad.kernels.recurrent`, ``"auto"`` runs it where it applies."""
+
+log = logging.getLogger("spikegrad.kernels")
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -135,29 +153,63 @@ def _fusable_surrogate(spike_fn: Any) -> bool:
             and type(spike_fn).forward is Surrogate.forward)
 
 
-def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any,
-                    state: LIFState | None = None, w_rec: Tensor | None = None) -> str:
-    """The backend that :func:`lif_sequence` will run: one of ``BACKENDS`` other than ``"auto"``.
+def _hooked(module: Any) -> bool:
+    """Whether forward (pre-)hooks are registered on ``module`` (a fused path would not call it)."""
+    return bool(getattr(module, "_forward_hooks", None) or getattr(module, "_forward_pre_hooks", None))
+
+
+def explain_backend(backend: str, x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any,
+                    state: Any = None, w_rec: Tensor | None = None) -> tuple[str, str]:
+    """The path :func:`lif_sequence` (``p`` a :class:`~spikegrad.functional.LIFParams`) or
+    :func:`alif_sequence` (``p`` an :class:`~spikegrad.functional.ALIFParams`) will run, and why.
+
+    The one place that decides; :func:`resolve_backend` returns its first element, and the sequence
+    functions log the reason at debug level on ``logging.getLogger("spikegrad.kernels")`` when
+    ``"auto"`` falls back to the reference scan.
 
     Args:
-        backend: requested backend (see the module docstring).
-        x_seq: input ``[T, B, ...]``. p: :class:`~spikegrad.functional.LIFParams`.
-        spike_fn: the spike function (a :class:`~spikegrad.surrogates.Surrogate` for the fast paths).
-        state: initial state or None. w_rec: recurrent weights or None (recurrent layers run
-            ``"torch"``).
+        backend: requested backend (see the module docstring; :data:`ALIF_BACKENDS` for ALIF).
+        x_seq: input ``[T, B, ...]``. p: the layer's constants.
+        spike_fn: the spike function (a spiking :class:`~spikegrad.surrogates.Surrogate` for the fast paths).
+        state: initial state or None. w_rec: recurrent weights ``[N, N]`` or None.
+    Returns:
+        ``(backend, reason)``: ``backend`` is ``"torch"`` (the reference scan), ``"fused"``
+        (for a recurrent or ALIF layer: :mod:`spikegrad.kernels.recurrent`), ``"native"``,
+        ``"fused_lowmem"``, ``"triton"`` or ``"triton_lowmem"``; ``reason`` is a short sentence.
     Raises:
         ValueError: unknown ``backend``; ``"triton"`` asked for without Triton installed or for a
             tensor that is not on a CUDA device (unless ``TRITON_INTERPRET=1``).
     """
-    check_backend("lif_sequence", backend)
+    adaptive = isinstance(p, ALIFParams)
+    if adaptive:
+        check_backend("alif_sequence", backend, ALIF_BACKENDS)
+    else:
+        check_backend("lif_sequence", backend)
     if backend == "torch":
-        return "torch"
-    if (w_rec is not None or not _fusable_surrogate(spike_fn) or _params_need_grad(p)
-            or (state is not None and getattr(state, "z", None) is not None)):
-        return "torch"
+        return "torch", "backend='torch' asked for (the reference scan)"
+    if not _fusable_surrogate(spike_fn):
+        return "torch", ("the spike function is not a spiking Surrogate with the standard forward "
+                         "(spiking=False, its own forward, or a plain function)")
+    if _hooked(spike_fn):
+        return "torch", "forward hooks on the surrogate (the fused paths do not call it)"
+    has_z = state is not None and getattr(state, "z", None) is not None
+    if w_rec is None and has_z:
+        return "torch", "the state holds spikes z but the layer has no recurrent weights"
+    if adaptive or w_rec is not None:
+        if getattr(p, "refractory", 0) > 0:
+            return "torch", "refractory period (the fused recurrent path has none)"
+        if torch.compiler.is_compiling():
+            return "torch", "torch.compile is tracing (it compiles the reference scan)"
+        if w_rec is not None:
+            return "fused", "recurrent weights: the fused recurrent path (kernels.recurrent)"
+        return "fused", "adaptive threshold: the fused ALIF path (kernels.recurrent)"
+    if _params_need_grad(p):
+        return "torch", "constants that require grad (learn_tau / learn_threshold) on a feed-forward LIF"
     if torch.compiler.is_compiling():  # the C kernels as custom operators; elsewhere the compiler fuses scan
         ok = native.supports(x_seq) and native.available() and registered_name(type(spike_fn).grad) is not None
-        return "native" if ok and backend in ("auto", "native") else "torch"
+        if ok and backend in ("auto", "native"):
+            return "native", "torch.compile is tracing: the C kernels as custom operators"
+        return "torch", "torch.compile is tracing (it compiles the reference scan)"
     lowmem = backend.endswith("_lowmem")
     if backend.startswith("triton"):
         if not triton_available():
@@ -169,21 +221,42 @@ def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any,
         from .triton_lif import supports_surrogate
 
         if x_seq.dtype not in _TRITON_DTYPES or not supports_surrogate(spike_fn, x_seq.device):
-            return "fused_lowmem" if lowmem else "fused"
-        return backend
+            return ("fused_lowmem" if lowmem else "fused"), "no Triton kernel for this dtype or surrogate"
+        return backend, "asked for"
     if backend == "native":
         _native_or_raise(backend, x_seq)
-        return "native" if native.supports(x_seq) else "fused"
+        if native.supports(x_seq):
+            return "native", "asked for"
+        return "fused", "the C kernels take float32 / float64 CPU tensors only"
     if backend == "auto":
         if x_seq.is_cuda and x_seq.dtype in _TRITON_DTYPES and triton_available():
             from .triton_lif import supports_surrogate
 
             if supports_surrogate(spike_fn, x_seq.device):
-                return "triton"
+                return "triton", "CUDA tensor with Triton installed"
         if native.supports(x_seq) and native_available(warn=True):
-            return "native"
-        return "fused"
-    return backend
+            return "native", "float32 / float64 CPU tensor: the C kernels"
+        return "fused", "no C or Triton kernel for this tensor: the fused PyTorch loop"
+    return backend, "asked for"
+
+
+def resolve_backend(backend: str, x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any,
+                    state: LIFState | ALIFState | None = None, w_rec: Tensor | None = None) -> str:
+    """The backend that :func:`lif_sequence` (or :func:`alif_sequence`) will run: the first element of
+    :func:`explain_backend` (same arguments), one of ``BACKENDS`` other than ``"auto"``.
+
+    Recurrent LIF layers and ALIF layers run ``"fused"`` (:mod:`spikegrad.kernels.recurrent`) unless
+    ``"torch"`` is asked for or a fallback applies (see :func:`explain_backend`).
+    """
+    return explain_backend(backend, x_seq, p, spike_fn, state, w_rec)[0]
+
+
+def _choose(who: str, backend: str, x_seq: Tensor, p, spike_fn: Any, state, w_rec) -> str:
+    """:func:`explain_backend`, logging the reason when ``"auto"`` falls back to the reference scan."""
+    chosen, why = explain_backend(backend, x_seq, p, spike_fn, state, w_rec)
+    if chosen == "torch" and backend == "auto" and not torch.compiler.is_compiling():
+        log.debug("%s: backend='auto' runs the reference scan: %s", who, why)
+    return chosen
 
 
 def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: Any,
@@ -210,11 +283,13 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
         spikes, st = lif_sequence(x_seq.to(state_dtype(x_seq.dtype)), _as_state_dtype(state, x_seq.dtype),
                                   _as_state_dtype(p, x_seq.dtype), spike_fn, backend, record, w_rec)
         return spikes.to(x_seq.dtype), st
-    chosen = resolve_backend(backend, x_seq, p, spike_fn, state, w_rec)
+    chosen = _choose("lif_sequence", backend, x_seq, p, spike_fn, state, w_rec)
     if chosen == "torch":
         if w_rec is not None:
             return scan(recurrent_lif_step, x_seq, state, p, w_rec, spike_fn, record=record)
         return scan(lif_step, x_seq, state, p, spike_fn, record=record)
+    if w_rec is not None:
+        return recurrent.recurrent_fused(x_seq, state, p, w_rec, spike_fn, record)
     lowmem = chosen.endswith("_lowmem")
     save_dtype = torch.bfloat16 if lowmem and x_seq.dtype in (torch.float32, torch.float64) else x_seq.dtype
     cfg = FusedConfig(p.reset, bool(p.detach_reset), int(p.refractory), bool(record), save_dtype,
@@ -239,6 +314,36 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
     if record:
         return spikes, LIFState(v_seq, i_seq, r_seq)
     return spikes, LIFState(v, i, r)
+
+
+def alif_sequence(x_seq: Tensor, state: ALIFState | None, p: ALIFParams, spike_fn: Any, backend: str = "auto",
+                  record: bool = False, w_rec: Tensor | None = None) -> tuple[Tensor, ALIFState]:
+    """Run :func:`~spikegrad.functional.alif_step` (``recurrent_alif_step`` with ``w_rec``) over ``T`` steps.
+
+    Same contract as ``scan(alif_step, x_seq, state, p, spike_fn, record=record)``. Half-precision inputs
+    run in float32 (states and constants float32, spikes in the input's dtype), as in :func:`lif_sequence`.
+
+    Args:
+        x_seq: input current ``[T, B, ...]`` (``[T, B, N]`` with ``w_rec``), float dtype.
+        state: :class:`~spikegrad.functional.ALIFState` with ``[B, ...]`` tensors, or None (rest).
+        p: :class:`~spikegrad.functional.ALIFParams`. spike_fn: the spike function.
+        backend: one of :data:`ALIF_BACKENDS`: ``"fused"`` (:mod:`spikegrad.kernels.recurrent`),
+            ``"torch"`` (the reference scan), ``"auto"`` (``"fused"`` where it applies, see :func:`explain_backend`).
+        record: return the per-step states stacked to ``[T, B, ...]`` instead of the final state.
+        w_rec: recurrent weights ``[N, N]`` on the previous step's spikes, or None.
+    Returns:
+        ``(spikes [T, B, ...] in {0, 1} with the dtype of x_seq, final or recorded ALIFState)``.
+    """
+    if state_dtype(x_seq.dtype) != x_seq.dtype:  # half precision: float32 states, outputs in the input's dtype
+        spikes, st = alif_sequence(x_seq.to(state_dtype(x_seq.dtype)), _as_state_dtype(state, x_seq.dtype),
+                                   _as_state_dtype(p, x_seq.dtype), spike_fn, backend, record, w_rec)
+        return spikes.to(x_seq.dtype), st
+    chosen = _choose("alif_sequence", backend, x_seq, p, spike_fn, state, w_rec)
+    if chosen == "torch":
+        if w_rec is not None:
+            return scan(recurrent_alif_step, x_seq, state, p, w_rec, spike_fn, record=record)
+        return scan(alif_step, x_seq, state, p, spike_fn, record=record)
+    return recurrent.recurrent_fused(x_seq, state, p, w_rec, spike_fn, record)
 
 
 def li_sequence(x_seq: Tensor, state: LIState | None, p: LIParams, backend: str = "auto",
