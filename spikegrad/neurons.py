@@ -196,8 +196,11 @@ class LIF(_Neuron):
         backend: how ``forward`` runs the time loop, one of :data:`spikegrad.kernels.BACKENDS`:
             "auto" (Triton kernels on CUDA, C kernels on CPU, else the fused PyTorch loop), "torch"
             (``scan``), "native", "fused", "fused_lowmem", "triton", "triton_lowmem";
-            :func:`spikegrad.kernels.resolve_backend` falls back to ``scan`` where a fast path does
-            not apply (recurrent weights, learnable constants).
+            recurrent layers run the fused recurrent path (:mod:`spikegrad.kernels.recurrent`), also
+            with learnable constants; ``scan`` runs where no fast path applies (a feed-forward layer
+            with learnable constants, a refractory period with recurrence, a surrogate that is not a
+            plain :class:`~spikegrad.surrogates.Surrogate`). :func:`spikegrad.kernels.explain_backend`
+            says which path runs and why.
     Shapes: ``forward(x_seq [T, B, ...], state=None) -> (spikes [T, B, ...], state)``.
     """
 
