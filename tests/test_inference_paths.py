@@ -64,3 +64,30 @@ def test_evaluation_on_the_event_path_catches_a_non_finite_state(monkeypatch):
     assert torch.isfinite(out.readout).all()  # the loss alone would not tell
     with pytest.raises(NonFiniteLossError, match="neuron state became non-finite"):
         evaluate(m, loader, MaxOverTime(), encoder=time_first)
+
+
+def test_fit_records_each_layers_path_and_why():
+    import functools
+
+    from spikegrad.neurons import ALIF, LIF
+    from spikegrad.training import fit
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(16, 12, 8, generator=g) < 0.3).float()  # [B, T, N] batches; the encoder makes them time-first
+    y = torch.randint(0, 3, (16,), generator=g)
+    loader = [(x[:8], y[:8]), (x[8:], y[8:])]
+    time_first = lambda b, generator=None: b.transpose(0, 1)  # noqa: E731
+
+    def run(model):
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        return fit(model, loader, loader, loader, opt, MaxOverTime(), epochs=1, encoder=time_first, progress=False,
+                   log_samples=0)["layer_paths"]
+
+    rnn = run(SpikingMLP([8, 6, 3], neuron=functools.partial(ALIF), recurrent=True))
+    assert rnn["train"]["neurons.0"].startswith("fused: recurrent")
+    learn = run(SpikingMLP([8, 6, 3], neuron=functools.partial(LIF, learn_tau=True)))
+    assert learn["train"]["neurons.0"].startswith("torch: constants that require grad")  # the slow loop, said
+    assert learn["eval"]["neurons.0"].startswith(("native", "fused"))                    # no grad: fast again
+    if events.available():
+        fast = run(SpikingMLP([8, 6, 3], sparse_input=True, record_v=False))
+        assert fast["eval"] == {"SpikingMLP": "events: the whole MLP as one event-driven C kernel"}

@@ -79,6 +79,7 @@ from ._common import FusedConfig
 from .sparse import SparseInputLinear, sparse_linear
 
 __all__ = ["ALIF_BACKENDS", "BACKENDS", "LI_BACKENDS", "alif_sequence", "check_backend", "explain_backend",
+           "explain_li_backend",
            "li_sequence", "lif_sequence", "native_available", "resolve_backend", "triton_available", "sparse_linear",
            "SparseInputLinear"]
 
@@ -346,6 +347,22 @@ def alif_sequence(x_seq: Tensor, state: ALIFState | None, p: ALIFParams, spike_f
     return recurrent.recurrent_fused(x_seq, state, p, w_rec, spike_fn, record)
 
 
+def explain_li_backend(backend: str, x_seq: Tensor, p: LIParams) -> tuple[str, str]:
+    """The path :func:`li_sequence` will run for a leaky-integrator layer, and why:
+    ``("native", reason)`` (the C kernels) or ``("torch", reason)`` (the reference ``scan``)."""
+    check_backend("li_sequence", backend, LI_BACKENDS)
+    if backend == "torch":
+        return "torch", "backend='torch' asked for"
+    if not native.supports(x_seq):
+        return "torch", f"the C kernels take float32 / float64 CPU tensors, got {x_seq.dtype} on {x_seq.device.type}"
+    if _params_need_grad(p):
+        return "torch", "constants that require grad (learn_tau)"
+    built = native.available() if torch.compiler.is_compiling() else (backend == "native" or native_available(warn=True))
+    if not built:
+        return "torch", "the C kernels are not built (no C compiler?)"
+    return "native", "float32 / float64 CPU tensor: the C kernels"
+
+
 def li_sequence(x_seq: Tensor, state: LIState | None, p: LIParams, backend: str = "auto",
                 record: bool = False) -> tuple[Tensor, LIState]:
     """Run :func:`~spikegrad.functional.li_step` over ``T`` steps with the chosen backend.
@@ -367,11 +384,12 @@ def li_sequence(x_seq: Tensor, state: LIState | None, p: LIParams, backend: str 
         return v_seq.to(x_seq.dtype), st
     if backend == "native":
         _native_or_raise(backend, x_seq)
-    compiling = torch.compiler.is_compiling()
-    use = (backend != "torch" and native.supports(x_seq) and not _params_need_grad(p)
-           and (native.available() if compiling else (backend == "native" or native_available(warn=True))))
-    if not use:
+    chosen, why = explain_li_backend(backend, x_seq, p)
+    if chosen == "torch":
+        if backend == "auto":
+            log.debug("li_sequence: the reference scan runs (%s)", why)
         return scan(li_step, x_seq, state, p, record=record)
+    compiling = torch.compiler.is_compiling()
     v0, i0 = (None, None) if state is None else (state.v, state.i)
     if compiling:
         v_seq, v, i, i_seq = ops.li_compiled(x_seq, v0, i0, p.decay_mem, p.decay_syn, record)

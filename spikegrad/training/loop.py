@@ -24,6 +24,7 @@ from . import distributed as _dist
 from .checkpoints import (CHECKPOINT_VERSION, ResumeError, _nonfinite_names, _resume, _rng_state, _set_rng_state,
                           _settings, load_checkpoint, save_checkpoint)
 from .guards import NonFiniteLossError, _check_stop, _Stop, _StateWatch, _StopRequest
+from .paths import layer_paths
 
 __all__ = ["resolve_device", "train_epoch", "evaluate", "fit"]
 
@@ -369,7 +370,9 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
     Returns:
         metrics: ``test_accuracy``, ``test_loss``, ``val_accuracy`` (best), ``spikes_per_input``
         (hidden spikes per test sample), ``epochs``, ``train_seconds``, ``train_samples_per_second``,
-        ``history`` (per-epoch dicts, with the ``lr`` each epoch trained with).
+        ``history`` (per-epoch dicts, with the ``lr`` each epoch trained with), ``layer_paths``
+        (the computational path of every neuron layer in training and in evaluation, and why:
+        :func:`~spikegrad.training.paths.layer_paths`).
     Raises:
         NonFiniteLossError, ResumeError, CheckpointWriteError; ``KeyboardInterrupt`` after Ctrl-C and
         ``SystemExit(143)`` after SIGTERM, both once ``interrupted.pt`` is saved.
@@ -411,7 +414,21 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
                    out_dir=out_dir, writer=writer, generator=generator, progress=progress, grad_clip=grad_clip,
                    log_samples=log_samples, use_best=use_best, precision=precision, settings=settings, stop=stop,
                    eval_seed=eval_seed)
-        return run.run(resume)
+        metrics = run.run(resume)
+    metrics["layer_paths"] = _layer_paths(model, test_loader, encoder, device, eval_seed)
+    return metrics
+
+
+def _layer_paths(model: nn.Module, loader, encoder, device, seed: int) -> dict:
+    """:func:`~spikegrad.training.paths.layer_paths` on two samples of ``loader``'s first batch; a
+    failure is logged and recorded, never raised (the run's results are already complete)."""
+    try:
+        x, _ = _pair(next(iter(loader)), "test")
+        x_seq = _encode(encoder, x[:2].to(device), torch.Generator(device=device).manual_seed(seed))
+        return layer_paths(model, x_seq)
+    except Exception as err:  # noqa: BLE001 - a report, not a result
+        log.warning(f"could not determine the layers' computational paths: {type(err).__name__}: {err}")
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 class _Run:
