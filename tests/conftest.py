@@ -12,6 +12,7 @@ kernels are compiled once for the whole run and its subprocesses (not per test, 
 Both are set before torch is imported.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -51,3 +52,16 @@ def mnist_root() -> Path:
     if not (root / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST files not found in {root}")
     return root
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """``torch.set_num_threads(n)`` for the block, restored after."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

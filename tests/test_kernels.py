@@ -5,7 +5,6 @@ and the kernel module re-imported by a module fixture, then restored); they skip
 installed.
 """
 
-import contextlib
 import importlib
 import itertools
 import math
@@ -14,6 +13,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import num_threads
 
 from spikegrad.kernels import (SparseInputLinear, li_sequence, lif_sequence, native_available,
                                resolve_backend, sparse_linear)
@@ -75,15 +75,6 @@ def run_case(backend, dtype=torch.float64, reset="subtract", detach_reset=True, 
     return s, st, grads
 
 
-@contextlib.contextmanager
-def num_threads(n):
-    """``torch.set_num_threads(n)`` for the block, restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def assert_same(ref, got, grad_rtol=1e-5, exact_states=True):

@@ -6,14 +6,14 @@ fused forward (GEMM or sum of the active rows) must then give the reference's sp
 for bit. One test keeps arbitrary weights for the GEMM, which is the reference's own product.
 """
 
-import contextlib
 import itertools
 import logging
 
 import pytest
 import torch
+from conftest import num_threads
 
-from spikegrad.functional import (ALIFParams, ALIFState, LIFParams, LIFState, alif_step, recurrent_alif_step,
+from spikegrad.functional import (ALIFParams, ALIFState, LIFParams, LIFState, recurrent_alif_step,
                                   recurrent_lif_step, scan)
 from spikegrad.kernels import alif_sequence, explain_backend, lif_sequence, recurrent
 from spikegrad.neurons import ALIF, LIF
@@ -55,14 +55,6 @@ def product(request, monkeypatch):
     return request.param
 
 
-@contextlib.contextmanager
-def num_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def dyadic(w):

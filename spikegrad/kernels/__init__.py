@@ -145,6 +145,14 @@ def _as_state_dtype(p, dtype: torch.dtype):
     return type(p)(*(t.to(state_dtype(dtype)) if isinstance(t, Tensor) and t.is_floating_point() else t for t in p))
 
 
+def _widened(run: Any, x_seq: Tensor, state: Any, p: Any, *args: Any) -> tuple[Tensor, Any]:
+    """``run`` on a half-precision input widened to float32, with float32 states and constants
+    (:func:`~spikegrad.functional.state_dtype`); the output is narrowed back to the input's dtype."""
+    out, st = run(x_seq.to(state_dtype(x_seq.dtype)), _as_state_dtype(state, x_seq.dtype),
+                  _as_state_dtype(p, x_seq.dtype), *args)
+    return out.to(x_seq.dtype), st
+
+
 def _params_need_grad(p: LIFParams | LIParams) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in p)
 
@@ -280,10 +288,8 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
     Returns:
         ``(spikes [T, B, ...] in {0, 1} with the dtype of x_seq, final or recorded LIFState)``.
     """
-    if state_dtype(x_seq.dtype) != x_seq.dtype:  # half precision: float32 states, outputs in the input's dtype
-        spikes, st = lif_sequence(x_seq.to(state_dtype(x_seq.dtype)), _as_state_dtype(state, x_seq.dtype),
-                                  _as_state_dtype(p, x_seq.dtype), spike_fn, backend, record, w_rec)
-        return spikes.to(x_seq.dtype), st
+    if state_dtype(x_seq.dtype) != x_seq.dtype:
+        return _widened(lif_sequence, x_seq, state, p, spike_fn, backend, record, w_rec)
     chosen = _choose("lif_sequence", backend, x_seq, p, spike_fn, state, w_rec)
     if chosen == "torch":
         if w_rec is not None:
@@ -335,10 +341,8 @@ def alif_sequence(x_seq: Tensor, state: ALIFState | None, p: ALIFParams, spike_f
     Returns:
         ``(spikes [T, B, ...] in {0, 1} with the dtype of x_seq, final or recorded ALIFState)``.
     """
-    if state_dtype(x_seq.dtype) != x_seq.dtype:  # half precision: float32 states, outputs in the input's dtype
-        spikes, st = alif_sequence(x_seq.to(state_dtype(x_seq.dtype)), _as_state_dtype(state, x_seq.dtype),
-                                   _as_state_dtype(p, x_seq.dtype), spike_fn, backend, record, w_rec)
-        return spikes.to(x_seq.dtype), st
+    if state_dtype(x_seq.dtype) != x_seq.dtype:
+        return _widened(alif_sequence, x_seq, state, p, spike_fn, backend, record, w_rec)
     chosen = _choose("alif_sequence", backend, x_seq, p, spike_fn, state, w_rec)
     if chosen == "torch":
         if w_rec is not None:
@@ -378,10 +382,8 @@ def li_sequence(x_seq: Tensor, state: LIState | None, p: LIParams, backend: str 
         ``(v_seq [T, B, ...], final or recorded LIState)``.
     """
     check_backend("li_sequence", backend, LI_BACKENDS)
-    if state_dtype(x_seq.dtype) != x_seq.dtype:  # half precision: float32 states, output in the input's dtype
-        v_seq, st = li_sequence(x_seq.to(state_dtype(x_seq.dtype)), _as_state_dtype(state, x_seq.dtype),
-                                _as_state_dtype(p, x_seq.dtype), backend, record)
-        return v_seq.to(x_seq.dtype), st
+    if state_dtype(x_seq.dtype) != x_seq.dtype:
+        return _widened(li_sequence, x_seq, state, p, backend, record)
     if backend == "native":
         _native_or_raise(backend, x_seq)
     chosen, why = explain_li_backend(backend, x_seq, p)
