@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from . import checks
 from .functional import LIFState, LIState, last
 from .kernels import events
+from .kernels._common import hooked
 from .kernels.sparse import SparseInputLinear
 from .neurons import IF, LI, LIF, DelayedState
 
@@ -163,7 +164,7 @@ def _hooked(model: nn.Module) -> bool:
 
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules() if m is not model)
+    return any(hooked(m) for m in model.modules() if m is not model)
 
 
 def _init_linear(layer: nn.Linear, gain: float) -> None:

@@ -75,7 +75,7 @@ from ..functional import (ALIFParams, ALIFState, LIFParams, LIFState, LIParams, 
                           lif_step, recurrent_alif_step, recurrent_lif_step, scan, state_dtype)
 from ..surrogates import Surrogate, registered_name
 from . import cpu, native, ops, recurrent
-from ._common import FusedConfig
+from ._common import FusedConfig, hooked
 from .sparse import SparseInputLinear, sparse_linear
 
 __all__ = ["ALIF_BACKENDS", "BACKENDS", "LI_BACKENDS", "alif_sequence", "check_backend", "explain_backend",
@@ -162,11 +162,6 @@ def _fusable_surrogate(spike_fn: Any) -> bool:
             and type(spike_fn).forward is Surrogate.forward)
 
 
-def _hooked(module: Any) -> bool:
-    """Whether forward (pre-)hooks are registered on ``module`` (a fused path would not call it)."""
-    return bool(getattr(module, "_forward_hooks", None) or getattr(module, "_forward_pre_hooks", None))
-
-
 def explain_backend(backend: str, x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any,
                     state: Any = None, w_rec: Tensor | None = None) -> tuple[str, str]:
     """The path :func:`lif_sequence` (``p`` a :class:`~spikegrad.functional.LIFParams`) or
@@ -199,7 +194,7 @@ def explain_backend(backend: str, x_seq: Tensor, p: LIFParams | ALIFParams, spik
     if not _fusable_surrogate(spike_fn):
         return "torch", ("the spike function is not a spiking Surrogate with the standard forward "
                          "(spiking=False, its own forward, or a plain function)")
-    if _hooked(spike_fn):
+    if hooked(spike_fn):
         return "torch", "forward hooks on the surrogate (the fused paths do not call it)"
     has_z = state is not None and getattr(state, "z", None) is not None
     if w_rec is None and has_z:

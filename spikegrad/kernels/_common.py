@@ -111,3 +111,23 @@ def formula_agrees(kernels: str, name: str, got: Tensor, want: Tensor, rtol: flo
                       f"{SURROGATES[name].__name__}.grad (the surrogate's definition); {fallback} instead. "
                       "Update the kernel's formula to match.", RuntimeWarning, stacklevel=3)
     return ok
+
+
+def hooked(module: object) -> bool:
+    """Whether forward (pre-)hooks are registered on ``module``: a fused path that does not call the
+    module would skip them."""
+    return bool(getattr(module, "_forward_hooks", None) or getattr(module, "_forward_pre_hooks", None))
+
+
+def reset_into(u: Tensor, s: Tensor, th: Tensor, v_reset: Tensor, v_reset_zero: bool, reset: str,
+               out: Tensor) -> Tensor | None:
+    """The membrane after the reset of the fused loops, written into ``out`` (exact: ``s`` is 0 or 1):
+    ``u - s th`` ("subtract"), ``u (1 - s) + s v_reset`` ("zero"); None for "none" (the caller keeps
+    ``u``). Tensors broadcast against ``[B, ...]``."""
+    if reset == "subtract":
+        return torch.addcmul(u, s, th, value=-1, out=out)
+    if reset == "zero":
+        v = torch.addcmul(u, u, s, value=-1, out=out)
+        return v if v_reset_zero else v.addcmul_(s, v_reset)
+    return None
+

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import FusedConfig, compact_param, unflatten_outputs
+from ._common import FusedConfig, compact_param, reset_into, unflatten_outputs
 
 CHUNK = 4  # steps per saved block: backward vectorises over a block (measured best of 1, 2, 4, 8)
 
@@ -85,12 +85,9 @@ def _forward_loop(x: Tensor, v: Tensor, i: Tensor, r: Tensor | None, dm: Tensor,
             torch.sub(u, th, out=z_t)
             torch.gt(z_t, 0, out=s_t)
         v_out = rec[0][t] if rec is not None else v   # v is not read again this step: in place
-        if cfg.reset == "subtract":
-            v = torch.addcmul(u, s_t, th, value=-1, out=v_out)
-        elif cfg.reset == "zero":                  # u (1 - s) + s v_reset, each product exact
-            v = torch.addcmul(u, u, s_t, value=-1, out=v_out)
-            if not vr_zero:
-                v.addcmul_(s_t, vr)
+        v_new = reset_into(u, s_t, th, vr, vr_zero, cfg.reset, v_out)
+        if v_new is not None:
+            v = v_new
         elif rec is not None:
             v = v_out.copy_(u)
         elif saved_u:

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from ..functional import ALIFParams, ALIFState, LIFParams, LIFState
-from ._common import FusedConfig, flat_param
+from ._common import FusedConfig, flat_param, reset_into
 
 __all__ = ["recurrent_fused", "BLOCK_ELEMENTS", "GATHER_MAX_RATE", "GATHER_MIN_MACS", "PRODUCTS", "ROWS_MAX_BYTES"]
 
@@ -188,12 +188,9 @@ def _forward_loop(x, w, v, i, a, z0, dm, ds, da, beta, th, vr, cfg: FusedConfig,
         s_t = ss[t] if zbuf is None else zbuf
         torch.gt(u, th_t, out=s_t)                        # the sign of the rounded u - th
         v_out = v if vs is None else vs[t]
-        if cfg.reset == "subtract":                       # s * th is exact (s is 0 or 1)
-            v = torch.addcmul(u, s_t, th_t, value=-1, out=v_out)
-        elif cfg.reset == "zero":                         # u (1 - s) + s v_reset, each product exact
-            v = torch.addcmul(u, u, s_t, value=-1, out=v_out)
-            if not vr_zero:
-                v.addcmul_(s_t, vr)
+        v_new = reset_into(u, s_t, th_t, vr, vr_zero, cfg.reset, v_out)
+        if v_new is not None:
+            v = v_new
         elif vs is not None:
             v = v_out.copy_(u)
         elif us is None:
@@ -308,7 +305,6 @@ def _backward(cfg: FusedConfig, shape, need, w, v0, i0, a0, z0, dm, ds, da, beta
 
     gxs, gus = gx.unbind(0), gu_buf.unbind(0)               # per-step views, made once
     gas = ga_buf.unbind(0) if adaptive else None
-    ss = spikes.unbind(0)
 
     def gu_at(t):
         return gus[t] if want_consts else gus[t & 1]
