@@ -14,7 +14,7 @@ Layers import one way: ``checks``, ``surrogates`` <- ``functional`` <- ``kernels
 from . import functional
 from .encoding import (CurrentEncoder, LatencyEncoder, RateEncoder, current_encode, latency_encode, poisson_encode,
                        rate_encode)
-from .functional import ALIFState, LIFState, LIState, detach_state, last, scan
+from .functional import ALIFState, LIFState, LIState, NetworkState, detach_state, last, scan
 from .kernels.events import SpikeTimes
 from .models import SeqWise, SpikingConvNet, SpikingMLP, SpikingOutput, spikes_per_input
 from .neurons import ALIF, IF, LI, LIF
@@ -24,7 +24,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "__version__", "functional",
-    "LIF", "IF", "ALIF", "LI", "LIFState", "ALIFState", "LIState", "scan", "last", "detach_state",
+    "LIF", "IF", "ALIF", "LI", "LIFState", "ALIFState", "LIState", "NetworkState", "scan", "last", "detach_state",
     "Surrogate", "SURROGATES", "make_surrogate", "register_surrogate",
     "LatencyEncoder", "RateEncoder", "CurrentEncoder", "latency_encode", "rate_encode", "poisson_encode",
     "current_encode", "SpikeTimes",

@@ -50,7 +50,7 @@ from . import checks
 __all__ = [
     "RESET_MODES", "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState",
     "decay", "lif_step", "recurrent_lif_step", "alif_step", "recurrent_alif_step", "li_step", "scan", "last", "detach_state",
-    "stack_states", "check_reset", "state_dtype",
+    "stack_states", "check_reset", "state_dtype", "NetworkState",
 ]
 
 RESET_MODES = ("subtract", "zero", "none")
@@ -304,3 +304,62 @@ def last(states: Any) -> Any:
 def detach_state(state: Any) -> Any:
     """Detach every tensor of a (nested) state, e.g. between chunks of truncated BPTT."""
     return _map_tensors(Tensor.detach, state)
+
+
+class NetworkState(tuple):
+    """The state of a network: the final state of every stateful layer, in order, as a tuple.
+
+    What every multi-layer network returns as its state (:class:`~spikegrad.models.SpikingMLP`,
+    :class:`~spikegrad.models.SpikingConvNet`, the NIR importer's ``NIRNetwork``, the simulated chip's
+    ``Observables``) and takes back to continue a run: running a sequence in chunks, passing each
+    call's state to the next, gives the outputs of one run over the whole sequence.
+
+    Entry ``k`` is the state of the network's ``k``-th stateful layer (stateless layers such as
+    ``Linear`` have none): a neuron state (:class:`LIFState`, :class:`ALIFState`,
+    :class:`LIState`, ...) of ``[B, ...]`` tensors, the :class:`NetworkState` of a sub-network (the
+    MLP head of a ``SpikingConvNet``), or None for a layer at rest. It stays a plain tuple
+    (``state[k]``, ``len(state)``, unpacking), and :func:`detach_state` and :func:`last` map over it.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, who: str, state: Any, n: int) -> "NetworkState":
+        """Check the ``state`` argument of a network of ``n`` stateful layers.
+
+        Args:
+            who: the caller, named in the error (e.g. ``"SpikingMLP"``).
+            state: None (every layer at rest), or the state a previous call returned (a
+                :class:`NetworkState`, or a plain tuple of ``n`` layer states).
+            n: the number of stateful layers.
+        Returns:
+            the per-layer states, ``n`` entries (all None for ``state=None``).
+        Raises:
+            ValueError: ``state`` is not a tuple of ``n`` layer states (e.g. a single layer's
+                state, or the state of another network), naming ``who``, what was passed and the fix.
+        """
+        if state is None:
+            return cls((None,) * n)
+        if isinstance(state, tuple) and not hasattr(state, "_fields") and len(state) == n:
+            return state if type(state) is cls else cls(state)
+        if hasattr(state, "_fields"):
+            got = f"a {type(state).__name__} (the state of one layer)"
+        elif isinstance(state, tuple):
+            got = f"a tuple of {len(state)}"
+        else:
+            got = type(state).__name__
+        raise ValueError(f"{who}: state must be None or the .state of a previous call (a NetworkState of {n} layer "
+                         f"states, one per stateful layer), got {got}; pass state=None to start at rest, or the "
+                         "state this network returned to continue its run")
+
+    def detach(self) -> "NetworkState":
+        """Every tensor detached (:func:`detach_state`): the next chunk of truncated BPTT starts here
+        with the same values and no graph back into this chunk."""
+        return detach_state(self)
+
+    def to(self, *args: Any, **kwargs: Any) -> "NetworkState":
+        """Every tensor moved or cast as by :meth:`torch.Tensor.to` (e.g. ``state.to("cuda")``)."""
+        return _map_tensors(lambda t: t.to(*args, **kwargs), self)
+
+    def __repr__(self) -> str:
+        return f"NetworkState{tuple.__repr__(self)}"

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
-from .functional import LIFState, LIState, last
+from .functional import LIFState, LIState, NetworkState, last
 from .kernels import events
 from .kernels._common import hooked
 from .kernels.sparse import SparseInputLinear
@@ -35,15 +35,16 @@ class SpikingOutput(NamedTuple):
     spikes: per hidden layer, spikes ``[T, B, ...]``.
     v: per hidden layer, membrane potentials ``[T, B, ...]`` (threshold units, after reset);
         empty when the model was built with ``record_v=False``.
-    state: the final state of every neuron layer (hidden layers, then the readout), ``[B, ...]``
-        tensors; pass it as ``state=`` to the next call to continue the run (streaming inference,
-        truncated BPTT with :func:`~spikegrad.functional.detach_state`).
+    state: the final state of every neuron layer (hidden layers, then the readout), a
+        :class:`~spikegrad.functional.NetworkState` of ``[B, ...]`` tensors; pass it as ``state=``
+        to the next call to continue the run (streaming inference; truncated BPTT with
+        ``state.detach()``).
     """
 
     readout: Tensor
     spikes: tuple[Tensor, ...]
     v: tuple[Tensor, ...]
-    state: tuple | None = None
+    state: NetworkState | None = None
 
 
 def spikes_per_input(out: SpikingOutput) -> Tensor:
@@ -130,17 +131,6 @@ def _autocasting() -> bool:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4
         return torch.is_autocast_cpu_enabled()
-
-
-def _layer_states(who: str, state, n: int) -> tuple:
-    """The per-layer states of a model's ``state`` argument (None: all at rest)."""
-    if state is None:
-        return (None,) * n
-    if not isinstance(state, tuple) or len(state) != n:
-        got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
-        raise ValueError(f"{who}: state must be None or the SpikingOutput.state of a previous call (a tuple of "
-                         f"{n} layer states), got {got}")
-    return state
 
 
 def _recurrent_neuron(neuron: NeuronFactory, n: int, gain: float) -> nn.Module:
@@ -242,14 +232,15 @@ class SpikingMLP(nn.Module):
             else:
                 self.neurons.append(neuron())
 
-    def forward(self, x_seq: Tensor | events.SpikeTimes, state: tuple | None = None,
+    def forward(self, x_seq: Tensor | events.SpikeTimes, state: NetworkState | None = None,
                 record_spikes: bool = True) -> SpikingOutput:
         """``x_seq [T, B, ...]`` (trailing dims multiply to ``sizes[0]``), or one spike time per input
         (:class:`~spikegrad.kernels.events.SpikeTimes`, e.g. ``LatencyEncoder.times(images)``) ->
         :class:`SpikingOutput`.
 
         ``state``: None (every neuron at rest) or the ``state`` of the :class:`SpikingOutput` of a
-        previous call, to continue it: running a sequence in chunks gives the same outputs as one run.
+        previous call (a :class:`~spikegrad.functional.NetworkState`, one ``[B, ...]`` state per
+        neuron layer), to continue it: running a sequence in chunks gives the same outputs as one run.
         ``record_spikes=False``: leave :attr:`SpikingOutput.spikes` empty (saves writing them in the
         event-driven inference path, when only the readout is needed).
         """
@@ -257,7 +248,7 @@ class SpikingMLP(nn.Module):
             if x_seq.times.dim() != 2 or x_seq.times.shape[1] != self.sizes[0]:
                 raise ValueError(f"SpikingMLP: the model expects spike times [B, {self.sizes[0]}], got "
                                  f"{tuple(x_seq.times.shape)}")
-            states = _layer_states("SpikingMLP", state, len(self.neurons))
+            states = NetworkState.of("SpikingMLP", state, len(self.neurons))
             consts = self._event_constants(x_seq.dtype, states) if x_seq.times.device.type == "cpu" else None
             if consts is not None:
                 return self._forward_events(x_seq, states, consts, record_spikes)
@@ -270,7 +261,7 @@ class SpikingMLP(nn.Module):
             hint = f" ({side}x{side} images)" if side * side == h.shape[-1] else ""
             raise ValueError(f"SpikingMLP: the model expects {self.sizes[0]} input features but got "
                              f"{h.shape[-1]}{hint}; match the data's image size (data.size) to model.sizes[0]")
-        states = _layer_states("SpikingMLP", state, len(self.neurons))
+        states = NetworkState.of("SpikingMLP", state, len(self.neurons))
         consts = self._event_constants(h.dtype, states) if h.device.type == "cpu" else None
         if consts is not None:
             return self._forward_events(h, states, consts, record_spikes)
@@ -286,7 +277,7 @@ class SpikingMLP(nn.Module):
             else:
                 h, final = neuron(h, states[k])
             finals.append(final)
-        return SpikingOutput(h, tuple(spikes) if record_spikes else (), tuple(vs), tuple(finals))
+        return SpikingOutput(h, tuple(spikes) if record_spikes else (), tuple(vs), NetworkState(finals))
 
     def _event_constants(self, dtype: torch.dtype, states: tuple) -> list[tuple[Tensor, ...]] | None:
         """The neurons' constants for the event-driven kernel on CPU input of ``dtype`` (per hidden
@@ -330,7 +321,7 @@ class SpikingMLP(nn.Module):
         weights = [layer.module.weight for layer in self.layers]
         biases = [layer.module.bias for layer in self.layers]
         readout, spikes = events.mlp_forward(x, weights, biases, consts, resets, init, record_spikes)
-        finals = tuple(LIState(*vi) if type(n) is LI else LIFState(*vi) for n, vi in zip(self.neurons, init))
+        finals = NetworkState(LIState(*vi) if type(n) is LI else LIFState(*vi) for n, vi in zip(self.neurons, init))
         return SpikingOutput(readout, tuple(spikes) if record_spikes else (), (), finals)
 
 
@@ -373,12 +364,14 @@ class SpikingConvNet(nn.Module):
         self.head = SpikingMLP([c * h * w, *hidden, n_classes], neuron=neuron, readout=readout,
                                weight_gain=weight_gain, readout_gain=readout_gain, record_v=record_v)
 
-    def forward(self, x_seq: Tensor, state: tuple | None = None) -> SpikingOutput:
-        """``x_seq [T, B, C, H, W]`` -> :class:`SpikingOutput`; ``state`` as in :meth:`SpikingMLP.forward`."""
+    def forward(self, x_seq: Tensor, state: NetworkState | None = None) -> SpikingOutput:
+        """``x_seq [T, B, C, H, W]`` -> :class:`SpikingOutput`; ``state`` as in :meth:`SpikingMLP.forward`:
+        the state of every conv block's neurons ``[B, C, H, W]``, then the head's
+        :class:`~spikegrad.functional.NetworkState`."""
         if x_seq.dim() != 5 or tuple(x_seq.shape[2:]) != self.in_shape:
             raise ValueError(f"SpikingConvNet: input must be [T, B, {', '.join(map(str, self.in_shape))}], got "
                              f"{tuple(x_seq.shape)}; match data.size / the encoder output to model.in_shape")
-        states = _layer_states("SpikingConvNet", state, len(self.neurons) + 1)
+        states = NetworkState.of("SpikingConvNet", state, len(self.neurons) + 1)
         spikes, vs, finals = [], [], []
         h = x_seq
         for conv, neuron, st in zip(self.blocks, self.neurons, states):
@@ -389,4 +382,5 @@ class SpikingConvNet(nn.Module):
                 vs.append(v)
             h = self.pool(h)
         out = self.head(h, states[-1])
-        return SpikingOutput(out.readout, tuple(spikes) + out.spikes, tuple(vs) + out.v, (*finals, out.state))
+        return SpikingOutput(out.readout, tuple(spikes) + out.spikes, tuple(vs) + out.v,
+                             NetworkState((*finals, out.state)))

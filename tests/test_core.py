@@ -13,7 +13,7 @@ import torch
 
 import spikegrad
 from spikegrad import ALIF, IF, LI, LIF, SpikingConvNet, SpikingMLP, detach_state
-from spikegrad.functional import ALIFState, LIFState
+from spikegrad.functional import ALIFState, LIFState, LIState, NetworkState
 
 ROOT = Path(spikegrad.__file__).parent
 
@@ -107,8 +107,30 @@ def test_truncated_bptt_with_detached_state():
     out2 = model(x[10:], detach_state(out.state))
     out2.readout.sum().backward()  # only the second chunk's graph
     assert model.layers[0].module.weight.grad is not None
-    with pytest.raises(ValueError, match="state must be None or the SpikingOutput.state"):
+    with pytest.raises(ValueError, match=r"SpikingMLP: state must be None or the .state of a previous call"):
         model(x, state=(None,))
+
+
+def test_network_state_checks_detaches_and_moves():
+    a, b = LIFState(torch.rand(2, 3), torch.rand(2, 3)), LIState(torch.rand(2, 4), torch.rand(2, 4))
+    assert NetworkState.of("net", None, 3) == (None, None, None)
+    st = NetworkState.of("net", (a, b), 2)  # a plain tuple of layer states is taken as is
+    assert type(st) is NetworkState and st[0] is a and st[1] is b and NetworkState.of("net", st, 2) is st
+    for bad, got in [((a,), "a tuple of 1"), (LIState(a, a), "a LIState .the state of one layer."),
+                     ([a, b], "list"), (a.v, "Tensor")]:
+        with pytest.raises(ValueError, match=rf"^MyNet: state must be None or the .state of a previous call .a "
+                                             rf"NetworkState of 2 layer states.*got {got}; pass state=None"):
+            NetworkState.of("MyNet", bad, 2)
+    x = torch.rand(6, 2, 3, requires_grad=True)
+    _, final = LIF(tau_mem=4.0, backend="torch")(x)
+    st = NetworkState((final, None, NetworkState((b,))))
+    cut = st.detach()
+    assert type(cut) is NetworkState and type(cut[2]) is NetworkState and cut[1] is None and cut[0].r is None
+    assert final.v.grad_fn is not None and cut[0].v.grad_fn is None and not cut[0].v.requires_grad
+    assert torch.equal(cut[0].v, final.v) and torch.equal(cut[2][0].i, b.i)
+    wide = st.to(torch.float64)
+    assert type(wide) is NetworkState and wide[0].v.dtype == torch.float64 and wide[2][0].v.dtype == torch.float64
+    assert repr(NetworkState((None,))) == "NetworkState(None,)"
 
 
 # ------------------------------------------------------------------------------ constants

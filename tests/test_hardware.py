@@ -8,8 +8,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from spikegrad.hardware import (AnalogSubstrate, InTheLoop, Substrate, cadc_read, in_the_loop, layer_specs,
-                                quantize_weights)
+from spikegrad.functional import NetworkState
+from spikegrad.hardware import (SURROGATE_AT, AnalogSubstrate, DelayedInput, InTheLoop, Substrate, cadc_read,
+                                in_the_loop, layer_specs, quantize_weights)
 from spikegrad.hardware.analysis import (FIGURE_NAME, mismatch_figure, mismatch_points, substrate_analysis,
                                          write_mismatch_figure)
 from spikegrad.losses import MaxOverTime
@@ -157,7 +158,8 @@ def test_requested_spread_shows_up_in_the_measured_time_constants():
 
 
 def _slow_reference(model, sub, x):
-    """The hidden layer of the chip by the defining equations, one step and one neuron-vector at a time."""
+    """The hidden layer of the chip by the defining equations, one step and one neuron-vector at a time:
+    its spikes ``[T, B, N]`` and the circuits' final membrane and synaptic current ``[B, N]``."""
     spec = layer_specs(model)[0]
     n = spec.weight.shape[0]
     c = sub.neuron_constants(spec, slice(0, n))
@@ -172,7 +174,7 @@ def _slow_reference(model, sub, x):
         s = (v - c.v_th > 0).float()
         v = v - s * c.v_th
         out.append(s)
-    return torch.stack(out)
+    return torch.stack(out), (v, i)
 
 
 @pytest.mark.parametrize("kw", [dict(mismatch=0.3), dict(mismatch=0.2, delay=1, dead=0.2, hot=0.2, row_gain=0.2)])
@@ -180,7 +182,7 @@ def test_chip_spikes_match_a_slow_reference(kw):
     model, x = mlp(), spikes_in()
     sub = AnalogSubstrate(**kw)
     got = sub.run(x, layer_specs(model)).spikes[0]
-    ref = _slow_reference(model, sub, x)
+    ref, _ = _slow_reference(model, sub, x)
     assert got.sum() > 0
     assert (got != ref).float().mean() < 0.002  # the kernels' float sums may flip a spike at threshold
 
@@ -223,6 +225,91 @@ def test_delay_shifts_the_activity_by_one_step():
     assert torch.equal(late.spikes[0][1:], plain.spikes[0][:-1]) and late.spikes[0][0].sum() == 0
 
 
+# ------------------------------------------------------------------------------------ continuing a run
+def _leaves(state):
+    """Every tensor of a (nested) state, in order, None entries kept."""
+    return [t for item in state for t in _leaves(item)] if isinstance(state, tuple) else [state]
+
+
+def _same_state(got, want):
+    assert type(got) is type(want) and [type(st) for st in got] == [type(st) for st in want]
+    a, b = _leaves(got), _leaves(want)
+    assert len(a) == len(b)
+    for u, w in zip(a, b):
+        assert (u is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(u, w)
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+@pytest.mark.parametrize("record_v", [False, True])
+@pytest.mark.parametrize("kw", [
+    dict(mismatch=0.0, weight_bits=None, cadc_bits=None),                # the ideal chip
+    dict(mismatch=0.2, spreads={"v_leak": 0.0}, row_gain=0.1, delay=1),  # fixed pattern, 6-bit weights, 8-bit reads
+    dict(mismatch=0.2, delay=2, hot=0.1),                                # leak potentials: a membrane drive
+])
+def test_a_chip_run_continued_from_its_state_equals_one_run(kw, record_v, recurrent):
+    torch.manual_seed(0)
+    model = SpikingMLP([32, 24, 5], neuron=partial(LIF, tau_mem=8.0, tau_syn=4.0), readout=partial(LI, tau_mem=8.0),
+                       weight_gain=4.0, readout_gain=0.5, recurrent=recurrent)
+    x, sub, specs = spikes_in(T=30), AnalogSubstrate(**kw), layer_specs(model)
+    whole = sub.run(x, specs, record_v=record_v)
+    first = sub.run(x[:11], specs, record_v=record_v)
+    rest = sub.run(x[11:], specs, record_v=record_v, state=first.state)
+    assert whole.spikes[0].sum() > 0 and isinstance(whole.state, NetworkState) and len(whole.state) == 2
+    assert all(isinstance(st, DelayedInput) == (sub.delay > 0) for st in whole.state)
+    assert torch.equal(torch.cat([first.spikes[0], rest.spikes[0]]), whole.spikes[0])
+    torch.testing.assert_close(torch.cat([first.readout, rest.readout]), whole.readout)
+    if record_v:
+        torch.testing.assert_close(torch.cat([first.v[0], rest.v[0]]), whole.v[0])
+    _same_state(rest.state, whole.state)
+    hidden = whole.state[0].neuron if sub.delay else whole.state[0]
+    assert (hidden.z is not None) == recurrent  # the last spikes, for the recurrent synapses
+
+
+def test_the_chips_state_is_the_software_models_and_the_circuits_physical_state():
+    model, x = mlp(), spikes_in()
+    with torch.no_grad():
+        model.inference = "layers"
+        sw = model(x)
+    _same_state(AnalogSubstrate.ideal().run(x, layer_specs(model)).state, sw.state)  # ideal chip == software
+    sub = AnalogSubstrate(mismatch=0.3)  # leak potentials: the kernels run them as an extra input current
+    assert sub.neuron_constants(layer_specs(model)[0], slice(0, 24)).v_leak is not None
+    obs = sub.run(x, layer_specs(model))
+    ref, (v, i) = _slow_reference(model, sub, x)
+    same = (obs.spikes[0] == ref).all(0)  # [B, N]: neurons whose every spike agrees (float sums may flip one)
+    assert same.float().mean() > 0.9
+    torch.testing.assert_close(obs.state[0].v[same], v[same])
+    torch.testing.assert_close(obs.state[0].i[same], i[same])  # the circuit's current, without the drive
+
+
+def test_in_the_loop_continues_from_the_chips_state():
+    model, x = mlp(record_v=True), spikes_in(T=30)
+    hil = InTheLoop(model, AnalogSubstrate.ideal())
+    for surrogate_at in SURROGATE_AT:
+        hil.surrogate_at = surrogate_at
+        whole = hil(x)
+        first = hil(x[:12])
+        rest = hil(x[12:], first.state)
+        assert isinstance(rest.state, NetworkState)
+        assert not any(t.requires_grad for t in _leaves(rest.state) if t is not None)  # measured, not differentiable
+        assert torch.equal(torch.cat([first.spikes[0], rest.spikes[0]]), whole.spikes[0])
+        torch.testing.assert_close(torch.cat([first.readout, rest.readout]), whole.readout)
+        torch.testing.assert_close(torch.cat([first.v[0], rest.v[0]]), whole.v[0])
+        _same_state(rest.state, whole.state)
+        # on an ideal chip the second half's gradient is the software model's from the same state
+        for a, b in zip(grads(model, hil(x[12:], first.state)), grads(model, model(x[12:], first.state))):
+            assert a.abs().sum() > 0
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        hil.eval()
+        first = hil(x[:12])
+        rest = hil(x[12:], first.state)
+        torch.testing.assert_close(torch.cat([first.readout, rest.readout]), hil(x).readout)
+    soft = InTheLoop(model, AnalogSubstrate.ideal(), train_on="software")
+    _same_state(soft(x[12:], first.state).state, model(x[12:], first.state).state)
+
+
 # ------------------------------------------------------------------------------------ clear errors
 @pytest.mark.parametrize("kw, match", [
     (dict(mismatch=-0.1), "mismatch"), (dict(weight_bits=0), "weight_bits"), (dict(cadc_bits=0), "cadc_bits"),
@@ -258,6 +345,22 @@ def test_models_the_substrate_cannot_run_are_rejected():
         InTheLoop(SpikingMLP([8, 4, 2]), sub)(torch.zeros(3, 2, 9))
     with pytest.raises(NotImplementedError):
         Substrate().run(torch.zeros(3, 2, 8), layer_specs(SpikingMLP([8, 4, 2])))
+
+
+def test_bad_chip_states_are_clear_errors():
+    model, x = mlp(), spikes_in()
+    specs = layer_specs(model)
+    state = AnalogSubstrate(delay=1).run(x, specs).state
+    with pytest.raises(ValueError, match=r"AnalogSubstrate.run: state must be None .*NetworkState of 2 layer states.*"
+                                         r"got a tuple of 1; pass state=None"):
+        AnalogSubstrate(delay=1).run(x, specs, state=state[:1])
+    with pytest.raises(ValueError, match=r"the state of layer 0 \(a DelayedInput of 1 steps\) is not from a chip "
+                                         r"with delay=0"):
+        AnalogSubstrate().run(x, specs, state=state)
+    with pytest.raises(ValueError, match=r"the state of layer 0 \(LIFState\) is not from a chip with delay=2"):
+        AnalogSubstrate(delay=2).run(x, specs, state=AnalogSubstrate().run(x, specs).state)
+    with pytest.raises(ValueError, match=r"AnalogSubstrate.run: .*got a LIFState \(the state of one layer\)"):
+        InTheLoop(model, AnalogSubstrate()).eval()(x, state[0].neuron)
 
 
 # ------------------------------------------------------------------- training, analysis, the figure

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from spikegrad.functional import NetworkState
 from spikegrad.models import SeqWise, SpikingConvNet, SpikingMLP, SpikingOutput, spikes_per_input
 from spikegrad.neurons import LI, LIF
 
@@ -132,3 +133,74 @@ def test_dropout_drops_hidden_spikes_only_while_training():
     assert 0.4 < dropped < 0.6
     with pytest.raises(ValueError, match="dropout must be a probability"):
         SpikingMLP([12, 40, 3], dropout=1.0)
+
+
+# ------------------------------------------------------------------------------ state across calls
+def state_leaves(state):
+    """Every tensor of a (nested) state, in order; None entries kept, so two states line up field by field."""
+    if isinstance(state, tuple):
+        return [t for item in state for t in state_leaves(item)]
+    return [state]
+
+
+def assert_same_state(got, want):
+    """Same structure, same values; floats up to rounding: the stateless layers sum over ``T * B``
+    rows at once, and a matrix product of another row count may group its sums differently."""
+    assert type(got) is type(want)
+    a, b = state_leaves(got), state_leaves(want)
+    assert len(a) == len(b) and sum(t is not None for t in b) > 0
+    for u, w in zip(a, b):
+        assert (u is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(u, w)
+
+
+@pytest.mark.parametrize("make,shape,grad", [
+    (lambda: SpikingMLP([20, 16, 12, 4]), (30, 3, 20), True),  # layer by layer
+    (lambda: SpikingMLP([20, 16, 12, 4], record_v=False), (30, 3, 20), False),  # the event-driven path
+    (lambda: SpikingMLP([20, 16, 4], recurrent=True, neuron=functools.partial(LIF, refractory=2)), (30, 3, 20), True),
+    (lambda: SpikingConvNet((1, 8, 8), channels=(4,), hidden=(12,), n_classes=3), (30, 3, 1, 8, 8), True),
+])
+def test_two_halves_continued_from_the_state_equal_one_run(make, shape, grad):
+    torch.manual_seed(0)
+    model = make()
+    x = (torch.rand(shape) < 0.3).float()
+    with torch.set_grad_enabled(grad):
+        whole = model(x)
+        first = model(x[:13])
+        rest = model(x[13:], first.state)
+    assert isinstance(whole.state, NetworkState) and len(whole.state) == len(model.neurons) + (
+        isinstance(model, SpikingConvNet))
+    torch.testing.assert_close(torch.cat([first.readout, rest.readout]), whole.readout)
+    assert len(whole.spikes) == len(rest.spikes) and whole.spikes[0].sum() > 0
+    for a, b, w in zip(first.spikes, rest.spikes, whole.spikes):
+        assert torch.equal(torch.cat([a, b]), w)
+    assert_same_state(rest.state, whole.state)
+
+
+def test_detached_state_cuts_the_graph_between_chunks():
+    torch.manual_seed(0)
+    model = SpikingMLP([10, 8, 3], neuron=functools.partial(LIF, tau_mem=5.0))
+    x1, x2 = torch.rand(8, 2, 10, requires_grad=True), torch.rand(8, 2, 10)
+    first = model(x1)
+    model(x2, first.state).readout.sum().backward()
+    assert x1.grad is not None and x1.grad.abs().sum() > 0  # the whole graph: back into the first chunk
+    x1.grad = None
+    cut = first.state.detach()
+    assert isinstance(cut, NetworkState)
+    assert all(t is None or not t.requires_grad for t in state_leaves(cut))
+    out = model(x2, cut)
+    out.readout.sum().backward()
+    assert x1.grad is None and model.layers[0].module.weight.grad is not None  # only the second chunk's graph
+    assert torch.equal(out.readout, model(x2, first.state).readout)  # the same values
+
+
+def test_bad_network_state_names_the_model_and_the_fix():
+    conv = SpikingConvNet((1, 8, 8), channels=(4,), hidden=(6,), n_classes=3)
+    x = torch.rand(4, 2, 1, 8, 8)
+    state = conv(x).state
+    with pytest.raises(ValueError, match=r"SpikingConvNet: state must be None .*NetworkState of 2 layer states.*"
+                                         r"got a tuple of 1; pass state=None"):
+        conv(x, state=state[:1])
+    with pytest.raises(ValueError, match=r"SpikingMLP: .*got a LIFState \(the state of one layer\)"):
+        conv.head(torch.rand(4, 2, 64), state=state[0])

@@ -10,9 +10,9 @@
 """
 
 from .loop import SURROGATE_AT, TRAIN_ON, InTheLoop, in_the_loop, substitute
-from .substrate import (SPREAD_NAMES, AnalogSubstrate, LayerSpec, NeuronConstants, Observables, Substrate, cadc_read,
-                        layer_specs, quantize_weights)
+from .substrate import (SPREAD_NAMES, AnalogSubstrate, DelayedInput, LayerSpec, NeuronConstants, Observables, Substrate,
+                        cadc_read, layer_specs, quantize_weights)
 
-__all__ = ["Substrate", "AnalogSubstrate", "LayerSpec", "NeuronConstants", "Observables", "layer_specs", "quantize_weights",
-           "cadc_read", "SPREAD_NAMES", "InTheLoop", "in_the_loop", "substitute", "TRAIN_ON",
+__all__ = ["Substrate", "AnalogSubstrate", "LayerSpec", "NeuronConstants", "Observables", "DelayedInput", "layer_specs",
+           "quantize_weights", "cadc_read", "SPREAD_NAMES", "InTheLoop", "in_the_loop", "substitute", "TRAIN_ON",
            "SURROGATE_AT"]

@@ -38,7 +38,11 @@ Conventions of the analog model (all per physical neuron circuit or synapse, fro
 
 Leak potential and noise enter the fast kernels as an extra input current: a drive ``e[t]`` added
 to the membrane each step equals the input ``e[t] - decay_syn * e[t-1]`` to the synaptic current
-(exact), so the kernels of :mod:`spikegrad.kernels` run the chip with per-neuron constants.
+(exact), so the kernels of :mod:`spikegrad.kernels` run the chip with per-neuron constants. The
+kernels' synaptic current is then the circuit's plus the step's drive; a run starts from the
+circuits' state (as if ``e[-1] = 0``) and returns it (``e[T-1]`` taken off again), so a run
+continued from its :attr:`Observables.state` follows the chip's equations exactly (the floats can
+differ from one run in the last bit where there is a drive, as the sums are grouped differently).
 """
 
 from __future__ import annotations
@@ -50,14 +54,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import LIFParams, LIParams
+from ..functional import LIFParams, LIFState, LIParams, LIState, NetworkState, last
 from ..kernels import li_sequence, lif_sequence
 from ..kernels.sparse import SparseInputLinear, sparse_linear
 from ..models import SeqWise, SpikingMLP
 from ..neurons import LI, LIF
 
-__all__ = ["LayerSpec", "NeuronConstants", "Observables", "Substrate", "AnalogSubstrate", "layer_specs", "quantize_weights",
-           "cadc_read", "SPREAD_NAMES"]
+__all__ = ["LayerSpec", "NeuronConstants", "Observables", "DelayedInput", "Substrate", "AnalogSubstrate", "layer_specs",
+           "quantize_weights", "cadc_read", "SPREAD_NAMES"]
 
 SPREAD_NAMES = ("tau_mem", "tau_syn", "v_th", "v_leak", "synapse")
 """Parameters with fixed-pattern mismatch; each takes ``mismatch`` unless ``spreads`` overrides it."""
@@ -106,11 +110,26 @@ class Observables(NamedTuple):
     v: per hidden layer, sampled membrane ``[T, B, N]`` (threshold units, after reset), or None
         where not recorded.
     readout: sampled membrane of the readout layer ``[T, B, C]`` (threshold units).
+    state: the final state of the circuits of every layer (hidden layers, then the readout), a
+        :class:`~spikegrad.functional.NetworkState`: per layer the exact (not sampled)
+        :class:`~spikegrad.functional.LIFState` / :class:`~spikegrad.functional.LIState` ``[B, N]``,
+        the same fields as the software model's, wrapped in a :class:`DelayedInput` on a chip with a
+        synaptic delay. Pass it as ``state=`` to the next :meth:`Substrate.run` to continue the run;
+        None from a substrate that cannot read its circuits' state.
     """
 
     spikes: tuple[Tensor, ...]
     v: tuple[Tensor | None, ...]
     readout: Tensor
+    state: NetworkState | None = None
+
+
+class DelayedInput(NamedTuple):
+    """State of a layer on a chip with a synaptic delay of ``d`` steps: its circuits' state and
+    ``pending``, its last ``d`` input steps ``[d, B, N_in]`` (the first ``d`` inputs of the next run)."""
+
+    neuron: LIFState | LIState
+    pending: Tensor
 
 
 def layer_specs(model: nn.Module) -> list[LayerSpec]:
@@ -188,13 +207,17 @@ class Substrate(nn.Module):
     :meth:`settings` (what metrics record about the substrate).
     """
 
-    def run(self, x_seq: Tensor, layers: Sequence[LayerSpec], record_v: bool = False) -> Observables:
+    def run(self, x_seq: Tensor, layers: Sequence[LayerSpec], record_v: bool = False,
+            state: NetworkState | None = None) -> Observables:
         """Run the network forward on the substrate, without autograd.
 
         Args:
             x_seq: input spikes ``[T, B, N_in]`` (the model's input, flattened).
             layers: the network (:func:`layer_specs`).
             record_v: also return the hidden layers' membrane traces (where the substrate can).
+            state: None (every circuit at rest), or :attr:`Observables.state` of a previous run to
+                continue it (checked by :meth:`~spikegrad.functional.NetworkState.of`). A chip
+                that cannot set its circuits' state raises a ValueError for a state other than None.
         Returns:
             :class:`Observables`.
         """
@@ -429,17 +452,30 @@ class AnalogSubstrate(Substrate):
 
     # ------------------------------------------------------------------------------------ running
     @torch.no_grad()
-    def run(self, x_seq: Tensor, layers: Sequence[LayerSpec], record_v: bool = False) -> Observables:
+    def run(self, x_seq: Tensor, layers: Sequence[LayerSpec], record_v: bool = False,
+            state: NetworkState | None = None) -> Observables:
         self.check(layers)
         h = x_seq.flatten(2)  # [T, B, N_in]
         if x_seq.dim() < 3 or h.shape[-1] != layers[0].weight.shape[1]:
             raise ValueError(f"the network takes {layers[0].weight.shape[1]} inputs per step but the input has shape "
                              f"{tuple(x_seq.shape)}; pass [T, B, features...] spikes that match the first layer")
+        states = NetworkState.of("AnalogSubstrate.run", state, len(layers))
         dtype = h.dtype
-        spikes, vs = [], []
+        spikes, vs, finals = [], [], []
         offset = 0
         readout = h
-        for k, spec in enumerate(layers):
+        for k, (spec, st) in enumerate(zip(layers, states)):
+            pending, delayed = None, isinstance(st, DelayedInput)
+            if st is not None and (delayed != (self.delay > 0) or delayed and len(st.pending) != self.delay):
+                got = f"a DelayedInput of {len(st.pending)} steps" if delayed else type(st).__name__
+                raise ValueError(f"AnalogSubstrate.run: the state of layer {k} ({got}) is not from a chip with "
+                                 f"delay={self.delay}; continue a run with the state a run on this substrate returned")
+            if delayed:
+                st, pending = st
+            if self.delay:  # [d + T, B, N_in]: the inputs still on their way, then this run's
+                first = h.new_zeros(self.delay, *h.shape[1:]) if pending is None else pending.to(h)
+                h = torch.cat([first, h])
+                h, pending = h[:-self.delay], h[-self.delay:]
             n = spec.weight.shape[0]
             sl = slice(offset, offset + n)
             offset += n
@@ -450,8 +486,6 @@ class AnalogSubstrate(Substrate):
                     [w.shape[1], n], dim=1)
             else:
                 w = self.chip_weights(k, w, sl)
-            if self.delay:
-                h = torch.cat([h.new_zeros(min(self.delay, h.shape[0]), *h.shape[1:]), h[:-self.delay]])
             x = sparse_linear(h, w, None, spec.max_density) if spec.max_density is not None else F.linear(h, w)
             c = self.neuron_constants(spec, sl, dtype, x.device)
             spiking = spec.spike_fn is not None
@@ -465,15 +499,19 @@ class AnalogSubstrate(Substrate):
                 p = spec.params
                 v_reset = torch.as_tensor(p.v_reset).to(x.device, dtype)
                 params = LIFParams(c.decay_mem, c.decay_syn, c.v_th, v_reset, p.reset, p.detach_reset, p.refractory)
-                s, state = lif_sequence(x, None, params, spec.spike_fn, self.backend, record=record_v,
-                                        w_rec=None if w_rec is None else w_rec.contiguous())
+                s, out = lif_sequence(x, st, params, spec.spike_fn, self.backend, record=record_v,
+                                      w_rec=None if w_rec is None else w_rec.contiguous())
                 spikes.append(s)
-                vs.append(self._read(state.v, sl, lo, hi) if record_v else None)
+                vs.append(self._read(out.v, sl, lo, hi) if record_v else None)
+                final = last(out) if record_v else out
                 h = s
             else:
-                v_seq, _ = li_sequence(x, None, LIParams(c.decay_mem, c.decay_syn), "auto")
+                v_seq, final = li_sequence(x, st, LIParams(c.decay_mem, c.decay_syn), "auto")
                 readout = self._read(v_seq, sl, lo, hi)
-        return Observables(tuple(spikes), tuple(vs), readout)
+            if drive is not None:  # the kernels' current holds the last step's drive (module docstring)
+                final = final._replace(i=final.i - (drive[-1] if drive.dim() == 3 else drive))
+            finals.append(final if pending is None else DelayedInput(final, pending))
+        return Observables(tuple(spikes), tuple(vs), readout, NetworkState(finals))
 
     def _read(self, v: Tensor, sl: slice, lo: float, hi: float) -> Tensor:
         """Sampled membrane ``[T, B, N]`` of the circuits ``sl`` through the readout model."""

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional import NetworkState
 from ..models import SpikingOutput
 from ..neurons import LI, LIF
 from ..surrogates import heaviside
@@ -76,7 +77,8 @@ class NIRNetwork(nn.Module):
         metadata: the graph's metadata (dt, discretization, reset, ...), as read.
     Shapes: ``forward(x_seq [T, B, *input_shape], state=None) -> SpikingOutput(readout [T, B, ...],
     spikes, (), state)`` with ``spikes`` the outputs of every spiking module but the last and
-    ``state`` the final state of every neuron module, in order (pass it back to continue the run).
+    ``state`` the final state of every neuron module, in order, a
+    :class:`~spikegrad.functional.NetworkState` of ``[B, ...]`` states (pass it back to continue the run).
     """
 
     def __init__(self, names: Sequence[str], layers: Sequence[nn.Module], spiking: Sequence[bool],
@@ -88,23 +90,20 @@ class NIRNetwork(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.metadata = dict(metadata or {})
 
-    def forward(self, x_seq: Tensor, state: tuple | None = None) -> SpikingOutput:
+    def forward(self, x_seq: Tensor, state: NetworkState | None = None) -> SpikingOutput:
         if x_seq.dim() < 2 or tuple(x_seq.shape[2:]) != self.input_shape:
             raise ValueError(f"NIRNetwork: input must be [T, B, {', '.join(map(str, self.input_shape))}], got "
                              f"{tuple(x_seq.shape)}")
-        neurons = [k for k, layer in enumerate(self.layers) if isinstance(layer, (LIF, LI))]
-        if state is not None and (not isinstance(state, tuple) or len(state) != len(neurons)):
-            raise ValueError(f"NIRNetwork: state must be None or the state of a previous call (a tuple of "
-                             f"{len(neurons)} neuron states), got {type(state).__name__}")
-        states = dict(zip(neurons, state)) if state is not None else {}
+        stateful = [isinstance(layer, (LIF, LI)) for layer in self.layers]
+        states = iter(NetworkState.of("NIRNetwork", state, sum(stateful)))
         h, spikes, finals = x_seq, [], []
         last = len(self.layers) - 1
         for k, (layer, spiking) in enumerate(zip(self.layers, self.spiking)):
-            if k in neurons:
-                h, final = layer(h, states.get(k))
+            if stateful[k]:
+                h, final = layer(h, next(states))
                 finals.append(final)
             else:
                 h = layer(h)
             if spiking and k < last:
                 spikes.append(h)
-        return SpikingOutput(h, tuple(spikes), (), tuple(finals))
+        return SpikingOutput(h, tuple(spikes), (), NetworkState(finals))
