@@ -38,11 +38,11 @@ def decays(tau_mem: float, tau_syn: float) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- neuron layers
 # each: module mapping x [T, B, N] -> spikes [T, B, N] (and for readouts, the membrane trace)
 
-def spikegrad_lif(tau_mem, tau_syn, backend, detach_reset=True, record=False):
+def spikegrad_lif(tau_mem, tau_syn, backend, detach_reset=True, record=False, learn_tau=False, learn_threshold=False):
     from spikegrad.neurons import LIF
 
     lif = LIF(tau_mem=tau_mem, tau_syn=tau_syn, reset="zero", detach_reset=detach_reset,
-              surrogate="fast_sigmoid", backend=backend)
+              surrogate="fast_sigmoid", backend=backend, learn_tau=learn_tau, learn_threshold=learn_threshold)
 
     class Layer(nn.Module):
         def __init__(self):
@@ -156,6 +156,14 @@ NEURONS = {
     "spikegrad/native": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "native"), "C kernels, CPU default"),
     "spikegrad/native nodetach": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "native", detach_reset=False),
                                   "reset passes grad (as norse)"),
+    "spikegrad/native learn_tau": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "native", learn_tau=True),
+                                   "learnable tau_mem, tau_syn (their gradients in C)"),
+    "spikegrad/native learn_tau+v_th": ("spikegrad",
+                                        lambda tm, ts: spikegrad_lif(tm, ts, "native", learn_tau=True,
+                                                                     learn_threshold=True),
+                                        "learnable tau_mem, tau_syn, v_th"),
+    "spikegrad/torch learn_tau": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "torch", learn_tau=True),
+                                  "learnable tau, reference scan (the path before)"),
     "spikegrad/fused": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "fused"), "PyTorch ops, any device"),
     "spikegrad/fused_lowmem": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "fused_lowmem"), "bf16 state"),
     "spikegrad/fused nodetach": ("spikegrad", lambda tm, ts: spikegrad_lif(tm, ts, "fused", detach_reset=False),

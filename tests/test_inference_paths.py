@@ -4,7 +4,7 @@ non-finite-state watch still checks evaluation on the event-driven path."""
 import pytest
 import torch
 
-from spikegrad.kernels import events
+from spikegrad.kernels import events, native_available
 from spikegrad.losses import MaxOverTime
 from spikegrad.models import SpikingMLP
 from spikegrad.training import evaluate
@@ -86,8 +86,10 @@ def test_fit_records_each_layers_path_and_why():
     rnn = run(SpikingMLP([8, 6, 3], neuron=functools.partial(ALIF), recurrent=True))
     assert rnn["train"]["neurons.0"].startswith("fused: recurrent")
     learn = run(SpikingMLP([8, 6, 3], neuron=functools.partial(LIF, learn_tau=True)))
-    assert learn["train"]["neurons.0"].startswith("torch: constants that require grad")  # the slow loop, said
-    assert learn["eval"]["neurons.0"].startswith(("native", "fused"))                    # no grad: fast again
+    assert learn["train"]["neurons.0"].startswith("native: learnable constants" if native_available() else "torch")
+    held = run(SpikingMLP([8, 6, 3], neuron=functools.partial(LIF, learn_tau=True, refractory=1)))
+    assert held["train"]["neurons.0"].startswith("torch: constants that require grad")   # the slow loop, said
+    assert held["eval"]["neurons.0"].startswith(("native", "fused"))                     # no grad: fast again
     if events.available():
         fast = run(SpikingMLP([8, 6, 3], sparse_input=True, record_v=False))
         assert fast["eval"] == {"SpikingMLP": "events: the whole MLP as one event-driven C kernel"}

@@ -41,9 +41,12 @@ of ``w_rec`` instead (faster; the sums round in another order, so states are equ
 over long sequences, a few spikes can differ: see :mod:`spikegrad.kernels.recurrent`). No
 refractory period there (such layers run ``scan``).
 
-Every fast path falls back to ``"torch"`` where it does not apply: constants that require
-gradients (``learn_tau`` / ``learn_threshold``) on a feed-forward LIF, a surrogate with
-``spiking=False``, its own ``forward`` or forward hooks. While ``torch.compile`` traces a model,
+Constants that require gradients (``learn_tau`` / ``learn_threshold``, per layer or per neuron)
+run on the C kernels: the backward call returns their gradients too, summed over time in the same
+pass (``constants=True`` of :func:`~spikegrad.kernels.native.lif_backward`); with a refractory
+period, a surrogate the kernels do not compute, or another backend they run the reference scan. Every fast
+path falls back to ``"torch"`` where it does not apply: a surrogate with ``spiking=False``, its own
+``forward`` or forward hooks. While ``torch.compile`` traces a model,
 the C kernels run as custom operators (:mod:`spikegrad.kernels.ops`: one graph node, symbolic in
 ``T``) and other paths as ``scan``. :func:`explain_backend` is the one place that decides; it
 returns the path and the reason, and ``"auto"`` logs the reason when it falls back to ``scan``
@@ -162,6 +165,24 @@ def _fusable_surrogate(spike_fn: Any) -> bool:
             and type(spike_fn).forward is Surrogate.forward)
 
 
+def _learnable_path(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any) -> tuple[str, str]:
+    """The path of a feed-forward LIF layer whose constants require grad: the C kernels, whose
+    backward returns the constants' gradients too, where they apply; else the reference scan."""
+    if backend not in ("auto", "native"):
+        return "torch", f"constants that require grad (learn_tau / learn_threshold) with backend={backend!r}: only the C kernels return their gradients"
+    if p.refractory > 0 or (isinstance(p.v_reset, Tensor) and p.v_reset.requires_grad):
+        return "torch", "constants that require grad with a refractory period or a learnable v_reset"
+    if torch.compiler.is_compiling():
+        return "torch", "constants that require grad while torch.compile traces (it compiles the reference scan)"
+    if not (native.supports(x_seq) and native_available(warn=backend == "auto")):
+        if backend == "native":
+            _native_or_raise(backend, x_seq)
+        return "torch", "constants that require grad on a tensor the C kernels do not take (float32 / float64 CPU)"
+    if not native.surrogate_code(type(spike_fn).grad, x_seq.dtype, float(spike_fn.slope)):
+        return "torch", "constants that require grad with a surrogate whose derivative the C kernels do not compute"
+    return "native", "learnable constants: the C kernels, which return their gradients"
+
+
 def explain_backend(backend: str, x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any,
                     state: Any = None, w_rec: Tensor | None = None) -> tuple[str, str]:
     """The path :func:`lif_sequence` (``p`` a :class:`~spikegrad.functional.LIFParams`) or
@@ -208,7 +229,7 @@ def explain_backend(backend: str, x_seq: Tensor, p: LIFParams | ALIFParams, spik
             return "fused", "recurrent weights: the fused recurrent path (kernels.recurrent)"
         return "fused", "adaptive threshold: the fused ALIF path (kernels.recurrent)"
     if _params_need_grad(p):
-        return "torch", "constants that require grad (learn_tau / learn_threshold) on a feed-forward LIF"
+        return _learnable_path(backend, x_seq, p, spike_fn)
     if torch.compiler.is_compiling():  # the C kernels as custom operators; elsewhere the compiler fuses scan
         ok = native.supports(x_seq) and native.available() and registered_name(type(spike_fn).grad) is not None
         if ok and backend in ("auto", "native"):
@@ -354,8 +375,8 @@ def explain_li_backend(backend: str, x_seq: Tensor, p: LIParams) -> tuple[str, s
         return "torch", "backend='torch' asked for"
     if not native.supports(x_seq):
         return "torch", f"the C kernels take float32 / float64 CPU tensors, got {x_seq.dtype} on {x_seq.device.type}"
-    if _params_need_grad(p):
-        return "torch", "constants that require grad (learn_tau)"
+    if _params_need_grad(p) and torch.compiler.is_compiling():
+        return "torch", "constants that require grad while torch.compile traces (it compiles the reference scan)"
     built = native.available() if torch.compiler.is_compiling() else (backend == "native" or native_available(warn=True))
     if not built:
         return "torch", "the C kernels are not built (no C compiler?)"

@@ -24,7 +24,7 @@ from pathlib import Path
 __all__ = ["SOURCES", "ABI", "FLAGS", "OPENMP", "cache_dir", "library_path", "load_library"]
 
 SOURCES = (Path(__file__).with_name("lif.c"), Path(__file__).with_name("events.c"))  # one library
-ABI = 10  # lif.c's spikegrad_lif_abi()
+ABI = 11  # lif.c's spikegrad_lif_abi()
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")
@@ -73,7 +73,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         fwd.restype = None
         bwd = getattr(lib, f"lif_backward_{suffix}")
         bwd.argtypes = [i64, i64, i64, c_int, i64, i64, i64, c_int, p, p, i64, p, p, p, i64, p, c_int, real,
-                        p, i64, p, i64, p, i64, p, p, p, p, i64, c_int, c_int, p, p, p]
+                        p, i64, p, i64, p, i64, p, p, p, p, i64, c_int, c_int, p, p, p, p]
         bwd.restype = c_int
         sur = getattr(lib, f"surrogate_grad_{suffix}")
         sur.argtypes = [i64, p, p, c_int, real]

@@ -164,6 +164,18 @@ int spikegrad_openmp(void)
     lif_row_bwd_##SFX(n, zr, SG, S, slope, gsr, gvs, gis, dm, ds, th, vr, reset, detach, last, gvb, \
                       gib, gx + o)
 
+/* pg_block's reverse step for surrogate S, reset R, detach flag D and spiking SP (literals at each call) */
+#define PGB_ROW(SFX, S, R, D, SP) pg_row_bwd_##SFX(n, S, R, D, SP, slope, zb + t * NB, vp, ip, gsr, gvs, gis, \
+                                                  dm, ds, th, vr, t == T - 1, gv, gi, gb, am, as, at)
+#define PGB_RESETS(SFX, S)                                                                          \
+    do {                                                                                            \
+        if (reset == RESET_SUBTRACT && detach) PGB_ROW(SFX, S, RESET_SUBTRACT, 1, 1);               \
+        else if (reset == RESET_SUBTRACT) PGB_ROW(SFX, S, RESET_SUBTRACT, 0, 1);                    \
+        else if (reset == RESET_ZERO && detach) PGB_ROW(SFX, S, RESET_ZERO, 1, 1);                  \
+        else if (reset == RESET_ZERO) PGB_ROW(SFX, S, RESET_ZERO, 0, 1);                            \
+        else PGB_ROW(SFX, S, RESET_NONE, 1, 1);                                                     \
+    } while (0)
+
 #define DEFINE_LIF(T_, SFX)                                                                          \
                                                                                                      \
 /* a * b + c in two roundings (as PyTorch's mul then add: the file forbids fused multiply-adds) */   \
@@ -458,6 +470,104 @@ void surrogate_grad_##SFX(int64_t n, const T_ *z, T_ *out, int sur, T_ slope)   
     for (int64_t j = 0; j < n; ++j) out[j] = surrogate_##SFX(sur, z[j], slope, 0);                   \
 }                                                                                                    \
                                                                                                      \
+/* lif_row_bwd's step (no refractory period) that also sums, per neuron and in double, the gradients \
+ * of the constants (learnable decays and threshold):                                               \
+ *                                                                                                  \
+ *     d dm += gu_t v_{t-1}        d ds += gI_t i_{t-1}                                             \
+ *     d th += -(g_s_t + [not detached] gv_t dv/ds) sg_t + gv_t dv/dth                              \
+ *                                                                                                  \
+ * dv/ds = -th, dv/dth = -s ("subtract"); dv/ds = v_reset - u, dv/dth = 0 ("zero"); none for "none". \
+ * vp, ip: v_{t-1} (after its reset) and i_{t-1}. SP == 0: the leaky integrator (li_row_bwd, no th). */ \
+INLINE void pg_row_bwd_##SFX(int64_t n, const int S, const int R, const int D, const int SP, T_ slope, \
+                             const T_ *restrict z, const T_ *restrict vp, const T_ *restrict ip,    \
+                             const T_ *restrict gs, const T_ *restrict gvs, const T_ *restrict gis, \
+                             const T_ *restrict dm, const T_ *restrict ds, const T_ *restrict th,   \
+                             const T_ *restrict vr, int last, T_ *restrict gv, T_ *restrict gi,     \
+                             T_ *restrict gx, double *restrict am, double *restrict as,             \
+                             double *restrict at)                                                   \
+{                                                                                                   \
+    const T_ k_last = last ? 1 : 0;                                                                 \
+    for (int64_t j = 0; j < n; ++j) {                                                               \
+        const T_ gvt = gv[j] + gvs[j];                                                              \
+        T_ gu = gvt;                                                                                \
+        if (SP) {                                                                                   \
+            const T_ zz = z[j], thj = th[j];                                                        \
+            const T_ sg = surrogate_##SFX(S, zz, slope, 0);                                         \
+            const T_ spike = zz > 0 ? (T_)1 : (T_)0;                                                \
+            const T_ u_gap = vr[j] - (zz + thj);              /* v_reset - u */                     \
+            T_ A = 1;                                      /* dv/du, plus dv/ds * sg when not detached */ \
+            if (R == RESET_SUBTRACT && !D) A = 1 - thj * sg;                                        \
+            if (R == RESET_ZERO) A = A - spike;                                                     \
+            if (R == RESET_ZERO && !D) A = A + u_gap * sg;                                          \
+            gu = A * gvt;                                                                           \
+            gu = gu + gs[j] * sg;                                                                   \
+            T_ g = gs[j];                                  /* the spike's gradient */               \
+            if (R == RESET_SUBTRACT && !D) g = g - gvt * thj;                                       \
+            if (R == RESET_ZERO && !D) g = g + gvt * u_gap;                                         \
+            const T_ direct = R == RESET_SUBTRACT ? -spike : (T_)0;                                 \
+            at[j] += -(double)g * (double)sg + (double)gvt * (double)direct;                        \
+        }                                                                                           \
+        T_ gI = gu + gis[j];                                                                        \
+        gI = gI + (k_last + (1 - k_last) * ds[j]) * gi[j];                                          \
+        am[j] += (double)gu * (double)vp[j];                                                        \
+        as[j] += (double)gI * (double)ip[j];                                                        \
+        gi[j] = gI;                                                                                 \
+        gx[j] = gI;                                                                                 \
+        gv[j] = dm[j] * gu;                                                                         \
+    }                                                                                               \
+}                                                                                                   \
+                                                                                                    \
+/* lif_backward for one block of n neurons whose constants want gradients: the forward rerun from x \
+ * into buf (z, v and i of every step: 3 x T x NB values), then the reverse loop of pg_row_bwd. gv, \
+ * gi, gx: the block's columns as in lif_backward; out: its columns of the [3, M] sums (d dm, d ds, \
+ * d th). No refractory period; a surrogate the kernels compute. */                                 \
+INLINE void pg_block_##SFX(int64_t M, int64_t n, int64_t T, int spiking, const T_ *x, int64_t x_step, \
+                           const T_ *v0, const T_ *i0, T_ *buf, int sur, T_ slope, const T_ *g_s,   \
+                           int64_t s_step, const T_ *g_vseq, int64_t v_step, const T_ *g_iseq,      \
+                           int64_t i_step, const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr,  \
+                           int reset, int detach, T_ *gv, T_ *gi, T_ *gx, T_ *out)                  \
+{                                                                                                   \
+    T_ vb[NB], ib[NB], v_init[NB], i_init[NB], zeros[NB], gb[NB] __attribute__((aligned(64)));      \
+    double am[NB], as[NB], at[NB];                                                                  \
+    const int nt = (size_t)T * (size_t)M * sizeof(T_) >= STREAM_MIN && n == NB;                     \
+    for (int64_t j = 0; j < NB; ++j) zeros[j] = 0;                                                  \
+    for (int64_t j = 0; j < n; ++j) {                                                               \
+        vb[j] = v_init[j] = v0 ? v0[j] : 0;                                                         \
+        ib[j] = i_init[j] = i0 ? i0[j] : 0;                                                         \
+        am[j] = as[j] = at[j] = 0;                                                                  \
+    }                                                                                               \
+    T_ *zb = buf, *vrec = buf + T * NB, *irec = buf + 2 * T * NB;                                   \
+    for (int64_t t = 0; t < T; ++t) {    /* the forward, as fwd_block's, into buf */                \
+        const T_ *xr = x + t * x_step;                                                              \
+        if (x_step && t + AHEAD < T)     /* rows far apart in memory: fetch the block's next rows */ \
+            for (int q = 0; q < NB; q += 64 / (int)sizeof(T_)) __builtin_prefetch(xr + AHEAD * x_step + q, 0, 0); \
+        if (spiking)                                                                                \
+            lif_row_##SFX(n, xr, vb, ib, dm, ds, th, vr, reset, NULL, zb + t * NB, vrec + t * NB, irec + t * NB, \
+                          0, 1, 1);                                                                 \
+        else                                                                                        \
+            li_row_##SFX(n, xr, vb, ib, dm, ds, vrec + t * NB, irec + t * NB, 1);                   \
+    }                                                                                               \
+    for (int64_t t = T - 1; t >= 0; --t) {                                                          \
+        const T_ *vp = t ? vrec + (t - 1) * NB : v_init, *ip = t ? irec + (t - 1) * NB : i_init;    \
+        const T_ *gsr = g_s ? g_s + t * s_step : zeros, *gvs = g_vseq ? g_vseq + t * v_step : zeros; \
+        const T_ *gis = g_iseq ? g_iseq + t * i_step : zeros;                                       \
+        if (g_s && s_step && t >= AHEAD)                                                            \
+            for (int q = 0; q < NB; q += 64 / (int)sizeof(T_)) __builtin_prefetch(gsr - AHEAD * s_step + q, 0, 0); \
+        if (!spiking) PGB_ROW(SFX, SUR_GIVEN, RESET_NONE, 1, 0);                                    \
+        else switch (sur) {                                                                         \
+        case SUR_FAST_SIGMOID: PGB_RESETS(SFX, SUR_FAST_SIGMOID); break;                            \
+        case SUR_ATAN: PGB_RESETS(SFX, SUR_ATAN); break;                                            \
+        case SUR_TRIANGLE: PGB_RESETS(SFX, SUR_TRIANGLE); break;                                    \
+        default: PGB_RESETS(SFX, SUR_BOXCAR);                                                       \
+        }                                                                                           \
+        stream_out(gx + t * M, gb, sizeof(T_) * (size_t)n, nt);                                     \
+    }                                                                                               \
+    for (int64_t j = 0; j < n; ++j) {                                                               \
+        out[j] = (T_)am[j];                                                                         \
+        out[M + j] = (T_)as[j];                                                                     \
+        out[2 * M + j] = (T_)at[j];                                                                 \
+    }                                                                                               \
+}                                                                                                   \
 /* Steps t1 - 1 down to t0 of one block of n neurons; rows advance by M except zr's (z_step). */    \
 INLINE void bwd_block_##SFX(int64_t M, int64_t n, int64_t t0, int64_t t1, int64_t T, int spiking,    \
                             const T_ *z, int64_t z_step, const T_ *sg, int sur, T_ slope,            \
@@ -495,7 +605,7 @@ CLONES int lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int nthreads, int
                         int sur, T_ slope, const T_ *g_s, int64_t s_step, const T_ *g_vseq,          \
                         int64_t v_step, const T_ *g_iseq, int64_t i_step, const T_ *dm,              \
                         const T_ *ds, const T_ *th, const T_ *vr, int64_t pstep, int reset,          \
-                        int detach, T_ *gv, T_ *gi, T_ *gx)                                          \
+                        int detach, T_ *gv, T_ *gi, T_ *gx, T_ *pg)                                  \
 {                                                                                                    \
     /* Steps t1 - 1 down to t0 of the neurons [a, b). z, sg, gx: rows t0..t1-1 ([t1 - t0, M]); sg   \
      * only when sur == SUR_GIVEN. Spiking with z == NULL: z is recomputed from x (rows 0..T-1,     \
@@ -503,21 +613,31 @@ CLONES int lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int nthreads, int
      * g_s, g_vseq, g_iseq: rows t0..t1-1, each advancing by its *_step elements per step (0: one    \
      * row for every step). gv, gi [M]: running gradients of v_t and i_t, updated in place (start    \
      * them at the gradients of the final state); T is the whole sequence's length. Returns 0, or   \
-     * 1 if the recomputation's buffer could not be allocated (nothing is then written). */         \
-    const int recompute = spiking && z == NULL;                                                      \
+     * 1 if the recomputation's buffer could not be allocated (nothing is then written). pg: NULL,   \
+     * or [3, M] that receives the gradients of dm, ds and th summed over the steps (pg_block: x    \
+     * given, t0 = 0, t1 = T, no refractory period, a surrogate the kernels compute; also for LI). */\
+    const int recompute = spiking && z == NULL;  /* pg (the constants' gradients): x given, z NULL */                                                      \
     const int fast = spiking && refractory == 0 && g_vseq == NULL && g_iseq == NULL && pstep == 0    \
-                     && sur != SUR_GIVEN && t0 == 0 && t1 == T;                                      \
+                     && sur != SUR_GIVEN && t0 == 0 && t1 == T && !pg;                                      \
     int failed = 0;                                                                                  \
     _Pragma("omp parallel num_threads(nthreads) if(nthreads > 1) reduction(|:failed)")               \
     {                                                                                                \
         const int64_t k = spikegrad_thread_num(), nt = spikegrad_num_threads();                      \
         const int64_t lo = share(a, b, k, nt), hi = share(a, b, k + 1, nt);                          \
-        T_ *buf = recompute && hi > lo ? (T_ *)malloc(sizeof(T_) * (size_t)(T * NB)) : NULL;         \
-        if (recompute && hi > lo && buf == NULL) failed = 1;                                         \
+        T_ *buf = (recompute || pg) && hi > lo ? (T_ *)malloc(sizeof(T_) * (size_t)((pg ? 3 : 1) * T * NB)) : NULL; \
+        if ((recompute || pg) && hi > lo && buf == NULL) failed = 1;                                         \
         T_ zeros[NB];                                                                                \
         for (int64_t j = 0; j < NB; ++j) zeros[j] = 0;                                               \
         for (int64_t j0 = lo; j0 < hi && !failed; j0 += NB) {                                        \
             const int64_t n = j0 + NB < hi ? NB : hi - j0, pj = pstep ? j0 : 0;                      \
+            if (pg) {                                                                               \
+                pg_block_##SFX(M, n, T, spiking, x + j0, x_step, v0 ? v0 + j0 : NULL, i0 ? i0 + j0 : NULL,\
+                               buf, sur, slope, g_s ? g_s + j0 : NULL, s_step, g_vseq ? g_vseq + j0 : NULL,\
+                               v_step, g_iseq ? g_iseq + j0 : NULL, i_step, dm + pj, ds + pj,       \
+                               th ? th + pj : NULL, vr ? vr + pj : NULL, reset, detach, gv + j0, gi + j0,\
+                               gx + j0, pg + j0);                                                   \
+                continue;                                                                           \
+            }                                                                                       \
             const T_ *zb = z ? z + j0 : NULL;                                                        \
             int64_t z_step = M;                                                                      \
             if (fast && n == NB) {   /* whole blocks; a last partial block takes the general loop */ \
@@ -560,10 +680,10 @@ CLONES int lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int nthreads, int
         stream_done();                                                                               \
     }                                                                                                \
     return failed;                                                                                   \
-}
+}                                                                                                    \
 
 DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; build.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 10; }
+int spikegrad_lif_abi(void) { return 11; }

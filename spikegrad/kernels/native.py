@@ -167,14 +167,16 @@ def surrogate_code(grad_fn, dtype: torch.dtype, slope: float) -> int:
 
 def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, vr, reset: int, detach: int,
               g_v: Tensor | None, g_i: Tensor | None, T: int, M: int, spiking: bool = True,
-              recompute: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Reverse-time loop; returns ``(gx [T, M], grad of v0 [M], grad of i0 / ds [M])``.
+              recompute: tuple | None = None, constants: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Reverse-time loop; returns ``(gx [T, M], grad of v0 [M], grad of i0 / ds [M], sums)``.
 
     The kernels compute the built-in rational surrogates themselves: one call for the whole
     sequence. Any other surrogate's derivative is computed here, in PyTorch, for a chunk of steps
     at a time (``CHUNK_BYTES`` of ``z``), each chunk then handed to the kernels. ``recompute``
     ``(x [T or 1, M], v0, i0, r0 ([M] or None: zero), refractory)`` replaces ``z`` (None): the
-    kernels rerun the forward from the input (built-in surrogates only).
+    kernels rerun the forward from the input (built-in surrogates only). ``constants``: the same
+    call also sums the gradients of ``dm``, ``ds`` and ``th`` over the steps, per neuron: ``sums
+    [3, M]`` (else None; needs ``recompute`` without a refractory period).
     """
     bwd = getattr(lib, f"lif_backward_{_DTYPES[dtype]}")
     rows = [_rows(g) for g in grads]                                   # g_s, g_vseq, g_iseq
@@ -192,18 +194,26 @@ def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, v
         rec = [_ptr(x), M if len(x) == T else 0, *map(_ptr, states), refractory]
     else:
         rec = [None, 0, None, None, None, 0]
-    K = T if not spiking or sur else max(1, CHUNK_BYTES // (M * size))
+    sums = torch.empty((3, M), dtype=dtype) if constants else None
+    K = T if not spiking or sur or constants else max(1, CHUNK_BYTES // (M * size))
     for t1 in range(T, 0, -K):
         t0 = max(0, t1 - K)
         sg = None if not spiking or sur else grad_fn(z[t0:t1], slope).to(dtype).contiguous()
         gp = [v for g, st in rows for v in (None if g is None else g.data_ptr() + t0 * st * size, st)]
         args = [int(spiking), None if z is None else _ptr(z[t0:t1]), *rec, _ptr(sg), sur, slope_value, *gp, *consts,
-                pstep, reset, detach, _ptr(gv), _ptr(gi), _ptr(gx[t0:t1])]
+                pstep, reset, detach, _ptr(gv), _ptr(gi), _ptr(gx[t0:t1]), _ptr(sums)]
         failed = []
         _launch(lambda a, b, n, t0=t0, t1=t1, args=args: failed.append(bwd(M, a, b, n, t0, t1, T, *args)), M)
         if any(failed):
             raise MemoryError(f"spikegrad: no memory for the LIF backward's buffer of {T} x {NB} values per thread")
-    return gx, gv, gi
+    return gx, gv, gi, sums
+
+
+def _constant_grads(sums: Tensor, dm: Tensor, ds: Tensor, th: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The gradients of the constants ``(dm, ds, th)`` (``[1]`` or ``[M]`` each; th None: none) from
+    the kernels' per-neuron sums ``[3, M]``: summed over the neurons for a constant of one value."""
+    return tuple(None if c is None else (g.sum().reshape(1) if c.numel() == 1 else g)
+                 for g, c in zip(sums, (dm, ds, th)))
 
 
 def _state_or_zeros(s: Tensor | None, like: Tensor) -> Tensor:
@@ -240,22 +250,32 @@ def lif_forward(x: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor | No
 def lif_backward(z: Tensor | None, dm: Tensor, ds: Tensor, th: Tensor, vr: Tensor, slope: Tensor, grad_fn,
                  reset: str, detach_reset: bool, g_spikes: Tensor | None, g_v: Tensor | None, g_i: Tensor | None,
                  g_vseq: Tensor | None, g_iseq: Tensor | None, recompute: tuple | None = None,
-                 T: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                 T: int | None = None, constants: bool = False) -> tuple[Tensor, ...]:
     """The backward kernels: gradients ``(x [T, M], v0 [M], i0 [M])`` from the saved ``z [T, M]`` and
     the gradients of the outputs (None: zero). Instead of ``z``: ``recompute = (x, v0, i0, r0,
     refractory)``, the forward's input ``[T, M]`` (or ``[1, M]`` held over ``T`` steps) and
     initial states ``[M]`` (None: zero); when the kernels do not compute the surrogate (its
-    formula check fails) forward reruns once to store ``z``."""
+    formula check fails) forward reruns once to store ``z``. ``constants``: also the gradients of
+    ``(dm, ds, th)`` (shaped as given), appended: learnable constants, computed in the same pass
+    (``recompute`` given, no refractory period, a surrogate the kernels compute)."""
     src = z if z is not None else recompute[0]
     T, M = (T or src.shape[0]), src.shape[1]
+    if constants:
+        if recompute is None or recompute[-1] > 0 or not surrogate_code(grad_fn, src.dtype, float(slope)):
+            raise ValueError("lif_backward: the gradients of the constants need the input (recompute), no "
+                             "refractory period and a surrogate whose derivative the C kernels compute")
+        gx, gv, gi, sums = _backward(load(), src.dtype, None, grad_fn, slope.to(src.dtype), (g_spikes, g_vseq, g_iseq),
+                                     dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M,
+                                     recompute=recompute, constants=True)
+        return gx, gv, ds * gi, _constant_grads(sums, dm, ds, th)
     if recompute is not None and not surrogate_code(grad_fn, src.dtype, float(slope)):
         # a surrogate the kernels do not compute (its formula differs from theirs): z in memory after all
         x, v0, i0, r0, refractory = recompute
         z = lif_forward(x, v0, i0, r0, dm, ds, th, vr, reset, refractory, False, True, T)[-1]
         recompute = None
-    gx, gv, gi = _backward(load(), src.dtype, z, grad_fn, slope.to(src.dtype), (g_spikes, g_vseq, g_iseq),
-                           dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M,
-                           recompute=recompute)
+    gx, gv, gi, _ = _backward(load(), src.dtype, z, grad_fn, slope.to(src.dtype), (g_spikes, g_vseq, g_iseq),
+                              dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M,
+                              recompute=recompute)
     return gx, gv, ds * gi
 
 
@@ -275,11 +295,16 @@ def li_forward(x: Tensor, v0: Tensor | None, i0: Tensor | None, dm: Tensor, ds: 
 
 
 def li_backward(dm: Tensor, ds: Tensor, T: int, M: int, g_vseq: Tensor | None, g_v: Tensor | None,
-                g_i: Tensor | None, g_iseq: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """The leaky integrator's backward: gradients ``(x [T, M], v0 [M], i0 [M])``."""
-    gx, gv, gi = _backward(load(), dm.dtype, None, None, None, (None, g_vseq, g_iseq), dm, ds, None, None,
-                           RESET_CODES["none"], 1, g_v, g_i, T, M, spiking=False)
-    return gx, gv, ds * gi
+                g_i: Tensor | None, g_iseq: Tensor | None, saved: tuple | None = None) -> tuple[Tensor, ...]:
+    """The leaky integrator's backward: gradients ``(x [T, M], v0 [M], i0 [M])``; given the forward's
+    ``saved = (x, v0, i0)``, also those of ``(dm, ds)`` (learnable time constants), appended."""
+    rec = None if saved is None else (*saved, None, 0)
+    gx, gv, gi, sums = _backward(load(), dm.dtype, None, None, None, (None, g_vseq, g_iseq), dm, ds, None, None,
+                                 RESET_CODES["none"], 1, g_v, g_i, T, M, spiking=False, recompute=rec,
+                                 constants=saved is not None)
+    if saved is None:
+        return gx, gv, ds * gi
+    return gx, gv, ds * gi, _constant_grads(sums, dm, ds, None)[:2]
 
 
 class _LIFNativeFn(torch.autograd.Function):
@@ -294,7 +319,9 @@ class _LIFNativeFn(torch.autograd.Function):
         ctx.held = len(x) != T
         ctx.T = T
         ctx.recompute = recompute
-        saved = (x, v0, i0, r0) if recompute else (None,) * 4
+        # learnable constants (explain_backend sends them here only with a surrogate the kernels compute)
+        ctx.consts = any(t.requires_grad for t in (dm, ds, th))
+        saved = (x, v0, i0, r0) if recompute or ctx.consts else (None,) * 4
         ctx.save_for_backward(dm, ds, th, vr, slope, z, *saved)
         ctx.cfg = cfg
         ctx.set_materialize_grads(False)
@@ -308,12 +335,19 @@ class _LIFNativeFn(torch.autograd.Function):
         dm, ds, th, vr, slope, z, *saved = ctx.saved_tensors
         cfg = ctx.cfg
         recompute = (*saved, cfg.refractory) if ctx.recompute else None
-        gx, gv, gi = lif_backward(z, dm, ds, th, vr, slope, cfg.grad_fn, cfg.reset, cfg.detach_reset, g_spikes, g_v,
-                                  g_i, g_vseq, g_iseq, recompute=recompute, T=ctx.T)
+        g_consts = (None, None, None)
+        if ctx.consts:
+            gx, gv, gi, g_consts = lif_backward(None, dm, ds, th, vr, slope, cfg.grad_fn, cfg.reset, cfg.detach_reset,
+                                                g_spikes, g_v, g_i, g_vseq, g_iseq, recompute=(*saved, cfg.refractory),
+                                                T=ctx.T, constants=True)
+        else:
+            gx, gv, gi = lif_backward(z, dm, ds, th, vr, slope, cfg.grad_fn, cfg.reset, cfg.detach_reset, g_spikes,
+                                      g_v, g_i, g_vseq, g_iseq, recompute=recompute, T=ctx.T)
         if ctx.held:
             gx = gx.sum(0, keepdim=True)
+        g_consts = [g if need else None for g, need in zip(g_consts, ctx.needs_input_grad[4:7])]
         return (gx, gv if ctx.needs_input_grad[1] else None, gi if ctx.needs_input_grad[2] else None,
-                None, None, None, None, None, None, None, None, None)
+                None, *g_consts, None, None, None, None, None)
 
 
 class _LINativeFn(torch.autograd.Function):
@@ -322,16 +356,22 @@ class _LINativeFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, i0, dm, ds, record: bool):
         v_seq, v, i, i_seq = li_forward(x, v0, i0, dm, ds, record)
-        ctx.save_for_backward(dm, ds)
+        ctx.consts = dm.requires_grad or ds.requires_grad   # learnable time constants
+        ctx.save_for_backward(dm, ds, *((x, v0, i0) if ctx.consts else (None,) * 3))
         ctx.shape = tuple(x.shape)
         ctx.set_materialize_grads(False)
         return v_seq, v, i, x.new_empty(0) if i_seq is None else i_seq
 
     @staticmethod
     def backward(ctx, g_vseq, g_v, g_i, g_iseq):
-        dm, ds = ctx.saved_tensors
-        gx, gv, gi = li_backward(dm, ds, *ctx.shape, g_vseq, g_v, g_i, g_iseq)
-        return gx, gv if ctx.needs_input_grad[1] else None, gi if ctx.needs_input_grad[2] else None, None, None, None
+        dm, ds, *saved = ctx.saved_tensors
+        g_dm = g_ds = None
+        if ctx.consts:
+            gx, gv, gi, (g_dm, g_ds) = li_backward(dm, ds, *ctx.shape, g_vseq, g_v, g_i, g_iseq, saved=tuple(saved))
+        else:
+            gx, gv, gi = li_backward(dm, ds, *ctx.shape, g_vseq, g_v, g_i, g_iseq)
+        return (gx, gv if ctx.needs_input_grad[1] else None, gi if ctx.needs_input_grad[2] else None,
+                g_dm if ctx.needs_input_grad[3] else None, g_ds if ctx.needs_input_grad[4] else None, None)
 
 
 def lif_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor | None,
@@ -349,7 +389,7 @@ def lif_native(x_seq: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor |
         x = x_seq.reshape(T, -1).contiguous()                        # [T, M]
     consts = [compact_param(p, x_seq) for p in (decay_mem, decay_syn, v_th, v_reset)]
     slope = torch.as_tensor(slope).to(x.dtype)
-    keep_z = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_seq, v0, i0))
+    keep_z = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_seq, v0, i0, *consts))
     v0, i0, r0 = (None if s is None else s.reshape(-1) for s in (v0, i0, r0))  # [M]
     outs = _LIFNativeFn.apply(x, v0, i0, r0, *consts, slope, cfg, keep_z, T)
     return unflatten_outputs(outs, x_seq, cfg)
