@@ -40,17 +40,19 @@ with every spike and relaxes with its own time constant::
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from . import checks
 
 __all__ = [
     "RESET_MODES", "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState",
     "decay", "lif_step", "recurrent_lif_step", "alif_step", "recurrent_alif_step", "li_step", "scan", "last", "detach_state",
-    "stack_states", "check_reset", "state_dtype", "NetworkState",
+    "stack_states", "check_reset", "state_dtype", "NetworkState", "recompute_chunks",
 ]
 
 RESET_MODES = ("subtract", "zero", "none")
@@ -286,13 +288,14 @@ def scan(step: Callable, x_seq: Tensor, state: Any, *args, record: bool = False)
     return torch.stack(outs), (stack_states(states) if record else state)
 
 
-def _map_tensors(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
-    if isinstance(tree, Tensor):
+def _map_tensors(fn: Callable[[Any], Any], tree: Any, leaf: type | object = Tensor) -> Any:
+    """``tree`` (nested tuples, lists, NamedTuples) with ``fn`` applied to every ``leaf`` (a type, or one object)."""
+    if isinstance(leaf, type) and isinstance(tree, leaf) or tree is leaf:
         return fn(tree)
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple state
-        return type(tree)(*(_map_tensors(fn, t) for t in tree))
+        return type(tree)(*(_map_tensors(fn, t, leaf) for t in tree))
     if isinstance(tree, (tuple, list)):
-        return type(tree)(_map_tensors(fn, t) for t in tree)
+        return type(tree)(_map_tensors(fn, t, leaf) for t in tree)
     return tree
 
 
@@ -363,3 +366,83 @@ class NetworkState(tuple):
 
     def __repr__(self) -> str:
         return f"NetworkState{tuple.__repr__(self)}"
+
+
+_SLOT = object()  # where a tensor of a state goes back, in the skeleton of a flattened state
+
+
+def _cat_states(states: list) -> Any:
+    """Concatenate outputs or recorded states (nested tuples of ``[T_k, B, ...]`` tensors and None) along time."""
+    first = states[0]
+    if isinstance(first, Tensor):
+        return torch.cat(states)
+    if isinstance(first, (tuple, list)):
+        fields = [_cat_states([s[k] for s in states]) for k in range(len(first))]
+        return type(first)(*fields) if hasattr(first, "_fields") else type(first)(fields)
+    return first
+
+
+def _own_storage(t: Tensor) -> Tensor:
+    """``t``, or a copy where ``t`` is a view of a larger tensor (a final state that is the last step of
+    a chunk's output, e.g. the spikes ``z``): a kept boundary state must not keep the chunk alive."""
+    return t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
+
+
+def _run_chunk(fn: Callable, skeleton: Any, record: bool, x: Tensor, *tensors: Tensor) -> tuple[Tensor, Any]:
+    """``fn`` on one chunk, the state rebuilt from ``skeleton`` and its ``tensors`` (passed flat, so
+    that :func:`torch.utils.checkpoint.checkpoint` keeps them as saved inputs)."""
+    it = iter(tensors)
+    state = _map_tensors(lambda _: next(it), skeleton, _SLOT)
+    return fn(x, state, record=True) if record else fn(x, state)
+
+
+def recompute_chunks(fn: Callable, x_seq: Tensor, state: Any, chunk: int, record: bool = False) -> tuple[Any, Any]:
+    """Run ``fn(x_chunk, state) -> (out_chunk, state)`` over time in chunks of ``chunk`` steps, each
+    chunk under activation checkpointing (:func:`torch.utils.checkpoint.checkpoint`, non-reentrant).
+
+    Between the forward and the backward pass only ``x_seq`` (the chunks' inputs), the outputs and
+    the states at the chunk boundaries (``ceil(T / chunk)`` of them) are kept; backward runs each
+    chunk's forward pass again, latest chunk first, and holds what ``fn`` saves for backward (a
+    neuron's membranes, adaptation, ...) for that chunk only. That memory then grows with ``chunk``
+    instead of ``T``, for the time of a second forward pass of ``fn``. Outputs and gradients (of the
+    input, the initial state and anything ``fn`` uses: weights, constants) are those of one call
+    ``fn(x_seq, state)`` up to float rounding (per-chunk parts of a gradient are added in another
+    order), provided ``fn`` computes step by step (step ``t`` depends on steps ``<= t`` only, through
+    the state); random operations are replayed from the saved random state, but draw other numbers
+    than one call on the whole sequence would. Without gradients (``torch.no_grad``) ``fn`` runs
+    once on the whole sequence. A whole model that takes and returns its state runs the same way::
+
+        def run(x, state):
+            out = model(x, state)                     # a SpikingOutput
+            return (out.readout, out.spikes), out.state
+        (readout, spikes), state = recompute_chunks(run, x_seq, None, 56)
+
+    Args:
+        fn: ``fn(x_chunk [t, B, ...], state) -> (out, state)``, ``out`` a ``[t, B, ...]`` tensor or a
+            nested tuple of them (``state=None``: at rest); called as ``fn(x, state, record=True)``
+            when ``record``, e.g. a neuron's sequence function.
+        x_seq: input ``[T, B, ...]``. state: initial state (a nested tuple of ``[B, ...]`` tensors
+            and None) or None.
+        chunk: steps per chunk (int > 0); ``chunk >= T`` checkpoints the sequence as one chunk.
+        record: ``fn`` returns per-step states ``[t, B, ...]``; they are concatenated to ``[T, B, ...]``
+            and the next chunk starts from their last step (:func:`last`).
+    Returns:
+        ``(out [T, B, ...] (the chunks' outputs concatenated in time), final state, or the recorded
+        states [T, B, ...] with record)``.
+    """
+    chunk = checks.positive_int("recompute_chunks", "chunk", chunk, "steps per chunk")
+    if not torch.is_grad_enabled():
+        return fn(x_seq, state, record=True) if record else fn(x_seq, state)
+    outs, recorded = [], []
+    for x in x_seq.split(chunk):
+        tensors: list[Tensor] = []
+        skeleton = _map_tensors(lambda t: tensors.append(t) or _SLOT, state)
+        out, state = checkpoint(partial(_run_chunk, fn, skeleton, record), x, *tensors, use_reentrant=False)
+        outs.append(out)
+        if record:
+            recorded.append(state)
+            state = last(state)
+        state = _map_tensors(_own_storage, state)
+    if len(outs) == 1:
+        return outs[0], (recorded[0] if record else state)
+    return _cat_states(outs), (_cat_states(recorded) if record else state)

@@ -11,27 +11,34 @@ constant is learned as ``log tau`` (so ``tau > 0`` and ``0 < decay < 1``), a thr
 ``log v_th`` (so ``v_th > 0``). The parameters are then called ``log_tau_mem``, ``log_tau_syn``,
 ``log_v_th``; the attributes ``tau_mem``, ``tau_syn``, ``v_th`` still give the values.
 
+Long sequences: :func:`set_recompute` (or the context manager :func:`recomputing`) makes the neuron
+layers of a model keep their state only every ``K`` steps and run each chunk of ``K`` steps again in
+the backward pass (:func:`~spikegrad.functional.recompute_chunks`), so the memory a layer keeps for
+backward grows with ``T / K`` (plus one chunk) instead of ``T``; the gradients are the same.
+
 For compatibility, the functional names (``LIFParams``, ``lif_step``, ``scan``, ...) can also be
 imported from here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, NamedTuple, Sequence
+from functools import partial
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import checks
 from .functional import (RESET_MODES, ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState, alif_step,
-                         check_reset, decay, detach_state, last, li_step, lif_step, recurrent_alif_step,
-                         recurrent_lif_step, scan, state_dtype)
+                         check_reset, decay, detach_state, last, li_step, lif_step, recompute_chunks,
+                         recurrent_alif_step, recurrent_lif_step, scan, state_dtype)
 from .kernels import ALIF_BACKENDS, BACKENDS, LI_BACKENDS, alif_sequence, check_backend, li_sequence, lif_sequence
 from .surrogates import Surrogate, make_surrogate
 
 __all__ = [
-    "LIF", "IF", "ALIF", "LI", "BSS2LIF", "BSS2LI", "DelayedState",
+    "LIF", "IF", "ALIF", "LI", "BSS2LIF", "BSS2LI", "DelayedState", "set_recompute", "recomputing",
     # the functional core, re-exported
     "LIFParams", "LIFState", "ALIFParams", "ALIFState", "LIParams", "LIState", "lif_step", "recurrent_lif_step",
     "alif_step", "recurrent_alif_step", "li_step", "scan", "last", "detach_state", "RESET_MODES",
@@ -69,6 +76,18 @@ def _as_tensor(who: str, name: str, value: Any) -> Tensor:
 
 class _Neuron(nn.Module):
     """Shared constant handling of the neuron modules (see the module docstring)."""
+
+    recompute: int | None = None
+    """Steps per chunk of time-chunked recomputation while gradients are on (:func:`set_recompute`);
+    None: off. Not part of the ``state_dict``: a setting of the run, not of the model."""
+
+    def _sequence(self, fn: Any, x_seq: Tensor, state: Any, record: bool) -> tuple[Tensor, Any]:
+        """``fn(x_seq, state, record=record)``, or in chunks of :attr:`recompute` steps under
+        :func:`~spikegrad.functional.recompute_chunks` when it is set and gradients are on."""
+        if self.recompute is None or not torch.is_grad_enabled():
+            return fn(x_seq, state, record=record)
+        chunk = checks.positive_int(type(self).__name__, "recompute", self.recompute, "steps per chunk, or None")
+        return recompute_chunks(fn, x_seq, state, chunk, record)
 
     def _add_constant(self, name: str, value: Any, learn: bool, shape: Sequence[int] | None) -> None:
         who = type(self).__name__
@@ -248,7 +267,9 @@ class LIF(_Neuron):
         self._check_input(x_seq)
         self._check_recurrent_input(x_seq)
         _check_state(type(self).__name__, state, x_seq[0], LIFState)
-        return lif_sequence(x_seq, state, self.params(x_seq.dtype), self.surrogate, self.backend, record, self.w_rec)
+        run = partial(lif_sequence, p=self.params(x_seq.dtype), spike_fn=self.surrogate, backend=self.backend,
+                      w_rec=self.w_rec)
+        return self._sequence(run, x_seq, state, record)
 
     def extra_repr(self) -> str:
         return (f"{self._describe('tau_mem', 'tau_syn', 'v_th')}, reset={self.reset!r}, refractory={self.refractory}, "
@@ -335,7 +356,9 @@ class ALIF(_Neuron):
         self._check_input(x_seq)
         self._check_recurrent_input(x_seq)
         _check_state(type(self).__name__, state, x_seq[0], ALIFState)
-        return alif_sequence(x_seq, state, self.params(x_seq.dtype), self.surrogate, self.backend, record, self.w_rec)
+        run = partial(alif_sequence, p=self.params(x_seq.dtype), spike_fn=self.surrogate, backend=self.backend,
+                      w_rec=self.w_rec)
+        return self._sequence(run, x_seq, state, record)
 
     def extra_repr(self) -> str:
         return (f"{self._describe('tau_mem', 'tau_syn', 'tau_ada', 'beta', 'v_th')}, reset={self.reset!r}, "
@@ -381,10 +404,60 @@ class LI(_Neuron):
         """Run ``T`` steps; the output is the membrane trace ``[T, B, ...]``."""
         self._check_input(x_seq)
         _check_state("LI", state, x_seq[0], LIState)
-        return li_sequence(x_seq, state, self.params(x_seq.dtype), self.backend, record)
+        return self._sequence(partial(li_sequence, p=self.params(x_seq.dtype), backend=self.backend), x_seq, state,
+                              record)
 
     def extra_repr(self) -> str:
         return self._describe("tau_mem", "tau_syn")
+
+
+# -------------------------------------------------------------------------------- recomputation
+def set_recompute(model: nn.Module, chunk: int | None) -> int:
+    """Recompute the neuron layers of ``model`` in chunks of ``chunk`` steps in the backward pass.
+
+    Sets :attr:`recompute` on every neuron module in ``model`` (``model`` itself included): while
+    gradients are on, each layer runs its sequence through
+    :func:`~spikegrad.functional.recompute_chunks`, keeping its state every ``chunk`` steps and
+    running each chunk again in backward, so the memory it keeps for backward grows with
+    ``T / chunk`` instead of ``T``, for about one more forward pass of the layers in time. Outputs
+    and gradients are unchanged (to float rounding). Under ``torch.no_grad`` (evaluation) nothing
+    changes and nothing is paid. What stays whole: the layers' inputs ``[T, B, ...]`` (kept by the
+    chunks) and everything outside the neurons (the linear layers keep their inputs, the spikes).
+
+    Args:
+        model: a neuron layer or a model containing them.
+        chunk: steps per chunk (int > 0), or None to turn recomputation off.
+    Returns:
+        the number of neuron layers set.
+    Raises:
+        ValueError: ``chunk`` is not a positive int or None; ``model`` has no neuron layers (and
+            ``chunk`` is not None: the setting would have no effect).
+    """
+    if chunk is not None:
+        chunk = checks.positive_int("set_recompute", "chunk", chunk, "steps per chunk, or None for off")
+    layers = [m for m in model.modules() if isinstance(m, _Neuron)]
+    if not layers and chunk is not None:
+        raise ValueError(f"set_recompute: {type(model).__name__} has no neuron layers (LIF, ALIF, LI, ...), so "
+                         f"recompute={chunk} would have no effect; leave it off (None, trainer.recompute=null)")
+    for m in layers:
+        m.recompute = chunk
+    return len(layers)
+
+
+@contextlib.contextmanager
+def recomputing(model: nn.Module, chunk: int | None) -> Iterator[None]:
+    """:func:`set_recompute` for the block; every layer's previous setting is restored after.
+    ``chunk=None`` leaves the model as it is (a model without neuron layers is then no error)."""
+    if chunk is None:
+        yield
+        return
+    saved = {m: m.recompute for m in model.modules() if isinstance(m, _Neuron)}
+    set_recompute(model, chunk)
+    try:
+        yield
+    finally:
+        for m, value in saved.items():
+            m.recompute = value
 
 
 # ----------------------------------------------------------------------------- BrainScaleS-2 model

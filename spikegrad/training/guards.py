@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models import SpikingOutput, eval_mode, layer_by_layer
+from ..surrogates import Surrogate
 
 __all__ = ["NonFiniteLossError"]
 
@@ -86,7 +87,10 @@ class _StateWatch:
         self.flags: list[Tensor] = []
         self.record: list[tuple[str, nn.Module, Tensor | None, bool]] | None = None
         self.root_only = root_only
-        self.handles = [m.register_forward_hook(self._hook) for m in ([model] if root_only else model.modules())]
+        # not on the surrogates: they return spikes, never a state, and a hook there sends every fused layer to
+        # the reference scan (a fast path cannot call hooks it does not run)
+        modules = [model] if root_only else [m for m in model.modules() if not isinstance(m, Surrogate)]
+        self.handles = [m.register_forward_hook(self._hook) for m in modules]
 
     def _hook(self, module, args, output) -> None:
         if isinstance(output, SpikingOutput):  # the final state of every layer

@@ -20,6 +20,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the 
 
 from .. import checks
 from ..models import SpikingOutput, eval_mode, recording_v, spikes_per_input
+from ..neurons import recomputing
 from . import distributed as _dist
 from .checkpoints import (CHECKPOINT_VERSION, ResumeError, _nonfinite_names, _resume, _rng_state, _set_rng_state,
                           _settings, load_checkpoint, save_checkpoint)
@@ -84,7 +85,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
                 generator: torch.Generator | None = None, epoch: int = 0, start_batch: int = 0,
                 totals: dict | None = None, resume_rng: dict | None = None, position: dict | None = None,
                 progress: bool = True, writer=None, grad_clip: float | None = None,
-                should_stop: Callable[[], bool] | None = None, precision: str = "fp32") -> dict:
+                should_stop: Callable[[], bool] | None = None, precision: str = "fp32",
+                recompute: int | None = None) -> dict:
     """One pass over ``loader`` with backpropagation through time.
 
     Args:
@@ -97,6 +99,9 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         grad_clip: maximum gradient norm, > 0 (None: no clipping).
         should_stop: polled before every batch; when it returns True the epoch stops there.
         precision: "fp32" or "bf16" (forward pass and loss under ``torch.autocast`` to bfloat16).
+        recompute: steps per chunk of time-chunked recomputation of the neuron layers for this epoch
+            (:func:`~spikegrad.neurons.set_recompute`: memory for backward grows with ``T / recompute``
+            instead of ``T``, same gradients, about one more forward pass of the neurons); None: off.
     In a distributed run (``model`` wrapped in DDP, see :mod:`~spikegrad.training.distributed`) the
     stop request and the finiteness check are agreed by all processes at every batch (one
     all-reduce), the sharpener sees the global-batch loss, and the returned metrics are over all
@@ -126,7 +131,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             x, y = _pair(batch, "train")
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x_seq = _encode(encoder, x, generator)
-            with _precision(precision, device):
+            with _precision(precision, device), recomputing(model, recompute):
                 out = model(x_seq)
                 loss = loss_fn(out, y)
                 total = loss + _regularization(regularizers, out)
@@ -342,7 +347,8 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         device: str | torch.device = "cpu", out_dir: str | os.PathLike | None = None,
         resume: str | os.PathLike | None = None, writer=None, generator: torch.Generator | None = None,
         progress: bool = True, grad_clip: float | None = None, log_samples: int = 2,
-        use_best: bool = True, config: dict | None = None, precision: str = "fp32") -> dict[str, Any]:
+        use_best: bool = True, config: dict | None = None, precision: str = "fp32",
+        recompute: int | None = None) -> dict[str, Any]:
     """Train for ``epochs`` epochs, validating each, then test (see the module docstring for the promises).
 
     Args:
@@ -364,6 +370,10 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
         use_best: evaluate the test set with the best-validation weights (else the last ones).
         precision: "fp32" (default) or "bf16": training and evaluation under ``torch.autocast`` to
             bfloat16 (weights and optimizer in float32, neuron constants and states in float32).
+        recompute: steps per chunk of time-chunked recomputation of the neuron layers in training
+            (:func:`~spikegrad.neurons.set_recompute`): the memory they keep for backward grows with
+            ``T / recompute`` instead of ``T``, the gradients are the same, a training step takes
+            about one more forward pass of the neurons. None (default): off. Evaluation is unchanged.
         config: the run's settings as a plain nested dict (e.g. the composed Hydra config), kept in
             the checkpoints. On resume its changes are logged as overrides; a change of a key in
             :data:`~spikegrad.training.checkpoints.SPLIT_KEYS` (seed, data split) is a ResumeError.
@@ -390,6 +400,9 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
                                   or not 0 < grad_clip < math.inf):
         raise ValueError(f"grad_clip must be a positive finite number (the maximum gradient norm) or None for no "
                          f"clipping, got {grad_clip!r} (trainer.grad_clip=1.0 or trainer.grad_clip=null)")
+    if recompute is not None and (isinstance(recompute, bool) or not isinstance(recompute, int) or recompute <= 0):
+        raise ValueError(f"recompute must be a positive int (steps per chunk of recomputation) or None for off, got "
+                         f"{recompute!r} (trainer.recompute=56 or trainer.recompute=null)")
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         raise ValueError("fit steps the scheduler once per epoch without a metric, so ReduceLROnPlateau cannot be "
                          "used; choose an epoch-based scheduler (scheduler=cosine, scheduler=step)")
@@ -408,7 +421,8 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, optimizer: torc
     checks.one_of("fit", "precision", precision, PRECISIONS)
     settings = _settings(epochs, optimizer, scheduler, grad_clip, train_loader, config)
     eval_seed = generator.initial_seed() if generator is not None else 0
-    with _console_log() if _dist.rank() == 0 else contextlib.nullcontext(), _StopRequest() as stop:
+    with (_console_log() if _dist.rank() == 0 else contextlib.nullcontext(), _StopRequest() as stop,
+          recomputing(model, recompute)):  # training only: evaluation runs without gradients
         run = _Run(model, train_loader, val_loader, test_loader, optimizer, loss_fn, epochs=epochs, encoder=encoder,
                    scheduler=scheduler, regularizers=regularizers, sharpener=sharpener, device=device,
                    out_dir=out_dir, writer=writer, generator=generator, progress=progress, grad_clip=grad_clip,
