@@ -93,3 +93,21 @@ def test_fit_records_each_layers_path_and_why():
     if events.available():
         fast = run(SpikingMLP([8, 6, 3], sparse_input=True, record_v=False))
         assert fast["eval"] == {"SpikingMLP": "events: the whole MLP as one event-driven C kernel"}
+
+
+def test_layer_paths_are_read_with_the_callers_hooks_in_place():
+    """A hook on a surrogate sends its layer to the reference scan; layer_paths, given the hooks the
+    run installs, reports that path rather than the one a hook-free model would take."""
+    from spikegrad.training.paths import layer_paths
+
+    model = SpikingMLP([8, 6, 3])
+    x = (torch.rand(10, 2, 8) < 0.3).float()
+
+    def surrogate_hook(train):
+        h = model.neurons[0].surrogate.register_forward_hook(lambda *a: None)
+        return h.remove
+
+    plain = layer_paths(model, x)["train"]["neurons.0"]
+    hooked = layer_paths(model, x, hooks=surrogate_hook)["train"]["neurons.0"]
+    assert not plain.startswith("torch")
+    assert hooked.startswith("torch: forward hooks on the surrogate")

@@ -439,7 +439,7 @@ def _layer_paths(model: nn.Module, loader, encoder, device, seed: int) -> dict:
     try:
         x, _ = _pair(next(iter(loader)), "test")
         x_seq = _encode(encoder, x[:2].to(device), torch.Generator(device=device).manual_seed(seed))
-        return layer_paths(model, x_seq)
+        return layer_paths(model, x_seq, hooks=lambda train: _StateWatch(model, root_only=not train).remove)
     except Exception as err:  # noqa: BLE001 - a report, not a result
         log.warning(f"could not determine the layers' computational paths: {type(err).__name__}: {err}")
         return {"error": f"{type(err).__name__}: {err}"}

@@ -9,6 +9,8 @@ training runs it (gradients on) and once as evaluation runs it (``torch.no_grad`
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -29,8 +31,10 @@ def _explain(module: nn.Module, x: Tensor, state) -> str:
     return f"{backend}: {why}"
 
 
-def _trace(model: nn.Module, x_seq: Tensor) -> dict[str, str]:
-    """Run ``model(x_seq)`` with a pre-hook on every neuron layer; ``{layer name: "path: reason"}``."""
+def _trace(model: nn.Module, x_seq: Tensor, hooks: Callable[[bool], Callable[[], None]] | None,
+           train: bool) -> dict[str, str]:
+    """Run ``model(x_seq)`` with a pre-hook on every neuron layer (and the caller's ``hooks(train)``
+    installed); ``{layer name: "path: reason"}``."""
     paths: dict[str, str] = {}
     names = {m: name for name, m in model.named_modules()}
 
@@ -38,17 +42,25 @@ def _trace(model: nn.Module, x_seq: Tensor) -> dict[str, str]:
         if args and isinstance(args[0], Tensor) and names[module] not in paths:
             paths[names[module]] = _explain(module, args[0], args[1] if len(args) > 1 else None)
 
+    remove = hooks(train) if hooks is not None else None
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, (LIF, ALIF, LI))]
     try:
         model(x_seq)
     finally:
         for h in handles:
             h.remove()
+        if remove is not None:
+            remove()
     return paths
 
 
-def layer_paths(model: nn.Module, x_seq: Tensor) -> dict[str, dict[str, str]]:
+def layer_paths(model: nn.Module, x_seq: Tensor,
+                hooks: Callable[[bool], Callable[[], None]] | None = None) -> dict[str, dict[str, str]]:
     """The path of every neuron layer of ``model`` on the input ``x_seq [T, B, ...]``.
+
+    ``hooks(train)``: installs what training (``train=True``) or evaluation installs on the model
+    (the training loop's state watch) and returns a function that removes it, so that the paths
+    are those taken with those hooks in place (a hook can send a layer to the reference scan).
 
     Returns:
         ``{"train": {layer: "path: reason"}, "eval": {...}}``; paths are those of
@@ -57,12 +69,12 @@ def layer_paths(model: nn.Module, x_seq: Tensor) -> dict[str, dict[str, str]]:
         that runs as one event-driven kernel is listed under its own name as ``"events: ..."``.
     """
     with torch.enable_grad():
-        train = _trace(model, x_seq)
+        train = _trace(model, x_seq, hooks, True)
     evaluation: dict[str, str] = {}
     with torch.no_grad(), eval_mode(model):
         for name, m in model.named_modules():
             if isinstance(m, SpikingMLP) and m._event_constants(x_seq.dtype, (None,) * len(m.neurons)) is not None:
                 evaluation[name or type(m).__name__] = "events: the whole MLP as one event-driven C kernel"
         if not evaluation:
-            evaluation = _trace(model, x_seq)
+            evaluation = _trace(model, x_seq, hooks, False)
     return {"train": train, "eval": evaluation}
