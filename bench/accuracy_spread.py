@@ -33,18 +33,17 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spikegrad.conversion import LeNet, ann_to_snn, evaluate_ann, simulate
 from spikegrad.data import load_split, make_loaders
 from spikegrad.encoding import LatencyEncoder
-from spikegrad.losses import MaxOverTime
+from spikegrad.losses import CrossEntropy, MaxOverTime
 from spikegrad.models import SpikingMLP
 from spikegrad.neurons import LI, LIF
 from spikegrad.sharpening import SimpleSharpener, WhetstoneMLP, compare, export_binary
-from spikegrad.training import fit
+from spikegrad.training import fit, train_epoch
 
 
 def bf16(root, seed: int) -> dict:
@@ -80,12 +79,8 @@ def conversion(root, seed: int) -> dict:
     x, y = x[order], y[order]
     torch.manual_seed(seed)
     model = LeNet(channels=(6, 12), hidden=64)
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    for i in range(0, 5000, 50):
-        loss = F.cross_entropy(model(x[i:i + 50]), y[i:i + 50])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_epoch(model, DataLoader(TensorDataset(x[:5000], y[:5000]), batch_size=50),
+                torch.optim.Adam(model.parameters(), 2e-3), CrossEntropy(), progress=False)
     test = [(x[5000:5500], y[5000:5500]), (x[5500:], y[5500:])]
     ann = evaluate_ann(model, test)
     robust = simulate(ann_to_snn(model, x[:1000]), test, 60)

@@ -55,6 +55,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from run import reset_peak_rss, rss_kib  # noqa: E402  (bench/run.py, next to this script)
+
 LAYERS = [  # (row name, neuron class, recurrent or not, backends)
     ("LIF", "LIF", {}, ("torch", "native", "fused", "fused_lowmem")),
     ("LIF recurrent", "LIF", {"recurrent": True}, ("torch", "auto")),
@@ -171,22 +173,6 @@ class SavedBytes:
         self._hooks.__exit__(*exc)
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> int:
-    """Reset VmHWM to the current RSS; returns the current RSS (KiB)."""
-    before = _rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return before
-
-
 # ------------------------------------------------------------------------------------ part 1
 def layer_rows(shape, chunk: int, threads: int) -> list[dict]:
     import torch
@@ -301,9 +287,9 @@ def smnist_child(T: int, B: int, N: int, chunk: int | None, steps: int, threads:
     if whole:
         model = _whole_model(model, chunk)
 
-    base = _reset_peak()
+    base = reset_peak_rss()
     first = train_epoch(model, batch, optimizer, loss_fn, **kw)
-    peak = _rss_kib("VmHWM")
+    peak = rss_kib("VmHWM")
     with PeakTensors() as tensors, SavedBytes() as saved:  # the second step: Adam's state exists already
         train_epoch(model, batch, optimizer, loss_fn, **kw)
     times = []
@@ -315,7 +301,7 @@ def smnist_child(T: int, B: int, N: int, chunk: int | None, steps: int, threads:
     with torch.no_grad():
         out = model(encoder(x))
     return {"chunk": chunk, "whole": whole, "peak_step_mib": (peak - base) / 1024,
-            "process_peak_mib": _rss_kib("VmHWM") / 1024, "saved_mib": sum(saved.found.values()) / 2**20,
+            "process_peak_mib": rss_kib("VmHWM") / 1024, "saved_mib": sum(saved.found.values()) / 2**20,
             "peak_tensors_mib": tensors.peak / 2**20, "step_s": statistics.median(times), "times": times,
             "loss": first["train_loss"], "rate": float(out.spikes[0].mean()), "threads": threads}
 

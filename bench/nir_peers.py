@@ -45,7 +45,7 @@ from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir 
 from spikingjelly.activation_based.nir_exchange.to_nir import export_to_nir as sj_to_nir
 
 from nir_roundtrip import load_run, max_over_time, zero_reset
-from spikegrad.interop import from_nir, to_nir
+from spikegrad.interop import from_nir, li_as_lif, to_nir
 
 logging.getLogger().setLevel(logging.ERROR)  # Norse logs a warning per node whose r is not 1
 
@@ -58,16 +58,6 @@ def quiet(fn, *args, **kwargs):
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         return fn(*args, **kwargs)
-
-
-def readout_as_lif(graph: nir.NIRGraph, name: str) -> nir.NIRGraph:
-    """The graph with its CubaLI node ``name`` replaced by a CubaLIF that never spikes (same equations)."""
-    li = graph.nodes[name]
-    n = li.tau_mem.shape
-    nodes = dict(graph.nodes)
-    nodes[name] = nir.CubaLIF(tau_syn=li.tau_syn, tau_mem=li.tau_mem, r=li.r, v_leak=li.v_leak, w_in=li.w_in,
-                              v_threshold=np.full(n, np.inf, dtype=np.float32), v_reset=np.zeros(n, np.float32))
-    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=dict(graph.metadata))
 
 
 class Capture:
@@ -131,7 +121,7 @@ def export_for_peers(trained):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lossy reset: mnist16 trains with subtractive reset
         graph = to_nir(trained, dt=1e-4, discretization="euler", lossy_reset=True)
-    return readout_as_lif(graph, "neurons.1")
+    return li_as_lif(graph, ["neurons.1"])
 
 
 def snntorch_model(graph):

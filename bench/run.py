@@ -206,7 +206,8 @@ def recurrent_setup(row: dict):
     return forward, zero_grad
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in KiB (Linux only)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -214,16 +215,22 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def reset_peak_rss() -> int:
+    """Reset ``VmHWM`` (the peak resident memory) to the current RSS; returns the current RSS (KiB; Linux only)."""
+    before = rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return before
+
+
 def peak_rss_mib(fn) -> float | None:
     """Peak resident memory while ``fn()`` runs, above the resident memory before (MiB; Linux only)."""
     try:
-        before = _rss_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:   # resets VmHWM to the current RSS
-            f.write("5")
+        before = reset_peak_rss()
     except (OSError, RuntimeError):
         return None
     fn()
-    return (_rss_kib("VmHWM") - before) / 1024
+    return (rss_kib("VmHWM") - before) / 1024
 
 
 # ----------------------------------------------------------------------------- measuring (child)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from spikegrad.conversion import (ConversionError, LeNet, SpikingNetwork, ann_to_snn, calibrate, conversion_analysis,
                                   convert, evaluate_ann, fold_batchnorm, forward_ann, gated_max_pool2d, if_step,
@@ -13,7 +14,9 @@ from spikegrad.conversion import (ConversionError, LeNet, SpikingNetwork, ann_to
 from spikegrad.conversion.graph import apply_stateless, eval_call, gained
 from spikegrad.kernels.native import available as native_kernels
 from event_order import conv_in_order, linear_in_order
+from spikegrad.losses import CrossEntropy
 from spikegrad.neurons import IF
+from spikegrad.training import train_epoch
 
 # random test networks have dead channels; test_dead_layer_warns checks the warning itself
 pytestmark = pytest.mark.filterwarnings("ignore:normalize.*never had a positive activation")
@@ -609,12 +612,8 @@ def test_lenet_on_mnist_converts_and_the_snn_converges_to_the_ann(mnist_root):
     x = torch.from_numpy(read_idx(mnist_root / "train-images-idx3-ubyte.gz")[:6000].copy()).float() / 255
     y = torch.from_numpy(read_idx(mnist_root / "train-labels-idx1-ubyte.gz")[:6000].astype(np.int64))
     model = LeNet(channels=(6, 12), hidden=64)
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    for i in range(0, 5000, 50):
-        loss = F.cross_entropy(model(x[i:i + 50]), y[i:i + 50])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_epoch(model, DataLoader(TensorDataset(x[:5000], y[:5000]), batch_size=50),
+                torch.optim.Adam(model.parameters(), 2e-3), CrossEntropy(), progress=False)
     test = [(x[5000:5500], y[5000:5500]), (x[5500:], y[5500:])]
     snn = ann_to_snn(model, x[:1000])
     assert simulate(snn, test, 60, ann=model).ann_accuracy == evaluate_ann(model, test)

@@ -16,7 +16,7 @@ nir = pytest.importorskip("nir")
 from spikegrad import kernels  # noqa: E402
 from spikegrad.functional import NetworkState  # noqa: E402
 from spikegrad.interop import (NIRNetwork, Scale, Threshold, check_nir_export, export_constants,  # noqa: E402
-                               from_nir, import_decay, load_nir, save_nir, to_nir)
+                               from_nir, import_decay, li_as_lif, load_nir, save_nir, to_nir)
 from spikegrad.models import SeqWise, SpikingConvNet, SpikingMLP  # noqa: E402
 from spikegrad.neurons import ALIF, IF, LI, LIF  # noqa: E402
 from spikegrad.sharpening import WhetstoneConvNet, WhetstoneMLP, export_binary, sharpenable_layers  # noqa: E402
@@ -579,6 +579,48 @@ def test_peer_imports_the_euler_export(peer):
     ref = m(x).spikes[0]
     assert ref.sum() > 0
     assert torch.equal(_peer_spikes(net, "neurons_0", x), ref)
+
+
+@pytest.mark.parametrize("tau_syn", [0.0, 4.0])
+def test_li_as_lif_makes_readouts_never_firing_neurons_with_the_same_constants(tau_syn):
+    m = mlp(functools.partial(LIF, tau_mem=8.0, tau_syn=4.0, reset="zero"),
+            readout=functools.partial(LI, tau_mem=10.0, tau_syn=tau_syn))
+    g = to_nir(m, dt=1e-4, discretization="euler")
+    li = g.nodes["neurons.1"]
+    out = li_as_lif(g)
+    lif = out.nodes["neurons.1"]
+    assert type(li) is (nir.CubaLI if tau_syn else nir.LI) and g.nodes["neurons.1"] is li  # the input is unchanged
+    assert type(lif) is (nir.CubaLIF if tau_syn else nir.LIF)
+    for name in ("r", "v_leak", *(("tau_syn", "tau_mem", "w_in") if tau_syn else ("tau",))):
+        assert np.array_equal(getattr(lif, name), getattr(li, name)), name
+    assert lif.v_threshold.shape == (5,) and np.all(lif.v_threshold == np.inf) and np.all(lif.v_reset == 0)
+    assert all(out.nodes[k] is g.nodes[k] for k in g.nodes if k != "neurons.1")
+    assert out.edges == g.edges and out.metadata == g.metadata
+    assert type(li_as_lif(g, ["neurons.1"]).nodes["neurons.1"]) is type(lif)
+    with pytest.raises(ValueError, match="neurons.0"):
+        li_as_lif(g, ["neurons.0"])  # a CubaLIF already
+
+
+def test_snntorch_runs_the_readout_after_li_as_lif():
+    pytest.importorskip("snntorch")
+    import contextlib
+    import io
+
+    from snntorch.import_nir import import_from_nir
+
+    m = mlp(functools.partial(LIF, tau_mem=8.0, tau_syn=4.0, reset="zero"),
+            readout=functools.partial(LI, tau_mem=10.0, tau_syn=4.0))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        net = import_from_nir(li_as_lif(to_nir(m, dt=1e-4, discretization="euler")))
+    x = spikes(30, 4, 12)
+    with torch.no_grad():
+        ref = m(x).readout
+        readout = []
+        for x_t in x:
+            net(x_t)
+            readout.append(net.neurons_1.mem.clone())
+    assert ref.abs().max() > 0.1 and torch.allclose(torch.stack(readout), ref, atol=1e-5)
 
 
 def test_snntorch_imports_the_recurrent_subgraph():

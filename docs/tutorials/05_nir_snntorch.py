@@ -26,7 +26,7 @@ import torch
 from snntorch.import_nir import import_from_nir
 
 import spikegrad as sg
-from spikegrad.interop import load_nir, save_nir, to_nir
+from spikegrad.interop import li_as_lif, load_nir, save_nir, to_nir
 from spikegrad.losses import MaxOverTime
 from spikegrad.models import layer_by_layer
 from spikegrad.temporal import RandmanData
@@ -83,22 +83,15 @@ print("round trip, readout identical:", torch.equal(back.readout, ref.readout),
 # ## The graph in snnTorch
 #
 # snnTorch imports `CubaLIF` nodes as `Synaptic` neurons but no `CubaLI` node, so the readout
-# goes to it as a `CubaLIF` that never fires (an infinite threshold: the same equations).
-
-
-def readout_as_lif(graph: nir.NIRGraph, name: str) -> nir.NIRGraph:
-    li = graph.nodes[name]
-    n = li.tau_mem.shape
-    nodes = dict(graph.nodes)
-    nodes[name] = nir.CubaLIF(tau_syn=li.tau_syn, tau_mem=li.tau_mem, r=li.r, v_leak=li.v_leak, w_in=li.w_in,
-                              v_threshold=np.full(n, np.inf, dtype=np.float32), v_reset=np.zeros(n, np.float32))
-    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=dict(graph.metadata))
+# goes to it as a `CubaLIF` that never fires (an infinite threshold: the same equations):
+# `li_as_lif` rewrites the graph that way, and the readout's membrane is the `Synaptic`
+# neuron's `mem`.
 
 
 def run_snntorch(graph: nir.NIRGraph, x_seq: torch.Tensor):
     """Step snnTorch's module over x_seq [T, B, N]: (hidden spikes [T, B, H], readout membrane [T, B, C])."""
     with contextlib.redirect_stdout(io.StringIO()):  # the importer prints a note per graph
-        net = import_from_nir(readout_as_lif(graph, "neurons.1"))
+        net = import_from_nir(li_as_lif(graph))
     hidden, readout = [], []
     net.neurons_0.register_forward_hook(lambda m, args, out: hidden.append(out.detach().clone()))
     for m in net.modules():

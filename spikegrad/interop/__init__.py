@@ -21,7 +21,8 @@ The contract, for a constant of ``tau_steps`` steps with per-step decay ``d`` (`
   current-based neurons the current is advanced first and the membrane sees the new current, as
   in spikegrad. An importer that integrates exactly (exponential Euler) gets spikegrad's network.
 * ``"euler"``: a forward-Euler importer (``v += dt / tau (v_leak - v + r I)``: snnTorch, Norse,
-  SpikingJelly) gets spikegrad's decay and input gain exactly.
+  SpikingJelly) gets spikegrad's decay and input gain exactly. None of these imports ``LI`` or
+  ``CubaLI`` nodes (readouts): :func:`li_as_lif` makes them neurons that never fire.
 
 The same graph read with the other rule has another decay: a per-step decay of 0.5 exported
 "exact" (``tau = dt / ln 2``) becomes ``1 - ln 2 = 0.307`` under a forward-Euler importer.
@@ -60,9 +61,9 @@ from __future__ import annotations
 
 from . import walk_conversion, walk_models, walk_sharpening  # noqa: F401  (each registers its family's walker)
 from .contract import DISCRETIZATIONS, export_constants, import_decay
-from .export import check_nir_export, save_nir, to_nir
+from .export import check_nir_export, li_as_lif, save_nir, to_nir
 from .importer import from_nir, load_nir
 from .runtime import NIRNetwork, Scale, SumPool2d, Threshold
 
-__all__ = ["DISCRETIZATIONS", "to_nir", "from_nir", "save_nir", "load_nir", "check_nir_export", "NIRNetwork",
-           "Scale", "Threshold", "SumPool2d", "export_constants", "import_decay"]
+__all__ = ["DISCRETIZATIONS", "to_nir", "from_nir", "save_nir", "load_nir", "check_nir_export", "li_as_lif",
+           "NIRNetwork", "Scale", "Threshold", "SumPool2d", "export_constants", "import_decay"]

@@ -406,6 +406,40 @@ def save_nir(model: nn.Module, path: str | Path, **kwargs) -> Any:
     return graph
 
 
+def li_as_lif(graph: Any, names: Sequence[str] | None = None) -> Any:
+    """The graph with its leaky integrators as neurons that never fire, for importers without ``LI`` nodes.
+
+    snnTorch, Norse and SpikingJelly import no ``LI``/``CubaLI`` node (a readout); a ``LIF``/``CubaLIF``
+    with the same constants, ``v_threshold = inf`` and ``v_reset = 0`` has the same equations, and the
+    peer's neuron state then holds the readout's membrane.
+
+    Args:
+        graph: a ``nir.NIRGraph`` (e.g. from :func:`to_nir`); it is not changed.
+        names: the ``LI``/``CubaLI`` nodes to replace; None: every one of them.
+    Returns:
+        a new ``nir.NIRGraph`` with the same edges and metadata; the new nodes' thresholds and resets are
+        float32 arrays of the node's shape.
+    Raises:
+        ValueError: a name that is not an ``LI`` or ``CubaLI`` node of the graph.
+    """
+    nir = _nir()
+    leaky = {k for k, node in graph.nodes.items() if isinstance(node, (nir.LI, nir.CubaLI))}
+    names = sorted(leaky) if names is None else list(names)
+    bad = [k for k in names if k not in leaky]
+    if bad:
+        raise ValueError(f"li_as_lif: {bad} are not LI or CubaLI nodes of the graph (those are {sorted(leaky)})")
+    nodes = dict(graph.nodes)
+    for name in names:
+        li = nodes[name]
+        cuba = isinstance(li, nir.CubaLI)
+        n = (li.tau_mem if cuba else li.tau).shape
+        kw = {"r": li.r, "v_leak": li.v_leak, "v_threshold": np.full(n, np.inf, dtype=np.float32),
+              "v_reset": np.zeros(n, np.float32)}
+        nodes[name] = (nir.CubaLIF(tau_syn=li.tau_syn, tau_mem=li.tau_mem, w_in=li.w_in, **kw) if cuba
+                       else nir.LIF(tau=li.tau, **kw))
+    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=dict(graph.metadata))
+
+
 def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 

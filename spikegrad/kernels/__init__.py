@@ -284,6 +284,25 @@ def _choose(who: str, backend: str, x_seq: Tensor, p, spike_fn: Any, state, w_re
     return chosen
 
 
+def _sequence(run: Any, step: Any, recurrent_step: Any, fused: Any, x_seq: Tensor, state: Any, p: Any,
+              spike_fn: Any, backend: str, record: bool, w_rec: Tensor | None) -> tuple[Tensor, Any]:
+    """The dispatch :func:`lif_sequence` and :func:`alif_sequence` share. Half precision runs ``run`` (the
+    public function) widened to float32; otherwise :func:`_choose` picks the path: ``"torch"`` scans ``step``
+    (``recurrent_step`` with ``w_rec``), a recurrent layer, or any layer when ``fused`` is None (ALIF), runs
+    :func:`~spikegrad.kernels.recurrent.recurrent_fused`, and the other paths call
+    ``fused(chosen, x_seq, state, p, spike_fn, record)``."""
+    if state_dtype(x_seq.dtype) != x_seq.dtype:
+        return _widened(run, x_seq, state, p, spike_fn, backend, record, w_rec)
+    chosen = _choose(run.__name__, backend, x_seq, p, spike_fn, state, w_rec)
+    if chosen == "torch":
+        if w_rec is not None:
+            return scan(recurrent_step, x_seq, state, p, w_rec, spike_fn, record=record)
+        return scan(step, x_seq, state, p, spike_fn, record=record)
+    if w_rec is not None or fused is None:
+        return recurrent.recurrent_fused(x_seq, state, p, w_rec, spike_fn, record)
+    return fused(chosen, x_seq, state, p, spike_fn, record)
+
+
 def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: Any,
                  backend: str = "auto", record: bool = False,
                  w_rec: Tensor | None = None) -> tuple[Tensor, LIFState]:
@@ -304,15 +323,13 @@ def lif_sequence(x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: 
     Returns:
         ``(spikes [T, B, ...] in {0, 1} with the dtype of x_seq, final or recorded LIFState)``.
     """
-    if state_dtype(x_seq.dtype) != x_seq.dtype:
-        return _widened(lif_sequence, x_seq, state, p, spike_fn, backend, record, w_rec)
-    chosen = _choose("lif_sequence", backend, x_seq, p, spike_fn, state, w_rec)
-    if chosen == "torch":
-        if w_rec is not None:
-            return scan(recurrent_lif_step, x_seq, state, p, w_rec, spike_fn, record=record)
-        return scan(lif_step, x_seq, state, p, spike_fn, record=record)
-    if w_rec is not None:
-        return recurrent.recurrent_fused(x_seq, state, p, w_rec, spike_fn, record)
+    return _sequence(lif_sequence, lif_step, recurrent_lif_step, _lif_fused, x_seq, state, p, spike_fn, backend,
+                     record, w_rec)
+
+
+def _lif_fused(chosen: str, x_seq: Tensor, state: LIFState | None, p: LIFParams, spike_fn: Any,
+               record: bool) -> tuple[Tensor, LIFState]:
+    """The feed-forward LIF layer on the fused path ``chosen`` (native, triton or cpu, ``_lowmem`` or not)."""
     lowmem = chosen.endswith("_lowmem")
     save_dtype = torch.bfloat16 if lowmem and x_seq.dtype in (torch.float32, torch.float64) else x_seq.dtype
     cfg = FusedConfig(p.reset, bool(p.detach_reset), int(p.refractory), bool(record), save_dtype,
@@ -357,14 +374,8 @@ def alif_sequence(x_seq: Tensor, state: ALIFState | None, p: ALIFParams, spike_f
     Returns:
         ``(spikes [T, B, ...] in {0, 1} with the dtype of x_seq, final or recorded ALIFState)``.
     """
-    if state_dtype(x_seq.dtype) != x_seq.dtype:
-        return _widened(alif_sequence, x_seq, state, p, spike_fn, backend, record, w_rec)
-    chosen = _choose("alif_sequence", backend, x_seq, p, spike_fn, state, w_rec)
-    if chosen == "torch":
-        if w_rec is not None:
-            return scan(recurrent_alif_step, x_seq, state, p, w_rec, spike_fn, record=record)
-        return scan(alif_step, x_seq, state, p, spike_fn, record=record)
-    return recurrent.recurrent_fused(x_seq, state, p, w_rec, spike_fn, record)
+    return _sequence(alif_sequence, alif_step, recurrent_alif_step, None, x_seq, state, p, spike_fn, backend,
+                     record, w_rec)
 
 
 def explain_li_backend(backend: str, x_seq: Tensor, p: LIParams) -> tuple[str, str]:
