@@ -52,8 +52,10 @@ def _check_x(fn: str, x: Tensor) -> None:
                         "normalise images to [0, 1] first, e.g. x = images.to(torch.float32) / 255")
     if torch.compiler.is_compiling():  # value checks need a host sync; skip them inside compiled graphs
         return
-    if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):  # also rejects NaN
-        lo, hi = x.min().item(), x.max().item()
+    if not x.numel():
+        return
+    lo, hi = (v.item() for v in torch.aminmax(x))  # one pass; NaN gives NaN, which fails the test
+    if not (lo >= 0 and hi <= 1):
         raise ValueError(f"{fn}: x must hold intensities in [0, 1], got values in [{lo:g}, {hi:g}] (or NaN); "
                          "normalise images to [0, 1] first, e.g. x = images / 255")
 
@@ -183,8 +185,10 @@ def latency_encode(
         spikes [T, B, ...], dtype of ``x``, values in {0, 1}, at most one spike per pixel.
     """
     times = latency_times(x, T, method, threshold, tau, normalize, clip, binning)
-    steps = torch.arange(int(T), device=x.device, dtype=times.dtype).view(-1, *([1] * x.dim()))  # [T, 1, ...]
-    return (times.unsqueeze(0) == steps).to(x.dtype)  # [T, B, ...]
+    spikes = torch.zeros((int(T), *times.shape), device=x.device, dtype=x.dtype)  # [T, B, ...]
+    where = (times < T).nonzero(as_tuple=True)                  # the pixels that fire (inf: never)
+    spikes[(times[where].long(), *where)] = 1                  # one write per spike, not per step and pixel
+    return spikes
 
 
 # ----------------------------------------------------------------------------- rate / current

@@ -169,8 +169,8 @@ def test_explain_backend_reports_the_fused_path_and_the_reasons(caplog):
         "torch", "refractory period (the fused recurrent path has none)")
     backend, why = explain_backend("auto", x, alif.params(), make_surrogate("atan", spiking=False))
     assert backend == "torch" and "spiking=False" in why
-    backend, why = explain_backend("auto", x, LIF(learn_tau=True).params(), make_surrogate("atan"))
-    assert backend == "torch" and "learn_tau" in why
+    backend, why = explain_backend("fused", x, LIF(learn_tau=True).params(), make_surrogate("atan"))
+    assert backend == "torch" and "learn_tau" in why      # learnable constants: only the C kernels, else scan
     with pytest.raises(ValueError, match="backend"):
         explain_backend("native", x, alif.params(), alif.surrogate)
     # the modules run what explain_backend says, and "auto" logs why it falls back

@@ -214,7 +214,18 @@ CLONES static void mlp_forward_part_##SFX(int64_t b0, int64_t b1, int64_t T, int
     int64_t *first = malloc((size_t)(T + 2) * sizeof(int64_t)), *order = malloc((size_t)sizes[0] * sizeof(int64_t)); \
     T_ *val = malloc((size_t)widest * sizeof(T_)), *cur = malloc((size_t)pwidest * sizeof(T_));      \
     if (!idx || !first || !order || !val || !cur) goto done_mlp_##SFX;                               \
-    for (int64_t b = b0; b < b1; ++b) {                                                              \
+    for (int64_t b = b0; b < b1; ++b) {                                                             \
+        if (b + 1 < b1)   /* the next image's rows lie a whole batch apart, one per step: fetch them now */ \
+            for (int64_t t = 0; t < T; ++t) {                                                       \
+                const int64_t r = t * B + b + 1;                                                    \
+                if (!times)                                                                         \
+                    for (int64_t q = 0; q < sizes[0]; q += L_) __builtin_prefetch(x + r * sizes[0] + q, 0, 0); \
+                for (int64_t k = 0; k + 1 < L; ++k)                                                 \
+                    if (spikes[k])                                                                  \
+                        for (int64_t q = 0; q < sizes[k + 1]; q += L_)                              \
+                            __builtin_prefetch(spikes[k] + r * sizes[k + 1] + q, 1, 0);             \
+                __builtin_prefetch(readout + r * sizes[L], 1, 0);                                   \
+            }                                                                                       \
         if (times) {                 /* the inputs of each step, in increasing order (counting sort) */ \
             const T_ *tb = times + b * sizes[0];                                                     \
             for (int64_t t = 0; t <= T + 1; ++t) first[t] = 0;                                       \
