@@ -9,6 +9,7 @@ the batch axis (:class:`SeqWise`); only the neurons loop over time.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Callable, Iterator, NamedTuple, Sequence
 
@@ -16,14 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
-from .functional import LIFState, LIState, NetworkState, last
+from .functional import LIFState, LIState, NetworkState, last, recompute_chunks
 from .kernels import events
 from .kernels._common import hooked
 from .kernels.sparse import SparseInputLinear
 from .neurons import IF, LI, LIF, DelayedState
 
 __all__ = ["SpikingOutput", "SeqWise", "SpikingMLP", "SpikingConvNet", "spikes_per_input", "eval_mode",
-           "layer_by_layer", "recording_v"]
+           "layer_by_layer", "recording_v", "takes_state", "run_in_chunks"]
 
 NeuronFactory = Callable[..., nn.Module]
 
@@ -45,6 +46,47 @@ class SpikingOutput(NamedTuple):
     spikes: tuple[Tensor, ...]
     v: tuple[Tensor, ...]
     state: NetworkState | None = None
+
+
+def takes_state(model: nn.Module) -> bool:
+    """Whether ``model(x_seq, state=...)`` continues a run from a given state (and returns a
+    :class:`SpikingOutput` with the final one), as :class:`SpikingMLP`, :class:`SpikingConvNet` and
+    :class:`~spikegrad.interop.NIRNetwork` do."""
+    try:
+        return "state" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def run_in_chunks(model: nn.Module, x_seq: Tensor, chunk: int) -> SpikingOutput:
+    """``model(x_seq)`` run in chunks of ``chunk`` steps, each under activation checkpointing
+    (:func:`~spikegrad.functional.recompute_chunks`), the state carried from chunk to chunk.
+
+    Between forward and backward only the input, the outputs and one network state per chunk are
+    kept; backward runs each chunk's forward again. What the model keeps for backward (its layers'
+    inputs, membranes, adaptation) then grows with ``chunk`` instead of ``T``, for about one more
+    forward pass. Outputs and gradients are those of ``model(x_seq)`` up to float rounding (random
+    operations such as dropout draw other numbers per chunk than on the whole sequence, and are
+    replayed exactly in backward). ``model`` must take ``state=`` (:func:`takes_state`); without
+    gradients it runs once.
+
+    Args:
+        model: a model ``(x_seq [T, B, ...], state) -> SpikingOutput``. x_seq: ``[T, B, ...]``.
+        chunk: steps per chunk (int > 0).
+    Returns:
+        the :class:`SpikingOutput` of the whole sequence (outputs ``[T, B, ...]``, final state).
+    """
+    if not takes_state(model):
+        raise ValueError(f"run_in_chunks: {type(model).__name__}.forward takes no state argument, so it cannot "
+                         "continue a run chunk by chunk; chunk its neuron layers instead "
+                         "(spikegrad.neurons.set_recompute(model, chunk))")
+
+    def run(x: Tensor, state):
+        out = model(x, state=state)
+        return (out.readout, out.spikes, out.v), out.state
+
+    (readout, spikes, v), state = recompute_chunks(run, x_seq, None, chunk)
+    return SpikingOutput(readout, spikes, v, state)
 
 
 def spikes_per_input(out: SpikingOutput) -> Tensor:

@@ -316,3 +316,60 @@ def test_training_step_runs_the_fused_path(monkeypatch):
         calls.clear()
         train_epoch(model, data, opt, _ReadoutLoss(), progress=False, recompute=chunk)
         assert len(calls) == n, chunk
+
+
+def test_run_in_chunks_equals_one_run_and_keeps_less():
+    """A whole model in chunks: the same outputs, final state and gradients as one call, and less kept
+    for backward (counted with saved-tensor hooks) than one call keeps."""
+    from spikegrad.models import run_in_chunks
+
+    torch.manual_seed(5)
+    model = SpikingMLP([4, 16, 3], recurrent=True, neuron=ALIF).double()
+    x = (torch.rand(40, 2, 4, dtype=torch.float64) < 0.3).double()
+
+    def kept(fn):
+        total = []
+
+        def pack(t):
+            total.append(t.numel() * t.element_size())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn()
+        return out, sum(total)
+
+    ref, ref_bytes = kept(lambda: model(x))
+    got, got_bytes = kept(lambda: run_in_chunks(model, x, 8))
+    for a, b in zip([got.readout, *got.spikes, *got.v], [ref.readout, *ref.spikes, *ref.v]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(state_leaves(got.state), state_leaves(ref.state)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    g_ref = torch.autograd.grad(ref.readout.square().sum(), list(model.parameters()))
+    g_got = torch.autograd.grad(got.readout.square().sum(), list(model.parameters()))
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert got_bytes < ref_bytes / 2
+    with pytest.raises(ValueError, match="takes no state"):
+        run_in_chunks(nn.Linear(4, 3), x, 8)
+
+
+def state_leaves(tree):
+    """The tensors of a nested state, in order."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [t for sub in tree for t in state_leaves(sub)]
+    return []
+
+
+def test_train_epoch_chunks_a_stateful_model_whole(monkeypatch):
+    """train_epoch with recompute runs a model that takes state= in chunks (run_in_chunks), not its layers."""
+    import spikegrad.training.loop as loop
+
+    calls = []
+    real = loop.run_in_chunks
+    monkeypatch.setattr(loop, "run_in_chunks", lambda m, x, k: calls.append(k) or real(m, x, k))
+    model = SpikingMLP([4, 8, 3], recurrent=True, neuron=ALIF, record_v=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [(x.transpose(0, 1), y) for x, y in _data()]
+    train_epoch(model, data, opt, _ReadoutLoss(), progress=False, recompute=7)
+    assert calls == [7]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader eagerly
 
 from .. import checks
-from ..models import SpikingOutput, eval_mode, recording_v, spikes_per_input
+from ..models import SpikingOutput, eval_mode, recording_v, run_in_chunks, spikes_per_input, takes_state
 from ..neurons import recomputing
 from . import distributed as _dist
 from .checkpoints import (CHECKPOINT_VERSION, ResumeError, _nonfinite_names, _resume, _rng_state, _set_rng_state,
@@ -99,9 +99,12 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         grad_clip: maximum gradient norm, > 0 (None: no clipping).
         should_stop: polled before every batch; when it returns True the epoch stops there.
         precision: "fp32" or "bf16" (forward pass and loss under ``torch.autocast`` to bfloat16).
-        recompute: steps per chunk of time-chunked recomputation of the neuron layers for this epoch
-            (:func:`~spikegrad.neurons.set_recompute`: memory for backward grows with ``T / recompute``
-            instead of ``T``, same gradients, about one more forward pass of the neurons); None: off.
+        recompute: steps per chunk of time-chunked recomputation for this epoch; None: off. A model
+            that takes ``state=`` (:func:`~spikegrad.models.takes_state`) runs whole in chunks
+            (:func:`~spikegrad.models.run_in_chunks`: what it keeps for backward grows with
+            ``T / recompute`` instead of ``T``); any other model, and every model in a distributed
+            run, chunks its neuron layers (:func:`~spikegrad.neurons.set_recompute`). Same gradients
+            up to rounding, for about one more forward pass.
     In a distributed run (``model`` wrapped in DDP, see :mod:`~spikegrad.training.distributed`) the
     stop request and the finiteness check are agreed by all processes at every batch (one
     all-reduce), the sharpener sees the global-batch loss, and the returned metrics are over all
@@ -119,6 +122,9 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     t = dict(totals) if totals else {"n": 0.0, "loss_sum": 0.0, "correct": 0.0, "spike_sum": 0.0, "spiking": False}
     params = [p for p in model.parameters() if p.requires_grad]
     watch = _StateWatch(model)
+    # recomputation: the whole model in chunks where it carries its state (memory ~ T / recompute),
+    # else (no state argument, or DDP's one forward per step) its neuron layers
+    whole = recompute is not None and not sync and takes_state(model)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=_progress(progress), dynamic_ncols=True)
     try:
         for k, batch in enumerate(bar):
@@ -131,8 +137,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             x, y = _pair(batch, "train")
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x_seq = _encode(encoder, x, generator)
-            with _precision(precision, device), recomputing(model, recompute):
-                out = model(x_seq)
+            with _precision(precision, device), recomputing(model, None if whole else recompute):
+                out = run_in_chunks(model, x_seq, recompute) if whole else model(x_seq)
                 loss = loss_fn(out, y)
                 total = loss + _regularization(regularizers, out)
             ok = torch.isfinite(total.detach())
