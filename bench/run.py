@@ -468,7 +468,9 @@ def main(argv=None) -> None:
                     help="all: CPU workloads, plus the GPU ones when CUDA is available")
     ap.add_argument("--only", default=None,
                     help="run the workloads whose name starts with this (lif, linear, mnist16, recurrent)")
-    ap.add_argument("--variant", default=None, help="run the variants whose name contains this (e.g. spikegrad/native)")
+    ap.add_argument("--variant", default=None,
+                    help="run the variants whose name contains one of these comma-separated strings "
+                         "(e.g. 'spikegrad/native,learn_tau')")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every row")
     ap.add_argument("--quick", action="store_true", help="3 repeats per row")
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds per row")
@@ -491,7 +493,7 @@ def main(argv=None) -> None:
         devices = ["cuda"]
     rows = [r for d in devices for r in make_rows(d, args.only)]
     if args.variant:
-        rows = [r for r in rows if args.variant in r["variant"]]
+        rows = [r for r in rows if any(v in r["variant"] for v in args.variant.split(","))]
     t0 = time.time()
     load0 = os.getloadavg()
     results = []
