@@ -7,8 +7,8 @@ independent reference computed by the same public API), bit for bit on CPU.
 import functools
 import logging
 import math
-import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -72,6 +72,13 @@ def assert_same_weights(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
 
 
+def _signal_main_thread(sig) -> None:
+    """Send ``sig`` to this process's main thread. A signal sent to the process (``os.kill``) can land
+    on a worker thread (OpenMP's), and then the main thread may run the Python handler only after a
+    second signal sent right after it: two pending signals of one kind run the handler once."""
+    signal.pthread_kill(threading.main_thread().ident, sig)
+
+
 class SignalAt:
     """Loss that sends ``sig`` to this process on its ``at``-th training call (after the encoder drew)."""
 
@@ -82,7 +89,7 @@ class SignalAt:
         if torch.is_grad_enabled():
             self.calls += 1
             if self.calls == self.at:
-                os.kill(os.getpid(), self.sig)
+                _signal_main_thread(self.sig)
         return self.inner(out, y)
 
     def predict(self, out):
@@ -99,7 +106,7 @@ class SignalOnPass:
         self.passes += 1
         for k, batch in enumerate(self.loader):
             if self.passes == self.on_pass and k == self.at:
-                os.kill(os.getpid(), self.sig)
+                _signal_main_thread(self.sig)
             yield batch
 
 
@@ -169,7 +176,7 @@ def test_interrupt_at_each_phase_saves_a_checkpoint_that_resumes_exactly(tmp_pat
         def save(obj, f, *a, **k):  # the signal arrives while last.pt of epoch 2 is being written
             calls.append(f)
             if len(calls) == 3:
-                os.kill(os.getpid(), sig)
+                _signal_main_thread(sig)
             return real_save(obj, f, *a, **k)
 
         monkeypatch.setattr(torch, "save", save)
@@ -189,7 +196,7 @@ def test_second_signal_stops_at_once_without_writing(tmp_path, caplog):
     class Twice(SignalAt):
         def __call__(self, out, y):
             if torch.is_grad_enabled() and self.calls + 1 == self.at:
-                os.kill(os.getpid(), self.sig)  # the first one, then the second below
+                _signal_main_thread(self.sig)  # the first one, then the second below
             return super().__call__(out, y)
 
     with pytest.raises(KeyboardInterrupt):
