@@ -11,6 +11,10 @@ It uses only the public conversion API, so the same script times another checkou
 on the same machine::
 
     python bench/conversion_speed.py --data-root DIR --threads 1 --n-test 10000 --out new.json
+
+The output names the CPU and the cache sizes the kernels were sized for (``cache_sizes``; set
+``SPIKEGRAD_CACHE_SIZES=l2=256K,l3=2M`` to run with the sizes of a smaller-cache CPU), and the
+process CPU time next to the wall time (a busy machine shows as the difference).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ retain_freed_memory()  # as train.py: reuse freed tensor memory (before torch al
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import platform  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -63,16 +68,35 @@ def main() -> None:
     snn = ann_to_snn(ann, [(x[:10000], y[:10000])], percentile=99.9)
     n = args.n_test
     batches = [(xt[k:k + args.batch], yt[k:k + args.batch]) for k in range(0, n, args.batch)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = simulate(snn, batches, args.T)
-    seconds = time.perf_counter() - t0
-    out = {"spikegrad": getattr(spikegrad, "__version__", "0.1.0"), "threads": args.threads, "T": args.T,
-           "n_test": res.n_inputs, "seconds": seconds, "image_steps_per_second": res.n_inputs * args.T / seconds,
-           "snn_accuracy": res.accuracy, "firing_rates": res.firing_rates}
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    out = {"spikegrad": getattr(spikegrad, "__version__", "0.1.0"), "cpu": _cpu_model(), "cache_sizes": _cache_sizes(),
+           "threads": args.threads, "T": args.T, "n_test": res.n_inputs, "seconds": seconds, "cpu_seconds": cpu_seconds,
+           "image_steps_per_second": res.n_inputs * args.T / seconds, "snn_accuracy": res.accuracy,
+           "firing_rates": res.firing_rates}
     print(json.dumps(out, indent=2))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _cache_sizes() -> dict | None:
+    """The cache sizes the kernels are sized for (None: a spikegrad that does not size them)."""
+    try:
+        from spikegrad.kernels.cpuinfo import cache_sizes
+    except ImportError:
+        return None
+    return cache_sizes()._asdict()
 
 
 if __name__ == "__main__":

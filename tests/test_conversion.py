@@ -388,6 +388,30 @@ def test_simulation_equals_a_per_step_reference(make, shape, reset, chunk, synap
     torch.testing.assert_close(res.readout, readout, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.skipif(not native_kernels(), reason="needs the C kernels (a C compiler)")
+def test_cache_sizes_change_the_schedule_not_the_result(monkeypatch):
+    from spikegrad.conversion import executor
+    from spikegrad.kernels import events
+    from spikegrad.kernels.cpuinfo import ENV
+
+    model = randomize_bn(LeNet(image_size=16, channels=(4, 8), kernel_size=3, hidden=40)).eval()
+    x = torch.rand(5, 1, 16, 16)
+    snn = ann_to_snn(model, x, synapses="event")
+    runs, pieces = [], []
+    for sizes in ("l2=1K,l3=1K", "l2=64M,l3=1G"):  # the smallest pieces of work, then the largest
+        monkeypatch.setenv(ENV, sizes)
+        pieces.append((events.linear_block(32, 40, 4), events.linear_group(32, 4), events.pool_band(14, 4, 2, 4),
+                       executor.chunk_budget(4)))
+        runs.append(snn.run(x, 37))
+    # fc1 in blocks of 1 vector one row at a time / one block of 3 vectors, 256 rows at a time; the
+    # fused first layer (14 x 14 x 4, 7 pooled rows) in bands of 1 row / whole images
+    assert pieces[0] == (16, 1, 1, executor.MIN_CHUNK_BYTES // 4)
+    assert pieces[1][:2] == (48, 256) and pieces[1][2] >= 7 and pieces[1][3] == executor.MAX_CHUNK_BYTES // 4
+    assert torch.equal(runs[0].readout, runs[1].readout)
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].spike_counts, runs[1].spike_counts))
+    assert sum(float(c.sum()) for c in runs[0].spike_counts) > 0
+
+
 @pytest.mark.parametrize("gate", ["fir", "avg", "exp"])
 def test_maxpool_gates_equal_a_per_step_reference(gate, monkeypatch):
     import spikegrad.conversion.snn as snn_module

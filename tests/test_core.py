@@ -245,7 +245,7 @@ ORDER = (
 # Inside kernels/, bottom up: shared preparation, the kernels, the custom operators and the event
 # paths over them, the sparse input layer over its operator, the backend choice (__init__).
 KERNEL_ORDER = (
-    ("_common", "linear", "build"),
+    ("_common", "linear", "build", "cpuinfo"),
     ("native", "cpu", "triton_lif", "recurrent"),
     ("ops", "events"),
     ("sparse",),

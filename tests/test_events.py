@@ -22,17 +22,27 @@ def sparse(shape, rate, dtype, binary, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("K,N", [(5, 10), (64, 64), (130, 70), (100, 200)])
-def test_event_linear_sums_in_order_bit_for_bit(dtype, binary, K, N):
-    x = sparse((45, K), 0.2, dtype, binary)  # 45 rows: a group of 32 and a partial one
+@pytest.mark.parametrize("vectors,group", [(None, None), (1, 1), (2, 7), (4, 32), (4, 300)])  # None: the caches'
+def test_event_linear_sums_in_order_bit_for_bit(dtype, binary, K, N, vectors, group):
+    x = sparse((45, K), 0.2, dtype, binary)  # 45 rows: whole groups and a partial one
     x[3] = 0                                  # a row without events: the bias
     g = torch.Generator().manual_seed(1)
     w, b = torch.randn(N, K, generator=g, dtype=dtype), torch.randn(N, generator=g, dtype=dtype)
-    y = events.event_linear(x, events.linear_table(w, b), N, binary)
+    block = vectors and vectors * events.VECTOR_BYTES // w.element_size()
+    table = events.linear_table(w, b, block)
+    assert table[0].shape[1:] == (K, block or table[0].shape[2]) and table[0].shape[0] * table[0].shape[2] >= N
+    y = events.event_linear(x, table, N, binary, group)
     assert torch.equal(y, linear_in_order(x, w, b))
     assert torch.equal(y[3], b)
     torch.testing.assert_close(y, F.linear(x, w, b))
-    y0 = events.event_linear(x, events.linear_table(w, None), N, binary)
+    y0 = events.event_linear(x, events.linear_table(w, None, block), N, binary, group)
     assert torch.equal(y0, linear_in_order(x, w, torch.zeros_like(b)))
+
+
+def test_event_linear_refuses_a_table_of_other_weights():
+    w = torch.randn(20, 8)
+    with pytest.raises(ValueError, match="make them with linear_table"):
+        events.event_linear(torch.rand(3, 9), events.linear_table(w, None), 20)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -62,8 +72,9 @@ def test_conv_geometry_refuses_what_the_kernel_cannot_run():
 @pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
 @pytest.mark.parametrize("held", [True, False])
 @pytest.mark.parametrize("kernel,stride,hw", [((2, 2), (2, 2), (8, 8)), ((3, 3), (2, 2), (9, 7)),
-                                              ((2, 3), (1, 2), (5, 8))])
-def test_if_maxpool_equals_the_IF_layer_and_spike_max_pool(dtype, reset, held, kernel, stride, hw):
+                                              ((2, 3), (1, 2), (5, 8)), ((2, 2), (3, 2), (10, 8))])
+@pytest.mark.parametrize("band", [None, 1, 2])  # output rows per band (None: the caches'), where stride >= kernel
+def test_if_maxpool_equals_the_IF_layer_and_spike_max_pool(dtype, reset, held, kernel, stride, hw, band):
     B, C, K = 3, 5, 9
     g = torch.Generator().manual_seed(3)
     x = (torch.rand((1 if held else K) * B, C, *hw, generator=g, dtype=dtype) * 0.9 - 0.1)
@@ -82,10 +93,44 @@ def test_if_maxpool_equals_the_IF_layer_and_spike_max_pool(dtype, reset, held, k
         return t.clone().contiguous(memory_format=torch.channels_last)
     v, count, s = cl(v0), cl(count0), cl(torch.full_like(v0, 7.0))
     th, v_reset = float(layer.v_th), float(layer.v_reset)  # the layer's (float32) constants
-    pooled = events.if_maxpool(x, v, count, s, K, th, reset, v_reset, kernel, stride)
+    pooled = events.if_maxpool(x, v, count, s, K, th, reset, v_reset, kernel, stride, band)
     assert pooled.shape == (K * B, *want.shape[2:]) and bool(want.sum() > 0)
     assert torch.equal(pooled.view_as(want), want)
     assert torch.equal(v, st.v) and torch.equal(count, counts[-1]) and torch.equal(s, spikes[-1])
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and f" {flag} " in f"{line.rstrip()} " for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [("-mavx2",), ()])  # the AVX2 kernels, the SSE2 (or the machine's baseline) ones
+def test_every_vector_width_sums_in_order_bit_for_bit(flags, monkeypatch, tmp_path):
+    # a library built for one vector width (no run-time choice): the same bits as the slow references
+    import spikegrad.kernels.native as native
+
+    if flags and not (_cpu_has("avx2") and __import__("platform").machine() == "x86_64"):
+        pytest.skip("needs an x86-64 CPU with AVX2")
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("SPIKEGRAD_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "OPENMP", ("-fopenmp", "-DSPIKEGRAD_NO_CLONES", *flags))
+    assert native.available() and native.load().spikegrad_openmp() == 1  # built with these flags
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(5)
+        w, b = torch.randn(70, 130, generator=g, dtype=dtype), torch.randn(70, generator=g, dtype=dtype)
+        for binary in (True, False):
+            x = sparse((45, 130), 0.2, dtype, binary)
+            for block in (None, 64 // w.element_size(), 256 // w.element_size()):
+                y = events.event_linear(x, events.linear_table(w, b, block), 70, binary, group=7)
+                assert torch.equal(y, linear_in_order(x, w, b))
+            xc = sparse((3, 6, 7, 8), 0.15, dtype, binary).contiguous(memory_format=torch.channels_last)
+            wc = torch.randn(70, 6, 3, 3, generator=g, dtype=dtype)
+            y = events.event_conv2d(xc, events.conv2d_table(wc, b), 70, (3, 3), (1, 1), (1, 1), (1, 1), binary)
+            assert torch.equal(y, conv_in_order(xc, wc, b, 1, 1, 1))
 
 
 def test_if_maxpool_refuses_bad_state_and_input():

@@ -9,13 +9,15 @@ it, calling the network's node methods:
   run fused with the count-gated max-pool that is their only target (:func:`fusable_pools`);
 * *chunks* of ``K`` steps (time folded into the batch axis, step-major) so that each node runs once
   per chunk, and for :func:`run` *tiles* of images, so that each layer's state stays in cache over a
-  chunk (:func:`tiling`); the widest time-varying value of a chunk stays under ``chunk_elements``;
+  chunk (:func:`tiling`); the widest time-varying value of a chunk stays under ``chunk_elements``,
+  by default sized from the CPU's L3 (:func:`chunk_budget`);
 * time-invariant values (constant analog input) computed once per tile.
 
 The network passes its memory budget (``spikegrad.conversion.snn.CHUNK_ELEMENTS``, ``CHUNK_STEPS``)
-on every call. The functions take the network as ``net`` and read its node tables (``shapes``,
-``_slot``, ``_static``, ``_binary``, ``_gained``, ``_fused_pool``, ...); this module imports nothing
-from :mod:`.snn`, which imports it.
+on every call; the kernels size their own pieces of work to the caches
+(:mod:`spikegrad.kernels.events`). The functions take the network as ``net`` and read its node
+tables (``shapes``, ``_slot``, ``_static``, ``_binary``, ``_gained``, ``_fused_pool``, ...); this
+module imports nothing from :mod:`.snn`, which imports it.
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels import events
+from ..kernels.cpuinfo import cache_sizes
 from .graph import SYNAPTIC, Node, Program, apply_stateless, eval_call, gained
 
-__all__ = ["EventPlan", "fusable_pools", "event_plan", "chunk_steps", "tiling", "run", "forward"]
+__all__ = ["EventPlan", "fusable_pools", "event_plan", "chunk_budget", "chunk_steps", "tiling", "run", "forward"]
+
+# Bounds of chunk_budget, bytes. Below 16 MiB the Python work of a chunk (about 0.7 ms for the
+# convert_mnist LeNet) costs more than keeping its values in the L3 saves (bench/RESULTS.md)
+MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 16 << 20, 64 << 20
 
 
 class EventPlan(NamedTuple):
@@ -91,6 +98,16 @@ def _plain_if(net: nn.Module, slot: int) -> tuple[float, float] | None:
 
 
 # ---------------------------------------------------------------------------- chunks and tiles
+def chunk_budget(element_size: int, threads: int | None = None, l3: int | None = None) -> int:
+    """Elements of the widest value of one chunk: a quarter of the L3 that ``threads`` threads
+    (default PyTorch's) can count on (``l3`` bytes per CPU, default
+    :func:`~spikegrad.kernels.cpuinfo.cache_sizes`), so that a node's input and output values of
+    a chunk stay in the L3 together, within ``[MIN_CHUNK_BYTES, MAX_CHUNK_BYTES]``."""
+    l3 = cache_sizes().l3 if l3 is None else l3
+    share = l3 * (threads or torch.get_num_threads()) // 4
+    return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, share)) // element_size
+
+
 def chunk_steps(net: nn.Module, batch: int, static: list[bool], hidden: set[int], chunk_elements: int) -> int:
     """Steps simulated at once: every dynamic node's ``[K * B, ...]`` value (but the ``hidden``
     ones, never materialised) stays under ``chunk_elements`` elements."""
@@ -117,8 +134,9 @@ def tiling(net: nn.Module, batch: int, T: int, hidden: set[int], chunk_elements:
 
 # ---------------------------------------------------------------------------- running the plan
 def run(net: nn.Module, x: Tensor, T: int, generator: torch.Generator | None, count_ops: bool,
-        chunk_elements: int, max_steps: int) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
-    """``T`` steps of the images ``x [B, ...]`` (checked by ``SpikingNetwork.run``), without gradients.
+        chunk_elements: int | None, max_steps: int) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
+    """``T`` steps of the images ``x [B, ...]`` (checked by ``SpikingNetwork.run``), without gradients;
+    ``chunk_elements`` None: :func:`chunk_budget`.
 
     Returns:
         ``(readout [T, B, C], spike counts per IF layer [B, *shape], synops [T, L] float64 or None)``.
@@ -126,7 +144,8 @@ def run(net: nn.Module, x: Tensor, T: int, generator: torch.Generator | None, co
     with torch.no_grad():
         nodes = net.nodes()
         plan = event_plan(net, nodes, x)
-        K, tile = tiling(net, len(x), T, set(plan.fused), chunk_elements, max_steps)
+        K, tile = tiling(net, len(x), T, set(plan.fused), chunk_elements or chunk_budget(x.element_size()),
+                         max_steps)
         readout = torch.empty((T, len(x), *net.shapes[net.out]), device=x.device, dtype=x.dtype)
         synops = torch.zeros(T, len(net.synaptic), dtype=torch.float64, device=x.device) if count_ops else None
         counts = [_run_tile(net, nodes, plan, x[b:b + tile], T, K, generator, readout[:, b:b + tile], synops)
@@ -169,9 +188,10 @@ def _run_tile(net: nn.Module, nodes: list[Node], plan: EventPlan, x: Tensor, T: 
 
 
 def forward(net: nn.Module, x_seq: Tensor, state: NamedTuple, generator: torch.Generator | None,
-            chunk_elements: int) -> tuple[Tensor, NamedTuple]:
+            chunk_elements: int | None) -> tuple[Tensor, NamedTuple]:
     """``T`` steps of the inputs ``x_seq [T, B, ...]`` (checked by ``SpikingNetwork.forward``) from
-    ``state`` (not modified), without gradients: ``(readout [T, B, C], new state)``."""
+    ``state`` (not modified), without gradients: ``(readout [T, B, C], new state)``;
+    ``chunk_elements`` None: :func:`chunk_budget`."""
     with torch.no_grad():
         st = working_copy(state)
         nodes = net.nodes()
@@ -179,7 +199,7 @@ def forward(net: nn.Module, x_seq: Tensor, state: NamedTuple, generator: torch.G
         T, B = x_seq.shape[:2]
         static = [False] * len(nodes)  # every step's input is given
         plan = event_plan(net, nodes, x_seq)
-        K = chunk_steps(net, B, static, set(plan.fused), chunk_elements)
+        K = chunk_steps(net, B, static, set(plan.fused), chunk_elements or chunk_budget(x_seq.element_size()))
         outs = []
         for t0 in range(0, T, K):
             chunk = x_seq[t0:t0 + K]

@@ -84,9 +84,9 @@ SYNAPSES = ("auto", "event", "dense")
 
 
 # The memory budget run() and forward() hand to the executor on every call (read here at each call).
-# Elements of the widest [K * B, ...] value of one chunk of steps: 16 MiB in float32, which glibc
-# serves from the heap when spikegrad.malloc.retain_freed_memory is on (no page faults per chunk)
-CHUNK_ELEMENTS = 1 << 22
+# Elements of the widest [K * B, ...] value of one chunk of steps; None: sized from the CPU's L3
+# (executor.chunk_budget, 4-64 MiB), an int forces it
+CHUNK_ELEMENTS: int | None = None
 CHUNK_STEPS = 16  # SpikingNetwork.run splits a batch into tiles of images rather than run fewer steps at once
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 __all__ = ["SOURCES", "ABI", "FLAGS", "OPENMP", "cache_dir", "library_path", "load_library"]
 
 SOURCES = (Path(__file__).with_name("lif.c"), Path(__file__).with_name("events.c"))  # one library
-ABI = 11  # lif.c's spikegrad_lif_abi()
+ABI = 12  # lif.c's spikegrad_lif_abi()
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")
@@ -79,7 +79,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         sur.argtypes = [i64, p, p, c_int, real]
         sur.restype = None
         lin = getattr(lib, f"event_linear_{suffix}")
-        lin.argtypes = [i64, i64, c_int] + [i64] * 3 + [p] * 4 + [c_int]
+        lin.argtypes = [i64, i64, c_int] + [i64] * 4 + [p] * 4 + [c_int]
         lin.restype = None
         conv = getattr(lib, f"event_conv2d_{suffix}")
         conv.argtypes = [i64, i64, c_int] + [i64] * 15 + [p] * 4 + [c_int]
@@ -88,7 +88,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         mlp.argtypes = [i64, i64, c_int] + [i64] * 3 + [p] * 12
         mlp.restype = None
         pool = getattr(lib, f"if_maxpool_{suffix}")
-        pool.argtypes = [i64, i64, c_int] + [i64] * 5 + [p, i64, p, p, p, real, real, c_int] + [i64] * 6 + [p]
+        pool.argtypes = [i64, i64, c_int] + [i64] * 5 + [p, i64, p, p, p, real, real, c_int] + [i64] * 7 + [p]
         pool.restype = None
     lib.spikegrad_openmp.restype = c_int
 

@@ -9,16 +9,21 @@
  * and adds x * w for every non-zero input x that reaches it (just w for binary input, where the
  * product is exact), in a fixed order: for Linear the inputs in increasing index; for Conv2d the
  * kernel positions (ky, kx) in row-major order, then the input channels in increasing order. The
- * weights come as one row per input element ([K, Np] for Linear; [C, KH, KW, Np] for Conv2d),
- * zero-padded to Np outputs, a multiple of the vector width. The file is compiled without fused
- * multiply-adds (-ffp-contract=off), so a slow loop in the same order gives the same bits.
+ * weights come as one row per input element, zero-padded to Np outputs, a multiple of UNIT bytes:
+ * [C, KH, KW, Np] for Conv2d; for Linear in blocks of BW outputs, [Np / BW, K, BW], so that the
+ * weights of one block of outputs are one contiguous piece. The caller sizes the blocks, the
+ * groups of Linear rows and the bands of the fused layer to the CPU's caches
+ * (spikegrad/kernels/events.py); they change the order of the work, not of the additions. The
+ * synapse kernels are compiled for each vector width (on x86-64 Linux: AVX-512, AVX2 and SSE2) and
+ * run the widest the CPU has. The file is compiled without fused multiply-adds (-ffp-contract=off),
+ * so a slow loop in the same order gives the same bits.
  *
  * The fused layer runs integrate-and-fire neurons (threshold th; u = v + x; spike iff u - th > 0;
  * then v = u - th, v_reset or u for the reset modes subtract, zero, none; as lif.c with decays
  * 1 and 0) and their count-gated spiking max-pool (spikegrad.conversion.spike_max_pool2d: in each
  * window, the input with the most spikes before this step passes its spike, ties going to an input
- * that spikes now) over K steps, image by image, so the membranes and counts of one image stay in
- * cache and the layer's spikes are never written out.
+ * that spikes now) over K steps, image by image (or band of rows by band of rows), so the
+ * membranes and counts stay in cache and the layer's spikes are never written out.
  */
 
 #include <stdint.h>
@@ -39,10 +44,9 @@ int spikegrad_num_threads(void);
 
 #define RESET_SUBTRACT 0
 #define RESET_ZERO 1
-#define VBYTES 64 /* bytes per vector: one AVX-512 register, two AVX2 or four SSE registers */
-#define GROUP 32  /* rows of a Linear input per pass over the weights */
+#define UNIT 64   /* bytes: weight rows are padded to a multiple of it; a Linear block is 1-4 of them */
 
-#define VLOAD(SFX, p) (*(const vec_##SFX *)(p))
+#define VLOAD(V, p) (*(const V *)(p))
 
 #if defined(__GNUC__)
 #define CTZ64(m) __builtin_ctzll(m)
@@ -50,52 +54,75 @@ int spikegrad_num_threads(void);
 static inline int CTZ64(uint64_t m) { int k = 0; while (!(m & 1)) { m >>= 1; ++k; } return k; }
 #endif
 
-/* One block of up to four vectors of outputs out[o : o + 4L] (of n), inside a kernel with `out`,
- * `o`, `n`, `bias` and `binary` in scope: start at the bias, add events, store. */
-#define BLOCK_BEGIN(SFX)                                                                             \
+/* The synapse kernels hold up to NA = 4 vectors of outputs in registers (a0..a3), of the CPU's own
+ * width VB (64 bytes with AVX-512, 32 with AVX2, 16 else: a vector wider than the registers would
+ * live in memory), so a block of up to 4 UNIT bytes of outputs takes 4 UNIT / (NA VB) passes. */
+#define NACC 4
+#define EACH_ACC(M) M(0) M(1) M(2) M(3)
+#define ACC_LOAD_(k) if ((k) > 0 && nv > (k)) a##k = VLOAD(V_, bias + o + (k) * L);
+#define ACC_ADD_(k) if ((k) == 0 || nv > (k)) a##k += VLOAD(V_, q_ + (k) * L);
+#define ACC_MULADD_(k) if ((k) == 0 || nv > (k)) a##k += x_ * VLOAD(V_, q_ + (k) * L);
+#define ACC_STORE_(k) memcpy(tmp_ + (k) * L, &a##k, sizeof(V_));
+
+/* One block of up to MAXV (<= NA) vectors of outputs out[o : o + MAXV L] (of n), inside a kernel
+ * with `out`, `o`, `n`, `bias`, `binary`, the element type E_, the vector type V_ and the enum
+ * constant L (elements per vector) in scope: start at the bias, add events, store. */
+#define BLOCK_BEGIN(MAXV)                                                                            \
     const int64_t rem_ = (n - o + L - 1) / L;                                                        \
-    const int nv = rem_ >= 4 ? 4 : (int)rem_;                                                        \
-    vec_##SFX a0 = VLOAD(SFX, bias + o), a1 = a0, a2 = a0, a3 = a0;                                  \
-    if (nv > 1) a1 = VLOAD(SFX, bias + o + L);                                                       \
-    if (nv > 2) a2 = VLOAD(SFX, bias + o + 2 * L);                                                   \
-    if (nv > 3) a3 = VLOAD(SFX, bias + o + 3 * L)
+    const int nv = rem_ >= (MAXV) ? (int)(MAXV) : (int)rem_;                                         \
+    V_ a0 = VLOAD(V_, bias + o), a1 = a0, a2 = a0, a3 = a0;                                          \
+    EACH_ACC(ACC_LOAD_)
 
 /* a += x * w[q : q + nv L] (just w when binary: the product with 1 is exact) */
-#define ADD_EVENT(T_, SFX, q, xv)                                                                    \
+#define ADD_EVENT(q, xv)                                                                             \
     do {                                                                                             \
-        const T_ *q_ = (q);                                                                          \
+        const E_ *q_ = (q);                                                                          \
         if (binary) {                                                                                \
-            a0 += VLOAD(SFX, q_);                                                                    \
-            if (nv > 1) a1 += VLOAD(SFX, q_ + L);                                                    \
-            if (nv > 2) a2 += VLOAD(SFX, q_ + 2 * L);                                                \
-            if (nv > 3) a3 += VLOAD(SFX, q_ + 3 * L);                                                \
+            EACH_ACC(ACC_ADD_)                                                                       \
         } else {                                                                                     \
-            const vec_##SFX x_ = (vec_##SFX){0} + (xv);                                              \
-            a0 += x_ * VLOAD(SFX, q_);                                                               \
-            if (nv > 1) a1 += x_ * VLOAD(SFX, q_ + L);                                               \
-            if (nv > 2) a2 += x_ * VLOAD(SFX, q_ + 2 * L);                                           \
-            if (nv > 3) a3 += x_ * VLOAD(SFX, q_ + 3 * L);                                           \
+            const V_ x_ = (V_){0} + (xv);                                                            \
+            EACH_ACC(ACC_MULADD_)                                                                    \
         }                                                                                            \
     } while (0)
 
-#define BLOCK_END(T_, SFX)                                                                           \
+#define BLOCK_END()                                                                                  \
     do {                                                                                             \
-        T_ tmp_[4 * L];                                                                              \
-        memcpy(tmp_, &a0, VBYTES); memcpy(tmp_ + L, &a1, VBYTES);                                    \
-        memcpy(tmp_ + 2 * L, &a2, VBYTES); memcpy(tmp_ + 3 * L, &a3, VBYTES);                        \
-        memcpy(out + o, tmp_, (size_t)((n - o < 4 * L ? n - o : 4 * L) * (int64_t)sizeof(bias[0]))); \
+        E_ tmp_[NA * L];                                                                             \
+        EACH_ACC(ACC_STORE_)                                                                         \
+        memcpy(out + o, tmp_, (size_t)((n - o < nv * L ? n - o : nv * L) * (int64_t)sizeof(E_)));   \
     } while (0)
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(SPIKEGRAD_NO_CLONES)
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define VARIANTS 1
+/* The widest vectors of this CPU, bytes: the synapse kernels' variant to run. */
+static int vector_bytes(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? 64 : (__builtin_cpu_supports("avx2") ? 32 : 16);
+}
+#define PICK(PART, ...)                                                                              \
+    do {                                                                                             \
+        const int vb_ = vector_bytes();                                                              \
+        if (vb_ == 64) PART##_w(__VA_ARGS__);                                                        \
+        else if (vb_ == 32) PART##_m(__VA_ARGS__);                                                   \
+        else PART##_n(__VA_ARGS__);                                                                  \
+    } while (0)
 #else
 #define CLONES
+#define VARIANTS 0
+#define PICK(PART, ...) PART##_n(__VA_ARGS__)
+#endif
+#if defined(__AVX512F__)   /* the compiler's own target: the one variant without VARIANTS */
+#define NATIVE_VB 64
+#elif defined(__AVX__)
+#define NATIVE_VB 32
+#else
+#define NATIVE_VB 16
 #endif
 
-#define DEFINE_EVENTS(T_, SFX)                                                                       \
+#define DEFINE_BITS(T_, SFX)                                                                         \
                                                                                                      \
-/* a vector of T_ that may sit at any T_ address and alias T_ arrays: a plain load or store */       \
-typedef T_ vec_##SFX __attribute__((vector_size(VBYTES), aligned(sizeof(T_)), may_alias));           \
 /* The bits of the non-zeros among x[0:n] (n <= 64), bit k for x[k]: branch-free. */                 \
 static inline __attribute__((always_inline)) uint64_t nonzero_bits_##SFX(const T_ *restrict x, int64_t n) \
 {                                                                                                    \
@@ -106,20 +133,29 @@ static inline __attribute__((always_inline)) uint64_t nonzero_bits_##SFX(const T
     for (int64_t k = 0; k < n; ++k) m |= (uint64_t)(x[k] != 0) << k;                                 \
     return m;                                                                                        \
 }                                                                                                    \
+
+#define DEFINE_SYNAPSES(T_, SFX, V, VB, TGT)                                                         \
                                                                                                      \
-/* y[r] = bias + x[r] @ wt for the rows r0 <= r < r1 of x [R, K]; wt [K, Np], bias [Np], y [R, N].   \
- * Rows go in groups of GROUP: each block of outputs is summed for the whole group before the next,  \
- * so that block's weights stay in cache. */                                                         \
-CLONES static void event_linear_part_##SFX(int64_t r0, int64_t r1, int64_t K, int64_t N, int64_t Np,             \
-                               const T_ *x, const T_ *wt, const T_ *bias, T_ *y, int binary)         \
+/* a vector of VB bytes of T_ that may sit at any T_ address and alias T_ arrays: a plain load or store */ \
+typedef T_ vec_##SFX##_##V __attribute__((vector_size(VB), aligned(sizeof(T_)), may_alias));         \
+                                                                                                     \
+/* y[r] = bias + x[r] @ w for the rows r0 <= r < r1 of x [R, K], the weights w [K, N] stored as      \
+ * wt [Np / BW, K, BW] (BW: a multiple of UNIT / sizeof(T_), at most 4 UNIT / sizeof(T_); Np: N      \
+ * padded to a multiple of BW), bias [Np], y [R, N]. Rows go in groups of `group`: each block of BW  \
+ * outputs is summed for the whole group before the next, so that block's K x BW weights stay in     \
+ * cache; off/val hold the group's events. A block takes BW / (NA L) passes over a row's events. */  \
+TGT static void event_linear_part_##SFX##_##V(int64_t r0, int64_t r1, int64_t K, int64_t N, int64_t BW, \
+                               int64_t group, const T_ *x, const T_ *wt, const T_ *bias, T_ *y, int binary) \
 {                                                                                                    \
-    enum { L = VBYTES / sizeof(T_) };                                                                \
-    const int64_t cap = GROUP * (K > 0 ? K : 1);                                                     \
-    int64_t *off = malloc((size_t)cap * sizeof(int64_t)), first[GROUP + 1];                          \
+    typedef T_ E_;                                                                                   \
+    typedef vec_##SFX##_##V V_;                                                                      \
+    enum { L = VB / sizeof(T_), NA = NACC };                                                     \
+    const int64_t cap = group * (K > 0 ? K : 1);                                                     \
+    int64_t *off = malloc((size_t)cap * sizeof(int64_t)), *first = malloc((size_t)(group + 1) * sizeof(int64_t)); \
     T_ *val = malloc((size_t)cap * sizeof(T_));                                                      \
-    if (!off || !val) { free(off); free(val); return; }                                              \
-    for (int64_t g = r0; g < r1; g += GROUP) {                                                       \
-        const int64_t rows = r1 - g < GROUP ? r1 - g : GROUP;                                        \
+    if (!off || !first || !val) { free(off); free(first); free(val); return; }                       \
+    for (int64_t g = r0; g < r1; g += group) {                                                       \
+        const int64_t rows = r1 - g < group ? r1 - g : group;                                        \
         int64_t n_ev = 0;                                                                            \
         for (int64_t q = 0; q < rows; ++q) {          /* the non-zero inputs of every row */         \
             const T_ *xr = x + (g + q) * K;                                                          \
@@ -127,31 +163,38 @@ CLONES static void event_linear_part_##SFX(int64_t r0, int64_t r1, int64_t K, in
             for (int64_t k0 = 0; k0 < K; k0 += 64)                                                   \
                 for (uint64_t m = nonzero_bits_##SFX(xr + k0, K - k0 < 64 ? K - k0 : 64); m; m &= m - 1) { \
                     const int64_t k = k0 + CTZ64(m);                                                 \
-                    off[n_ev] = k * Np;                                                              \
+                    off[n_ev] = k * BW;                                                              \
                     val[n_ev++] = xr[k];                                                             \
                 }                                                                                    \
         }                                                                                            \
         first[rows] = n_ev;                                                                          \
         const int64_t n = N;                                                                         \
-        for (int64_t o = 0; o < n; o += 4 * L)                                                       \
+        for (int64_t o0 = 0; o0 < n; o0 += BW) {                                                     \
+            const T_ *wb = wt + o0 * K;               /* this block's weights, [K, BW] */            \
             for (int64_t q = 0; q < rows; ++q) {                                                     \
                 T_ *out = y + (g + q) * N;                                                           \
-                BLOCK_BEGIN(SFX);                                                                    \
-                for (int64_t j = first[q]; j < first[q + 1]; ++j) ADD_EVENT(T_, SFX, wt + off[j] + o, val[j]); \
-                BLOCK_END(T_, SFX);                                                                  \
+                for (int64_t o = o0; o < n && o < o0 + BW; o += NA * L) {                            \
+                    const int64_t left = (o0 + BW - o) / L;                                          \
+                    BLOCK_BEGIN(left < NA ? left : NA);                                              \
+                    for (int64_t j = first[q]; j < first[q + 1]; ++j) ADD_EVENT(wb + (o - o0) + off[j], val[j]); \
+                    BLOCK_END();                                                                     \
+                }                                                                                    \
             }                                                                                        \
+        }                                                                                            \
     }                                                                                                \
-    free(off); free(val);                                                                            \
+    free(off); free(first); free(val);                                                               \
 }                                                                                                    \
                                                                                                      \
 /* Conv2d (groups 1) of channels-last x [R, H, W, C] into y [R, OH, OW, N] for rows r0 <= r < r1;    \
  * w [C, KH, KW, Np], bias [Np]; stride (sh, sw), zero padding (ph, pw), dilation (dh, dw). */       \
-CLONES static void event_conv2d_part_##SFX(int64_t r0, int64_t r1, int64_t H, int64_t W, int64_t C, int64_t KH,  \
+TGT static void event_conv2d_part_##SFX##_##V(int64_t r0, int64_t r1, int64_t H, int64_t W, int64_t C, int64_t KH, \
                                int64_t KW, int64_t N, int64_t Np, int64_t OH, int64_t OW, int64_t sh, \
                                int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,           \
                                const T_ *x, const T_ *w, const T_ *bias, T_ *y, int binary)          \
 {                                                                                                    \
-    enum { L = VBYTES / sizeof(T_) };                                                                \
+    typedef T_ E_;                                                                                   \
+    typedef vec_##SFX##_##V V_;                                                                      \
+    enum { L = VB / sizeof(T_), NA = NACC };                                                     \
     const int64_t P = H * W, NW = (C + 63) / 64, cstep = KH * KW * Np;                               \
     uint64_t *bits = malloc((size_t)(P * NW > 0 ? P * NW : 1) * sizeof(uint64_t));                   \
     if (!bits) return;                                                                               \
@@ -164,8 +207,8 @@ CLONES static void event_conv2d_part_##SFX(int64_t r0, int64_t r1, int64_t H, in
             for (int64_t ox = 0; ox < OW; ++ox) {                                                    \
                 T_ *out = y + ((r * OH + oy) * OW + ox) * N;                                         \
                 const int64_t n = N;                                                                 \
-                for (int64_t o = 0; o < n; o += 4 * L) {                                             \
-                    BLOCK_BEGIN(SFX);                                                                \
+                for (int64_t o = 0; o < n; o += NA * L) {                                            \
+                    BLOCK_BEGIN(NA);                                                                 \
                     for (int64_t ky = 0; ky < KH; ++ky) {                                            \
                         const int64_t iy = oy * sh - ph + ky * dh;                                   \
                         if (iy < 0 || iy >= H) continue;                                             \
@@ -177,16 +220,35 @@ CLONES static void event_conv2d_part_##SFX(int64_t r0, int64_t r1, int64_t H, in
                             for (int64_t q = 0; q < NW; ++q)                                         \
                                 for (uint64_t m = bits[p * NW + q]; m; m &= m - 1) {                 \
                                     const int64_t c = 64 * q + CTZ64(m);                             \
-                                    ADD_EVENT(T_, SFX, wk + c * cstep, xr[p * C + c]);               \
+                                    ADD_EVENT(wk + c * cstep, xr[p * C + c]);                        \
                                 }                                                                    \
                         }                                                                            \
                     }                                                                                \
-                    BLOCK_END(T_, SFX);                                                              \
+                    BLOCK_END();                                                                     \
                 }                                                                                    \
             }                                                                                        \
     }                                                                                                \
     free(bits);                                                                                      \
 }                                                                                                    \
+
+#define DEFINE_EVENTS(T_, SFX)                                                                       \
+                                                                                                     \
+/* The synapse kernels of the widest vectors this CPU has. */                                        \
+static void event_linear_part_##SFX(int64_t r0, int64_t r1, int64_t K, int64_t N, int64_t BW, int64_t group, \
+                                    const T_ *x, const T_ *wt, const T_ *bias, T_ *y, int binary)    \
+{                                                                                                    \
+    PICK(event_linear_part_##SFX, r0, r1, K, N, BW, group, x, wt, bias, y, binary);                  \
+}                                                                                                    \
+                                                                                                     \
+static void event_conv2d_part_##SFX(int64_t r0, int64_t r1, int64_t H, int64_t W, int64_t C, int64_t KH, \
+                                    int64_t KW, int64_t N, int64_t Np, int64_t OH, int64_t OW, int64_t sh, \
+                                    int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,      \
+                                    const T_ *x, const T_ *w, const T_ *bias, T_ *y, int binary)     \
+{                                                                                                    \
+    PICK(event_conv2d_part_##SFX, r0, r1, H, W, C, KH, KW, N, Np, OH, OW, sh, sw, ph, pw, dh, dw, x, w, bias, \
+         y, binary);                                                                                 \
+}                                                                                                    \
+                                                                                                     \
                                                                                                      \
 /* A feed-forward MLP of LIF layers and a leaky-integrator readout (spikegrad.models.SpikingMLP) on  \
  * the images b0 <= b < b1, one image at a time, every step's values in cache. Layer k (k < L) maps  \
@@ -197,14 +259,14 @@ CLONES static void event_conv2d_part_##SFX(int64_t r0, int64_t r1, int64_t H, in
  * neuron; reset[k]), the last an LI readout (c[4k], c[4k+1]): the operations of lif.c. x: [T, B,    \
  * sizes[0]]; v[k], i[k]: states [B, sizes[k+1]], updated in place; spikes[k]: [T, B, sizes[k+1]] or \
  * NULL; readout: [T, B, sizes[L]]. */                                                               \
-CLONES static void mlp_forward_part_##SFX(int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t L,               \
+CLONES static void mlp_forward_part_##SFX(int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t L,   \
                               const int64_t *sizes, const int64_t *np, const T_ *x,                  \
                               const T_ *times,                                                       \
                               const T_ *const *w, const T_ *const *bias, const T_ *const *c,         \
                               const int *reset, T_ *const *v, T_ *const *i, T_ *const *spikes,       \
                               T_ *readout)                                                           \
 {                                                                                                    \
-    enum { L_ = VBYTES / sizeof(T_) };                                                               \
+    enum { L_ = UNIT / sizeof(T_) };  /* elements per cache line */                                  \
     int64_t widest = 1, pwidest = 1;                                                                 \
     for (int64_t k = 0; k <= L; ++k) {                                                               \
         widest = sizes[k] > widest ? sizes[k] : widest;                                              \
@@ -214,18 +276,18 @@ CLONES static void mlp_forward_part_##SFX(int64_t b0, int64_t b1, int64_t T, int
     int64_t *first = malloc((size_t)(T + 2) * sizeof(int64_t)), *order = malloc((size_t)sizes[0] * sizeof(int64_t)); \
     T_ *val = malloc((size_t)widest * sizeof(T_)), *cur = malloc((size_t)pwidest * sizeof(T_));      \
     if (!idx || !first || !order || !val || !cur) goto done_mlp_##SFX;                               \
-    for (int64_t b = b0; b < b1; ++b) {                                                             \
+    for (int64_t b = b0; b < b1; ++b) {                                                              \
         if (b + 1 < b1)   /* the next image's rows lie a whole batch apart, one per step: fetch them now */ \
-            for (int64_t t = 0; t < T; ++t) {                                                       \
-                const int64_t r = t * B + b + 1;                                                    \
-                if (!times)                                                                         \
+            for (int64_t t = 0; t < T; ++t) {                                                        \
+                const int64_t r = t * B + b + 1;                                                     \
+                if (!times)                                                                          \
                     for (int64_t q = 0; q < sizes[0]; q += L_) __builtin_prefetch(x + r * sizes[0] + q, 0, 0); \
-                for (int64_t k = 0; k + 1 < L; ++k)                                                 \
-                    if (spikes[k])                                                                  \
-                        for (int64_t q = 0; q < sizes[k + 1]; q += L_)                              \
-                            __builtin_prefetch(spikes[k] + r * sizes[k + 1] + q, 1, 0);             \
-                __builtin_prefetch(readout + r * sizes[L], 1, 0);                                   \
-            }                                                                                       \
+                for (int64_t k = 0; k + 1 < L; ++k)                                                  \
+                    if (spikes[k])                                                                   \
+                        for (int64_t q = 0; q < sizes[k + 1]; q += L_)                               \
+                            __builtin_prefetch(spikes[k] + r * sizes[k + 1] + q, 1, 0);              \
+                __builtin_prefetch(readout + r * sizes[L], 1, 0);                                    \
+            }                                                                                        \
         if (times) {                 /* the inputs of each step, in increasing order (counting sort) */ \
             const T_ *tb = times + b * sizes[0];                                                     \
             for (int64_t t = 0; t <= T + 1; ++t) first[t] = 0;                                       \
@@ -294,49 +356,56 @@ done_mlp_##SFX:                                                                 
 /* K steps of IF neurons [B, H, W, C] (channels-last) and their count-gated max-pool (kernel         \
  * (kh, kw), stride (sh, sw), no padding) for the images b0 <= b < b1. x: input current of step t    \
  * and image b at x + t * x_step + b * H*W*C (x_step = 0: the same current every step). v, count:    \
- * state, updated in place; s: the last step's spikes; pooled: [K, B, OH, OW, C]. */                \
-CLONES static void if_maxpool_part_##SFX(int64_t b0, int64_t b1, int64_t K, int64_t B, int64_t H, int64_t W,     \
+ * state, updated in place; s: the last step's spikes; pooled: [K, B, OH, OW, C]. With sh >= kh no   \
+ * window reaches past its rows, so each image runs in bands of `band` output rows (their input rows \
+ * and, in the last band, the rows below), all K steps per band; else the whole image at once. */    \
+CLONES static void if_maxpool_part_##SFX(int64_t b0, int64_t b1, int64_t K, int64_t B, int64_t H, int64_t W, \
                              int64_t C, const T_ *x, int64_t x_step, T_ *v, T_ *count, T_ *s,        \
                              T_ th, T_ v_reset, int reset, int64_t kh, int64_t kw,                   \
-                             int64_t sh, int64_t sw, int64_t OH, int64_t OW, T_ *pooled)             \
+                             int64_t sh, int64_t sw, int64_t OH, int64_t OW, int64_t band, T_ *pooled) \
 {                                                                                                    \
-    const int64_t M = H * W * C;                                                                     \
-    for (int64_t b = b0; b < b1; ++b) {                                                              \
-        T_ *restrict vb = v + b * M, *restrict cb = count + b * M, *restrict sb = s + b * M;         \
-        for (int64_t t = 0; t < K; ++t) {                                                            \
-            const T_ *restrict xb = x + t * x_step + b * M;                                          \
-            for (int64_t j = 0; j < M; ++j) {                                                        \
-                const T_ u = vb[j] + xb[j], z = u - th;                                              \
-                const T_ after = reset == RESET_SUBTRACT ? z : (reset == RESET_ZERO ? v_reset : u);  \
-                const T_ sp = z > 0 ? (T_)1 : (T_)0;                                                 \
-                vb[j] = z > 0 ? after : u;                                                           \
-                cb[j] += sp;                                                                         \
-                sb[j] = sp;                                                                          \
-            }                                                                                        \
-            T_ *restrict out = pooled + (t * B + b) * OH * OW * C;                                   \
-            for (int64_t oy = 0; oy < OH; ++oy)                                                      \
-                for (int64_t ox = 0; ox < OW; ++ox) {                                                \
-                    T_ *restrict o = out + (oy * OW + ox) * C;                                       \
-                    for (int64_t c = 0; c < C; ++c) o[c] = -1;                                       \
-                    for (int64_t ky = 0; ky < kh; ++ky)                                              \
-                        for (int64_t kx = 0; kx < kw; ++kx) {                                        \
-                            const int64_t q = ((oy * sh + ky) * W + ox * sw + kx) * C;               \
-                            for (int64_t c = 0; c < C; ++c) {  /* 2 x (count before) + spike */      \
-                                const T_ key = 2 * cb[q + c] - sb[q + c];                            \
-                                o[c] = key > o[c] ? key : o[c];                                      \
-                            }                                                                        \
-                        }                                                                            \
-                    for (int64_t c = 0; c < C; ++c)         /* odd: the leader spikes now */         \
-                        o[c] = (T_)((int32_t)o[c] & 1);                                              \
+    const int64_t M = H * W * C, RW = W * C;                                                         \
+    if (sh < kh || band < 1 || band > OH) band = OH;                                                 \
+    const int64_t n_bands = OH > 0 ? (OH + band - 1) / band : 1;                                     \
+    for (int64_t b = b0; b < b1; ++b)                                                                \
+        for (int64_t bi = 0; bi < n_bands; ++bi) {                                                   \
+            const int64_t oy0 = bi * band, oy1 = oy0 + band < OH ? oy0 + band : OH;                  \
+            const int64_t j0 = n_bands > 1 ? oy0 * sh * RW : 0, j1 = bi + 1 < n_bands ? oy1 * sh * RW : M; \
+            T_ *restrict vb = v + b * M, *restrict cb = count + b * M, *restrict sb = s + b * M;     \
+            for (int64_t t = 0; t < K; ++t) {                                                        \
+                const T_ *restrict xb = x + t * x_step + b * M;                                      \
+                for (int64_t j = j0; j < j1; ++j) {                                                  \
+                    const T_ u = vb[j] + xb[j], z = u - th;                                          \
+                    const T_ after = reset == RESET_SUBTRACT ? z : (reset == RESET_ZERO ? v_reset : u); \
+                    const T_ sp = z > 0 ? (T_)1 : (T_)0;                                             \
+                    vb[j] = z > 0 ? after : u;                                                       \
+                    cb[j] += sp;                                                                     \
+                    sb[j] = sp;                                                                      \
                 }                                                                                    \
+                T_ *restrict out = pooled + (t * B + b) * OH * OW * C;                               \
+                for (int64_t oy = oy0; oy < oy1; ++oy)                                               \
+                    for (int64_t ox = 0; ox < OW; ++ox) {                                            \
+                        T_ *restrict o = out + (oy * OW + ox) * C;                                   \
+                        for (int64_t c = 0; c < C; ++c) o[c] = -1;                                   \
+                        for (int64_t ky = 0; ky < kh; ++ky)                                          \
+                            for (int64_t kx = 0; kx < kw; ++kx) {                                    \
+                                const int64_t q = ((oy * sh + ky) * W + ox * sw + kx) * C;           \
+                                for (int64_t c = 0; c < C; ++c) {  /* 2 x (count before) + spike */  \
+                                    const T_ key = 2 * cb[q + c] - sb[q + c];                        \
+                                    o[c] = key > o[c] ? key : o[c];                                  \
+                                }                                                                    \
+                            }                                                                        \
+                        for (int64_t c = 0; c < C; ++c)         /* odd: the leader spikes now */     \
+                            o[c] = (T_)((int32_t)o[c] & 1);                                          \
+                    }                                                                                \
+            }                                                                                        \
         }                                                                                            \
-    }                                                                                                \
 }                                                                                                    \
                                                                                                      \
-void event_linear_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t K, int64_t N, int64_t Np,      \
-                        const T_ *x, const T_ *wt, const T_ *bias, T_ *y, int binary)                \
+void event_linear_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t K, int64_t N, int64_t BW,      \
+                        int64_t group, const T_ *x, const T_ *wt, const T_ *bias, T_ *y, int binary) \
 {                                                                                                    \
-    SPLIT(event_linear_part_##SFX, K, N, Np, x, wt, bias, y, binary)                                 \
+    SPLIT(event_linear_part_##SFX, K, N, BW, group, x, wt, bias, y, binary)                          \
 }                                                                                                    \
                                                                                                      \
 void event_conv2d_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t H, int64_t W, int64_t C,       \
@@ -344,7 +413,7 @@ void event_conv2d_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t H, int64_t
                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,      \
                         const T_ *x, const T_ *w, const T_ *bias, T_ *y, int binary)                 \
 {                                                                                                    \
-    SPLIT(event_conv2d_part_##SFX, H, W, C, KH, KW, N, Np, OH, OW, sh, sw, ph, pw, dh, dw, x, w,    \
+    SPLIT(event_conv2d_part_##SFX, H, W, C, KH, KW, N, Np, OH, OW, sh, sw, ph, pw, dh, dw, x, w,     \
           bias, y, binary)                                                                           \
 }                                                                                                    \
                                                                                                      \
@@ -360,12 +429,24 @@ void mlp_forward_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t T, int64_t 
 void if_maxpool_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t K, int64_t B, int64_t H,         \
                       int64_t W, int64_t C, const T_ *x, int64_t x_step, T_ *v, T_ *count, T_ *s,    \
                       T_ th, T_ v_reset, int reset, int64_t kh, int64_t kw, int64_t sh, int64_t sw,  \
-                      int64_t OH, int64_t OW, T_ *pooled)                                            \
+                      int64_t OH, int64_t OW, int64_t band, T_ *pooled)                              \
 {                                                                                                    \
     SPLIT(if_maxpool_part_##SFX, K, B, H, W, C, x, x_step, v, count, s, th, v_reset, reset, kh, kw,  \
-          sh, sw, OH, OW, pooled)                                                                    \
-}
+          sh, sw, OH, OW, band, pooled)                                                              \
+}                                                                                                    \
 
-
+DEFINE_BITS(float, f32)
+DEFINE_BITS(double, f64)
+#if VARIANTS
+DEFINE_SYNAPSES(float, f32, w, 64, __attribute__((target("avx512f"))))
+DEFINE_SYNAPSES(float, f32, m, 32, __attribute__((target("avx2"))))
+DEFINE_SYNAPSES(float, f32, n, 16, )
+DEFINE_SYNAPSES(double, f64, w, 64, __attribute__((target("avx512f"))))
+DEFINE_SYNAPSES(double, f64, m, 32, __attribute__((target("avx2"))))
+DEFINE_SYNAPSES(double, f64, n, 16, )
+#else
+DEFINE_SYNAPSES(float, f32, n, NATIVE_VB, )
+DEFINE_SYNAPSES(double, f64, n, NATIVE_VB, )
+#endif
 DEFINE_EVENTS(float, f32)
 DEFINE_EVENTS(double, f64)

@@ -8,6 +8,12 @@ states it), so their cost grows with the number of spikes. :func:`if_maxpool` ru
 neurons and its count-gated spiking max-pool over several steps image by image, so the layer's
 spikes never leave the cache. The kernels are part of the library of :mod:`spikegrad.kernels.native`
 (compiled on first use); check :func:`available` first.
+
+The pieces of work are sized to the CPU's caches (:func:`spikegrad.kernels.cpuinfo.cache_sizes`,
+``$SPIKEGRAD_CACHE_SIZES`` to force them), never the order of the additions, so every size gives
+the same bits: :func:`linear_block` (outputs whose weights stay in L2), :func:`linear_group` (rows
+summed per pass over those weights) and :func:`pool_band` (rows of the fused layer kept in L2 over
+its steps).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from torch import Tensor
 
 from . import native
 from ._common import RESET_CODES
+from .cpuinfo import cache_sizes
 
 __all__ = ["available", "supports", "linear_table", "conv2d_table", "event_linear", "event_conv2d", "if_maxpool",
-           "mlp_forward", "SpikeTimes"]
+           "mlp_forward", "SpikeTimes", "linear_block", "linear_group", "pool_band"]
 
-VECTOR_BYTES = 64  # events.c's VBYTES: weight rows are padded to a multiple of it
+VECTOR_BYTES = 64  # events.c's UNIT: weight rows are padded to a multiple of it (one cache line)
 
 
 class SpikeTimes(NamedTuple):
@@ -59,18 +66,50 @@ def supports(x: Tensor) -> bool:
     return native.supports(x) and not (x.requires_grad and torch.is_grad_enabled())
 
 
-def _padded(rows: Tensor) -> Tensor:
-    """``rows [..., N]`` zero-padded to a multiple of the vector width, contiguous."""
+def _padded(rows: Tensor, multiple: int | None = None) -> Tensor:
+    """``rows [..., N]`` zero-padded to a multiple of ``multiple`` elements (default ``VECTOR_BYTES``), contiguous."""
     n = rows.shape[-1]
-    lanes = VECTOR_BYTES // rows.element_size()
-    return F.pad(rows, (0, -n % lanes)).contiguous()
+    return F.pad(rows, (0, -n % (multiple or VECTOR_BYTES // rows.element_size()))).contiguous()
 
 
-def linear_table(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+# ---------------------------------------------------------------------------- sizes from the caches
+def linear_block(n_in: int, n_out: int, element_size: int, l2: int | None = None) -> int:
+    """Outputs per block of :func:`event_linear`: 4, 2 or 1 times 64 bytes, the most whose
+    weights (``n_in`` rows of the block) fill at most half the L2 (``l2`` bytes per CPU, default
+    :func:`~spikegrad.kernels.cpuinfo.cache_sizes`), and no more than ``n_out`` needs."""
+    l2 = cache_sizes().l2 if l2 is None else l2
+    lanes = VECTOR_BYTES // element_size
+    vectors = next((v for v in (4, 2) if n_in * v * VECTOR_BYTES <= l2 // 2), 1)
+    return min(vectors, -(-n_out // lanes)) * lanes
+
+
+def linear_group(n_in: int, element_size: int, l3: int | None = None) -> int:
+    """Rows of :func:`event_linear`'s input summed per pass over a block's weights: as many (up to 256)
+    as keep the group's events (at worst every input: an index and a value each) in half the L3
+    share (``l3`` bytes per CPU, default :func:`~spikegrad.kernels.cpuinfo.cache_sizes`). Each pass
+    reads the weights once, so a larger group reads them less often."""
+    l3 = cache_sizes().l3 if l3 is None else l3
+    return max(1, min(256, (l3 // 2) // max(1, n_in * (8 + element_size))))
+
+
+def pool_band(width: int, channels: int, stride: int, element_size: int, l2: int | None = None) -> int:
+    """Output rows per band of :func:`if_maxpool`: its input rows (current, membrane, count and
+    spikes: four values per neuron) fill at most half the L2 (``l2`` bytes per CPU, default
+    :func:`~spikegrad.kernels.cpuinfo.cache_sizes`), so they stay there over the steps; at least 1."""
+    l2 = cache_sizes().l2 if l2 is None else l2
+    return max(1, (l2 // 2) // max(1, 4 * width * channels * element_size * stride))
+
+
+def linear_table(weight: Tensor, bias: Tensor | None, block: int | None = None) -> tuple[Tensor, Tensor]:
     """The operands of :func:`event_linear` for ``F.linear(x, weight [N, K], bias [N])``:
-    ``(rows [K, Np], bias [Np])``, one padded row of weights per input."""
-    b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
-    return _padded(weight.t()), _padded(b)
+    ``(rows [Np / BW, K, BW], bias [Np])``: the weights in blocks of ``BW = block`` outputs (default
+    :func:`linear_block`, a multiple of 64 bytes), each block's ``[K, BW]`` weights
+    contiguous, zero-padded to ``Np`` outputs."""
+    n_out, n_in = weight.shape
+    block = block or linear_block(n_in, n_out, weight.element_size())
+    b = torch.zeros(n_out, dtype=weight.dtype, device=weight.device) if bias is None else bias
+    rows = _padded(weight.t(), block)                                           # [K, Np]
+    return rows.view(n_in, -1, block).transpose(0, 1).contiguous(), _padded(b, block)  # [Np / BW, K, BW]
 
 
 def conv2d_table(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -83,7 +122,8 @@ def _fn(name: str, dtype: torch.dtype):
     return getattr(native.load(), f"{name}_{native._DTYPES[dtype]}")
 
 
-def event_linear(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, binary: bool = False) -> Tensor:
+def event_linear(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, binary: bool = False,
+                 group: int | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` summed over the non-zeros of ``x`` only.
 
     Args:
@@ -91,6 +131,7 @@ def event_linear(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, binary: bo
         table: :func:`linear_table` of the weights.
         n_out: ``N``, the number of outputs.
         binary: ``x`` holds only 0 and 1 (skips the multiplications; exact either way).
+        group: rows summed per pass over a block's weights (default :func:`linear_group`).
     Returns:
         ``[R, N]``: per output, the bias plus the weights of the non-zero inputs (times their
         values) added in increasing input order.
@@ -98,9 +139,13 @@ def event_linear(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, binary: bo
     rows, bias = table
     x = x.contiguous()
     R, K = x.shape
+    if rows.dim() != 3 or rows.shape[1] != K or rows.shape[0] * rows.shape[2] < n_out:
+        raise ValueError(f"event_linear: table rows {tuple(rows.shape)} do not fit input [R, {K}] and {n_out} "
+                         "outputs (make them with linear_table)")
+    group = group or linear_group(K, x.element_size())
     y = x.new_empty((R, n_out))
     fn = _fn("event_linear", x.dtype)
-    native._launch(lambda a, b, n: fn(a, b, n, K, n_out, rows.shape[1], x.data_ptr(), rows.data_ptr(),
+    native._launch(lambda a, b, n: fn(a, b, n, K, n_out, rows.shape[2], group, x.data_ptr(), rows.data_ptr(),
                                       bias.data_ptr(), y.data_ptr(), int(binary)), R, min_part=1)
     return y
 
@@ -144,7 +189,7 @@ def event_conv2d(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, kernel: tu
 
 
 def if_maxpool(x: Tensor, v: Tensor, count: Tensor, s: Tensor, steps: int, v_th: float, reset: str, v_reset: float,
-               kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+               kernel: tuple[int, int], stride: tuple[int, int], band: int | None = None) -> Tensor:
     """``steps`` steps of IF neurons and their count-gated spiking max-pool (no padding, dilation 1).
 
     Per step: ``u = v + x``; spike iff ``u - v_th > 0``; ``v`` becomes ``u - v_th``, ``v_reset``
@@ -159,6 +204,8 @@ def if_maxpool(x: Tensor, v: Tensor, count: Tensor, s: Tensor, steps: int, v_th:
         s: ``[B, C, H, W]`` (channels-last contiguous): receives the spikes of the last step.
         steps: number of steps. v_th, reset, v_reset: the IF neurons'.
         kernel, stride: the max-pool's (pairs).
+        band: output rows whose neurons run all ``steps`` at a time (default :func:`pool_band`);
+            only where no window reaches past its rows (stride >= kernel height), else the whole image.
     Returns:
         ``pooled [steps * B, C, OH, OW]``, channels-last.
     """
@@ -174,9 +221,10 @@ def if_maxpool(x: Tensor, v: Tensor, count: Tensor, s: Tensor, steps: int, v_th:
     pooled = torch.empty((steps * B, C, OH, OW), dtype=v.dtype, memory_format=torch.channels_last)
     fn = _fn("if_maxpool", v.dtype)
     x_step = 0 if len(xl) == B else B * H * W * C  # held input: the same row every step
+    band = band or pool_band(W, C, stride[0], v.element_size())
     native._launch(lambda a, b, n: fn(a, b, n, steps, B, H, W, C, xl.data_ptr(), x_step, v.data_ptr(),
                                       count.data_ptr(), s.data_ptr(), float(v_th), float(v_reset), RESET_CODES[reset],
-                                      *kernel, *stride, OH, OW, pooled.data_ptr()), B, min_part=1)
+                                      *kernel, *stride, OH, OW, band, pooled.data_ptr()), B, min_part=1)
     return pooled
 
 

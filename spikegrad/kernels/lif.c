@@ -686,4 +686,4 @@ DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; build.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 11; }
+int spikegrad_lif_abi(void) { return 12; }
