@@ -199,10 +199,11 @@ def test_second_signal_stops_at_once_without_writing(tmp_path, caplog):
                 _signal_main_thread(self.sig)  # the first one, then the second below
             return super().__call__(out, y)
 
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, loss=Twice(signal.SIGINT, 6))
     assert not (tmp_path / "interrupted.pt").exists() and "no checkpoint written" in caplog.text
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # the handlers of before the run, restored
 
 
 # ----------------------------------------------------------------------------- 2: use_best always holds
