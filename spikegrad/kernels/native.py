@@ -260,22 +260,20 @@ def lif_backward(z: Tensor | None, dm: Tensor, ds: Tensor, th: Tensor, vr: Tenso
     (``recompute`` given, no refractory period, a surrogate the kernels compute)."""
     src = z if z is not None else recompute[0]
     T, M = (T or src.shape[0]), src.shape[1]
-    if constants:
-        if recompute is None or recompute[-1] > 0 or not surrogate_code(grad_fn, src.dtype, float(slope)):
-            raise ValueError("lif_backward: the gradients of the constants need the input (recompute), no "
-                             "refractory period and a surrogate whose derivative the C kernels compute")
-        gx, gv, gi, sums = _backward(load(), src.dtype, None, grad_fn, slope.to(src.dtype), (g_spikes, g_vseq, g_iseq),
-                                     dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M,
-                                     recompute=recompute, constants=True)
-        return gx, gv, ds * gi, _constant_grads(sums, dm, ds, th)
-    if recompute is not None and not surrogate_code(grad_fn, src.dtype, float(slope)):
+    computed = surrogate_code(grad_fn, src.dtype, float(slope))
+    if constants and (recompute is None or recompute[-1] > 0 or not computed):
+        raise ValueError("lif_backward: the gradients of the constants need the input (recompute), no "
+                         "refractory period and a surrogate whose derivative the C kernels compute")
+    if recompute is not None and not computed:
         # a surrogate the kernels do not compute (its formula differs from theirs): z in memory after all
         x, v0, i0, r0, refractory = recompute
         z = lif_forward(x, v0, i0, r0, dm, ds, th, vr, reset, refractory, False, True, T)[-1]
         recompute = None
-    gx, gv, gi, _ = _backward(load(), src.dtype, z, grad_fn, slope.to(src.dtype), (g_spikes, g_vseq, g_iseq),
-                              dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M,
-                              recompute=recompute)
+    gx, gv, gi, sums = _backward(load(), src.dtype, z, grad_fn, slope.to(src.dtype), (g_spikes, g_vseq, g_iseq),
+                                 dm, ds, th, vr, RESET_CODES[reset], int(detach_reset), g_v, g_i, T, M,
+                                 recompute=recompute, constants=constants)
+    if constants:
+        return gx, gv, ds * gi, _constant_grads(sums, dm, ds, th)
     return gx, gv, ds * gi
 
 
@@ -321,7 +319,7 @@ class _LIFNativeFn(torch.autograd.Function):
         ctx.recompute = recompute
         # learnable constants (explain_backend sends them here only with a surrogate the kernels compute)
         ctx.consts = any(t.requires_grad for t in (dm, ds, th))
-        saved = (x, v0, i0, r0) if recompute or ctx.consts else (None,) * 4
+        saved = (x, v0, i0, r0) if recompute else (None,) * 4
         ctx.save_for_backward(dm, ds, th, vr, slope, z, *saved)
         ctx.cfg = cfg
         ctx.set_materialize_grads(False)
@@ -335,14 +333,9 @@ class _LIFNativeFn(torch.autograd.Function):
         dm, ds, th, vr, slope, z, *saved = ctx.saved_tensors
         cfg = ctx.cfg
         recompute = (*saved, cfg.refractory) if ctx.recompute else None
-        g_consts = (None, None, None)
-        if ctx.consts:
-            gx, gv, gi, g_consts = lif_backward(None, dm, ds, th, vr, slope, cfg.grad_fn, cfg.reset, cfg.detach_reset,
-                                                g_spikes, g_v, g_i, g_vseq, g_iseq, recompute=(*saved, cfg.refractory),
-                                                T=ctx.T, constants=True)
-        else:
-            gx, gv, gi = lif_backward(z, dm, ds, th, vr, slope, cfg.grad_fn, cfg.reset, cfg.detach_reset, g_spikes,
-                                      g_v, g_i, g_vseq, g_iseq, recompute=recompute, T=ctx.T)
+        gx, gv, gi, *rest = lif_backward(z, dm, ds, th, vr, slope, cfg.grad_fn, cfg.reset, cfg.detach_reset, g_spikes,
+                                         g_v, g_i, g_vseq, g_iseq, recompute=recompute, T=ctx.T, constants=ctx.consts)
+        g_consts = rest[0] if ctx.consts else (None, None, None)
         if ctx.held:
             gx = gx.sum(0, keepdim=True)
         g_consts = [g if need else None for g, need in zip(g_consts, ctx.needs_input_grad[4:7])]
