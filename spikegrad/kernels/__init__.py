@@ -169,7 +169,8 @@ def _learnable_path(backend: str, x_seq: Tensor, p: LIFParams, spike_fn: Any) ->
     """The path of a feed-forward LIF layer whose constants require grad: the C kernels, whose
     backward returns the constants' gradients too, where they apply; else the reference scan."""
     if backend not in ("auto", "native"):
-        return "torch", f"constants that require grad (learn_tau / learn_threshold) with backend={backend!r}: only the C kernels return their gradients"
+        return "torch", (f"constants that require grad (learn_tau / learn_threshold) with backend={backend!r}: "
+                         "only the C kernels return their gradients")
     if p.refractory > 0 or (isinstance(p.v_reset, Tensor) and p.v_reset.requires_grad):
         return "torch", "constants that require grad with a refractory period or a learnable v_reset"
     if torch.compiler.is_compiling():
