@@ -242,12 +242,13 @@ ORDER = (
     ("interop",),                               # NIR export/import of the models and methods
     ("sweep",),                                 # the Hydra sweep callback, train.py's side
 )
-# Inside kernels/, bottom up: shared preparation, the kernels, the custom operators and the event
-# paths over them, the sparse input layer over its operator, the backend choice (__init__).
+# Inside kernels/, bottom up: shared preparation, the kernels, the fused recurrent layer (whose C
+# engine lives in native's library), the custom operators and the event paths over them, the sparse
+# input layer over its operator, the backend choice (__init__).
 KERNEL_ORDER = (
     ("_common", "linear", "build", "cpuinfo"),
-    ("native", "cpu", "triton_lif", "recurrent"),
-    ("ops", "events"),
+    ("native", "cpu", "triton_lif"),
+    ("recurrent", "ops", "events"),
     ("sparse",),
     ("__init__",),
 )

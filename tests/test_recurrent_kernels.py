@@ -44,17 +44,22 @@ def user_surrogate():
     SURROGATES.pop("test_recurrent_quartic", None)
 
 
-@pytest.fixture(params=["dense", "gather"])
+@pytest.fixture(params=["dense", "gather", "native", "native_gemm"])
 def product(request, monkeypatch):
-    """Force the recurrent product of the fused forward pass: GEMM, or the sum of the active rows."""
+    """Force the engine and the recurrent product of the fused forward pass: the PyTorch loop with the
+    GEMM or the sum of the active rows, or the C engine (sum of the active rows) with the weight
+    gradient summed by rows of ``gI`` per spike or by one GEMM."""
+    monkeypatch.setattr(recurrent, "NATIVE", request.param.startswith("native"))
     if request.param == "dense":
         monkeypatch.setattr(recurrent, "GATHER_MIN_MACS", float("inf"))
-    else:
+    elif request.param == "gather":
         monkeypatch.setattr(recurrent, "GATHER_MIN_MACS", 0)
         monkeypatch.setattr(recurrent, "GATHER_MAX_RATE", 1.0)
+    else:
+        monkeypatch.setattr(recurrent, "GATHER_MAX_RATE", 1.0 if request.param == "native" else 0.0)
+    if request.param.startswith("native") and not recurrent.native.available():
+        pytest.skip("the C kernels are not built")
     return request.param
-
-
 
 
 def dyadic(w):
@@ -225,6 +230,7 @@ def test_held_input(kind, product):
 
 @pytest.mark.parametrize("kind", ["lif", "alif"])
 def test_dense_product_is_the_reference_gemm_for_any_weights(kind, monkeypatch):
+    monkeypatch.setattr(recurrent, "NATIVE", False)
     monkeypatch.setattr(recurrent, "GATHER_MIN_MACS", float("inf"))
     out = []
     for backend in ("torch", "fused"):
@@ -266,6 +272,52 @@ def test_threads(threads, product):
     with num_threads(threads):
         for kind in ("lif", "alif"):
             compare(kind, T=9, B=8, N=96, record=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind", ["lif", "alif"])
+def test_c_engine_threads_split_rows_and_weight_rows(kind, threads, monkeypatch):
+    """Enough rows (B N = 8192) that the C engine's backward splits the rows and the rows of the weight
+    gradient between two threads; a partial vector at the end of every row (N = 100)."""
+    if not recurrent.native.available():
+        pytest.skip("the C kernels are not built")
+    monkeypatch.setattr(recurrent, "GATHER_MAX_RATE", 1.0)
+    with num_threads(threads):
+        compare(kind, T=5, B=82, N=100, record=False)
+
+
+@pytest.mark.parametrize("record", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_broadcast_over_time(kind, record, product):
+    """Losses that are plain sums (``s.sum()``, ``v.sum()``): the gradients arrive as one value expanded
+    over every step and neuron (stride 0), one output at a time."""
+    for field in ("spikes", "v", "i", "a"):
+        if field == "a" and kind == "lif":
+            continue
+        out = []
+        for backend in ("torch", "auto"):
+            layer = make_layer(kind, 13)
+            x_leaf, x = make_input(17, 3, 13)
+            layer.backend = backend
+            s, st = layer(x, make_state(kind, 3, 13), record=record)
+            loss = (s if field == "spikes" else getattr(st, field)).sum()
+            out.append(torch.autograd.grad(loss, [x_leaf, *layer.parameters()], allow_unused=True))
+        for a, b in zip(*out):
+            if a is None or b is None:
+                assert a is None or not a.abs().max(), field
+                continue
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * max(1.0, a.abs().max().item()), msg=field)
+
+
+def test_engine_says_which_engine_runs(user_surrogate):
+    x = torch.rand(4, 2, 6)
+    p = make_layer("alif", 6, dtype=torch.float32).params()
+    built = recurrent.native.available()
+    assert recurrent.engine(x, p, make_surrogate("atan"))[0] == ("native" if built else "torch")
+    assert recurrent.engine(x, p, make_surrogate("atan"), product="dense") == (
+        "torch", "the loop of PyTorch operations: product='dense' (the reference's GEMM, bit for bit)")
+    assert recurrent.engine(x, p, make_surrogate(user_surrogate))[0] == "torch"
+    assert recurrent.engine(x.half(), p, make_surrogate("atan"))[0] == "torch"
 
 
 @pytest.mark.parametrize("kind", KINDS)

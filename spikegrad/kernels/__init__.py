@@ -34,12 +34,15 @@ spike input (latency codes), for the first layer of a network.
 
 Recurrent LIF layers (``w_rec``) and ALIF layers (:func:`alif_sequence`, recurrent or not) run
 :mod:`spikegrad.kernels.recurrent` for every backend but ``"torch"`` (called ``"fused"``): the whole
-sequence in one autograd node, in PyTorch operations (any device and float dtype, any registered
-surrogate, constants that require grad). Same spikes and states as the reference ``scan`` where the
-recurrent product is a GEMM; on CPU, for large layers at low firing rates, it sums the active rows
-of ``w_rec`` instead (faster; the sums round in another order, so states are equal to rounding and,
-over long sequences, a few spikes can differ: see :mod:`spikegrad.kernels.recurrent`). No
-refractory period there (such layers run ``scan``).
+sequence in one autograd node (constants that require grad included). On float32/float64 CPU
+tensors with a surrogate the C kernels compute, that is its C engine (``recurrent.c``: the time loop
+in C, the recurrent input as the sum of the rows of ``w_rec`` of the neurons that spiked, per step
+of backward one BLAS product and one C call); elsewhere (any device and float dtype, any registered
+surrogate) a loop of PyTorch operations, whose recurrent product is the reference's GEMM (same
+spikes and states as ``scan`` bit for bit) or, on CPU for large layers at low firing rates, the
+same sum of active rows. Sums of rows round in another order than the GEMM, so states are equal to
+rounding and, over long sequences, a few spikes can differ (see :mod:`spikegrad.kernels.recurrent`).
+:func:`explain_backend` names the engine. No refractory period there (such layers run ``scan``).
 
 Constants that require gradients (``learn_tau`` / ``learn_threshold``, per layer or per neuron)
 run on the C kernels: the backward call returns their gradients too, summed over time in the same
@@ -226,9 +229,9 @@ def explain_backend(backend: str, x_seq: Tensor, p: LIFParams | ALIFParams, spik
             return "torch", "refractory period (the fused recurrent path has none)"
         if torch.compiler.is_compiling():
             return "torch", "torch.compile is tracing (it compiles the reference scan)"
-        if w_rec is not None:
-            return "fused", "recurrent weights: the fused recurrent path (kernels.recurrent)"
-        return "fused", "adaptive threshold: the fused ALIF path (kernels.recurrent)"
+        what = "recurrent weights: the fused recurrent path" if w_rec is not None else \
+            "adaptive threshold: the fused ALIF path"
+        return "fused", f"{what} (kernels.recurrent), {recurrent.engine(x_seq, p, spike_fn)[1]}"
     if _params_need_grad(p):
         return _learnable_path(backend, x_seq, p, spike_fn)
     if torch.compiler.is_compiling():  # the C kernels as custom operators; elsewhere the compiler fuses scan

@@ -1,4 +1,4 @@
-"""Building and loading the C kernel library (``lif.c`` and ``events.c`` beside this file).
+"""Building and loading the C kernel library (``lif.c``, ``events.c`` and ``recurrent.c`` beside this file).
 
 The library is compiled with the C compiler named by ``$CC`` (default ``cc``) into
 ``$SPIKEGRAD_CACHE`` (default ``~/.cache/spikegrad``)/native, once per source version (the file
@@ -21,10 +21,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["SOURCES", "ABI", "FLAGS", "OPENMP", "cache_dir", "library_path", "load_library"]
+__all__ = ["SOURCES", "HEADERS", "ABI", "FLAGS", "OPENMP", "cache_dir", "library_path", "load_library"]
 
-SOURCES = (Path(__file__).with_name("lif.c"), Path(__file__).with_name("events.c"))  # one library
-ABI = 12  # lif.c's spikegrad_lif_abi()
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("lif.c", "events.c", "recurrent.c"))  # one library
+HEADERS = (Path(__file__).with_name("kernels.h"),)  # included by the sources
+ABI = 13  # lif.c's spikegrad_lif_abi()
 # -ffp-contract=off: no fused multiply-adds (PyTorch's roundings); -fno-trapping-math lets the
 # branch-free selects vectorize (it changes no result)
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math")
@@ -39,7 +40,7 @@ def cache_dir() -> Path:
 
 def library_path() -> Path:
     """Where the library of these sources and flags, on this kind of machine, is cached."""
-    key = (b"".join(p.read_bytes() for p in SOURCES)
+    key = (b"".join(p.read_bytes() for p in SOURCES + HEADERS)
            + " ".join((*FLAGS, platform.machine(), platform.system())).encode())
     digest = hashlib.sha256(key).hexdigest()[:16]  # a shared home across machines keeps one per kind
     return cache_dir() / "native" / f"spikegrad_lif_{digest}.so"
@@ -90,6 +91,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         pool = getattr(lib, f"if_maxpool_{suffix}")
         pool.argtypes = [i64, i64, c_int] + [i64] * 5 + [p, i64, p, p, p, real, real, c_int] + [i64] * 7 + [p]
         pool.restype = None
+        rfwd = getattr(lib, f"rec_forward_{suffix}")
+        rfwd.argtypes = [i64, i64, i64, c_int, p, i64] + [p] * 12 + [c_int] + [p] * 5
+        rfwd.restype = i64
+        rbwd = getattr(lib, f"rec_backward_at_{suffix}")
+        rbwd.argtypes = [p, i64, real]
+        rbwd.restype = c_int
     lib.spikegrad_openmp.restype = c_int
 
 

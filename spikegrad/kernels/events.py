@@ -119,7 +119,7 @@ def conv2d_table(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
 
 
 def _fn(name: str, dtype: torch.dtype):
-    return getattr(native.load(), f"{name}_{native._DTYPES[dtype]}")
+    return getattr(native.load(), f"{name}_{native.DTYPE_SUFFIX[dtype]}")
 
 
 def event_linear(x: Tensor, table: tuple[Tensor, Tensor], n_out: int, binary: bool = False,

@@ -41,6 +41,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "kernels.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -65,30 +66,10 @@ int spikegrad_num_threads(void)
 #endif
 }
 
-#define RESET_SUBTRACT 0
-#define RESET_ZERO 1
-#define RESET_NONE 2
-/* Surrogate numbers: those of spikegrad.kernels._common.SURROGATE_CODES (one numbering of the
- * built-in surrogates for every kernel), of which these kernels compute the four below. */
-#define SUR_GIVEN 0 /* surrogate derivatives computed by the caller */
-#define SUR_FAST_SIGMOID 1
-#define SUR_ATAN 3
-#define SUR_TRIANGLE 4
-#define SUR_BOXCAR 7
-#define ABS(x) ((x) < 0 ? -(x) : (x))
 #define NB 64 /* neurons per block */
 /* Backward's loops fetch the rows they will need this many steps ahead into cache: their rows lie
  * a whole [M] row apart, which the hardware prefetchers do not follow (measured: 20% faster). */
 #define AHEAD 8
-#define INLINE static inline __attribute__((always_inline))
-
-/* One copy of each entry point per vector width, picked when the library loads (GCC and Clang
- * on x86-64 Linux); elsewhere the compiler's baseline. */
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(SPIKEGRAD_NO_CLONES)
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CLONES
-#endif
 
 /* The first neuron of thread k's share of [a, b) among n threads: whole blocks each. */
 static int64_t share(int64_t a, int64_t b, int64_t k, int64_t n)
@@ -341,30 +322,6 @@ CLONES void lif_forward_##SFX(int64_t T, int64_t M, int64_t a, int64_t b, int nt
                     v_rec ? v_rec + j0 : NULL, i_rec ? i_rec + j0 : NULL, r_rec ? r_rec + j0 : NULL); \
         }                                                                                            \
         stream_done();                                                                               \
-    }                                                                                                \
-}                                                                                                    \
-                                                                                                     \
-/* The surrogate derivative number sur at z (grad(x, slope) of spikegrad.surrogates' rational      \
- * surrogates); given: the caller's value for SUR_GIVEN. */                                          \
-INLINE T_ surrogate_##SFX(int sur, T_ zz, T_ slope, T_ given)                                        \
-{                                                                                                    \
-    switch (sur) {                                                                                   \
-    case SUR_FAST_SIGMOID: { /* (1 + slope |x|)^-2 */                                                \
-        const T_ d = 1 + slope * ABS(zz);                                                            \
-        return 1 / (d * d);                                                                          \
-    }                                                                                                \
-    case SUR_ATAN: { /* (slope / 2) / (1 + (pi / 2 slope x)^2) */                                    \
-        const T_ q = ((T_)1.5707963267948966 * slope) * zz;                                          \
-        return (slope / 2) / (1 + q * q);                                                            \
-    }                                                                                                \
-    case SUR_TRIANGLE: { /* slope max(1 - slope |x|, 0) */                                           \
-        const T_ q = 1 - slope * ABS(zz);                                                            \
-        return slope * (q > 0 ? q : 0);                                                              \
-    }                                                                                                \
-    case SUR_BOXCAR: /* slope where |x| < 0.5 / slope */                                             \
-        return ABS(zz) < (T_)0.5 / slope ? slope : 0;                                                \
-    default:                                                                                         \
-        return given;                                                                                \
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
@@ -686,4 +643,4 @@ DEFINE_LIF(float, f32)
 DEFINE_LIF(double, f64)
 
 /* Version of this interface; build.py refuses a library whose number differs. */
-int spikegrad_lif_abi(void) { return 12; }
+int spikegrad_lif_abi(void) { return 13; }

@@ -37,13 +37,14 @@ from . import build
 from ._common import (C_SURROGATES, RESET_CODES, FusedConfig, backend_codes, compact_param, formula_agrees,
                       probe_points, unflatten_outputs)
 
-__all__ = ["available", "build_error", "lif_native", "li_native", "load", "surrogate_code", "kernel_surrogate_grad",
-           "SURROGATE_CODES"]
+__all__ = ["available", "build_error", "lif_native", "li_native", "load", "ptr", "surrogate_code", "threads_for",
+           "kernel_surrogate_grad", "DTYPE_SUFFIX", "SURROGATE_CODES"]
 
 NB = 64  # neurons per block of the LIF kernels (lif.c's NB)
 MIN_PART = 4096  # neurons per thread, at least
 CHUNK_BYTES = 1 << 20  # backward computes the surrogate derivative for this many bytes of z at a time
-_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+DTYPE_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+"""The dtypes the kernels take and the suffix of their functions' names."""
 OPENMP = build.OPENMP  # the flags load() tries first (a test replaces them here to build without OpenMP)
 _state: dict = {}  # the process's library ("lib", None if it cannot be built) and why not ("error")
 
@@ -72,7 +73,7 @@ def build_error() -> str | None:
 
 def supports(x: Tensor) -> bool:
     """Whether the C kernels can run this input: a float32 or float64 CPU tensor."""
-    return x.device.type == "cpu" and x.dtype in _DTYPES
+    return x.device.type == "cpu" and x.dtype in DTYPE_SUFFIX
 
 
 @functools.lru_cache(maxsize=4)
@@ -109,8 +110,17 @@ def _launch(fn, M: int, min_part: int | None = None) -> None:
         _run(lambda a, b: fn(a, b, 1), M, min_part)
 
 
-def _ptr(t: Tensor | None) -> int | None:
+def ptr(t: Tensor | None) -> int | None:
+    """The data pointer of ``t`` for a kernel call (None: NULL)."""
     return None if t is None else t.data_ptr()
+
+
+def threads_for(rows: int, min_rows: int) -> int:
+    """Threads for a kernel call that splits ``rows`` rows among OpenMP threads, at least ``min_rows``
+    each (1 without OpenMP: the call then runs on the calling thread)."""
+    if not load().spikegrad_openmp():
+        return 1
+    return max(1, min(torch.get_num_threads(), rows // max(1, min_rows)))
 
 
 def _consts(params: tuple[Tensor | None, ...], M: int) -> tuple[list[Tensor | None], int]:
@@ -141,7 +151,7 @@ def kernel_surrogate_grad(code: int, z: Tensor, slope: float) -> Tensor:
     lib = load()
     z = z.contiguous()
     out = torch.empty_like(z)
-    getattr(lib, f"surrogate_grad_{_DTYPES[z.dtype]}")(z.numel(), z.data_ptr(), out.data_ptr(), code, slope)
+    getattr(lib, f"surrogate_grad_{DTYPE_SUFFIX[z.dtype]}")(z.numel(), z.data_ptr(), out.data_ptr(), code, slope)
     return out
 
 
@@ -178,20 +188,20 @@ def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, v
     call also sums the gradients of ``dm``, ``ds`` and ``th`` over the steps, per neuron: ``sums
     [3, M]`` (else None; needs ``recompute`` without a refractory period).
     """
-    bwd = getattr(lib, f"lif_backward_{_DTYPES[dtype]}")
+    bwd = getattr(lib, f"lif_backward_{DTYPE_SUFFIX[dtype]}")
     rows = [_rows(g) for g in grads]                                   # g_s, g_vseq, g_iseq
     gv = torch.zeros(M, dtype=dtype) if g_v is None else g_v.to(dtype).contiguous().clone()
     gi = torch.zeros(M, dtype=dtype) if g_i is None else g_i.to(dtype).contiguous().clone()
     gx = torch.empty((T, M), dtype=dtype)
     size = torch.finfo(dtype).bits // 8
     full, pstep = _consts((dm, ds, th, vr), M)                        # kept alive during the calls
-    consts = [_ptr(t) for t in full]
+    consts = [ptr(t) for t in full]
     slope_value = float(slope) if spiking else 0.0
     sur = surrogate_code(grad_fn, dtype, slope_value) if spiking else 0
     if recompute is not None:  # lif_backward passes it only with a surrogate the kernels compute
         x, *states, refractory = recompute
         states = [None if s is None else s.reshape(M).to(dtype).contiguous() for s in states]  # kept alive
-        rec = [_ptr(x), M if len(x) == T else 0, *map(_ptr, states), refractory]
+        rec = [ptr(x), M if len(x) == T else 0, *map(ptr, states), refractory]
     else:
         rec = [None, 0, None, None, None, 0]
     sums = torch.empty((3, M), dtype=dtype) if constants else None
@@ -200,8 +210,8 @@ def _backward(lib, dtype, z: Tensor | None, grad_fn, slope, grads, dm, ds, th, v
         t0 = max(0, t1 - K)
         sg = None if not spiking or sur else grad_fn(z[t0:t1], slope).to(dtype).contiguous()
         gp = [v for g, st in rows for v in (None if g is None else g.data_ptr() + t0 * st * size, st)]
-        args = [int(spiking), None if z is None else _ptr(z[t0:t1]), *rec, _ptr(sg), sur, slope_value, *gp, *consts,
-                pstep, reset, detach, _ptr(gv), _ptr(gi), _ptr(gx[t0:t1]), _ptr(sums)]
+        args = [int(spiking), None if z is None else ptr(z[t0:t1]), *rec, ptr(sg), sur, slope_value, *gp, *consts,
+                pstep, reset, detach, ptr(gv), ptr(gi), ptr(gx[t0:t1]), ptr(sums)]
         failed = []
         _launch(lambda a, b, n, t0=t0, t1=t1, args=args: failed.append(bwd(M, a, b, n, t0, t1, T, *args)), M)
         if any(failed):
@@ -239,10 +249,10 @@ def lif_forward(x: Tensor, v0: Tensor | None, i0: Tensor | None, r0: Tensor | No
     z = torch.empty_like(spikes) if keep_z else None
     rec = (torch.empty_like(spikes), torch.empty_like(spikes), torch.empty_like(spikes) if refr else None) \
         if record else (None, None, None)
-    fwd = getattr(lib, f"lif_forward_{_DTYPES[x.dtype]}")
+    fwd = getattr(lib, f"lif_forward_{DTYPE_SUFFIX[x.dtype]}")
     consts, pstep = _consts((dm, ds, th, vr), M)                   # kept alive during the call
-    args = [_ptr(t) for t in (x, v, i, r, *consts)]
-    outs = [_ptr(t) for t in (spikes, z, *rec)]
+    args = [ptr(t) for t in (x, v, i, r, *consts)]
+    outs = [ptr(t) for t in (spikes, z, *rec)]
     _launch(lambda a, b, n: fwd(T, M, a, b, n, *args, pstep, RESET_CODES[reset], refractory, *outs, x_step), M)
     return (spikes, v, i, r, *rec, z)
 
@@ -284,11 +294,11 @@ def li_forward(x: Tensor, v0: Tensor | None, i0: Tensor | None, dm: Tensor, ds: 
     v, i = _state_or_zeros(v0, x[0]), _state_or_zeros(i0, x[0])
     v_seq = torch.empty_like(x)
     i_seq = torch.empty_like(x) if record else None
-    fwd = getattr(load(), f"lif_forward_{_DTYPES[x.dtype]}")
+    fwd = getattr(load(), f"lif_forward_{DTYPE_SUFFIX[x.dtype]}")
     consts, pstep = _consts((dm, ds), M)                           # kept alive during the call
-    args = [_ptr(t) for t in (x, v, i, None, *consts, None, None)]
-    _launch(lambda a, b, n: fwd(T, M, a, b, n, *args, pstep, RESET_CODES["none"], 0, None, None, _ptr(v_seq),
-                                _ptr(i_seq), None, M), M)
+    args = [ptr(t) for t in (x, v, i, None, *consts, None, None)]
+    _launch(lambda a, b, n: fwd(T, M, a, b, n, *args, pstep, RESET_CODES["none"], 0, None, None, ptr(v_seq),
+                                ptr(i_seq), None, M), M)
     return v_seq, v, i, i_seq
 
 

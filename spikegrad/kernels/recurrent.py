@@ -3,10 +3,8 @@
 The reference :func:`~spikegrad.functional.scan` of :func:`~spikegrad.functional.recurrent_lif_step`,
 :func:`~spikegrad.functional.alif_step` or :func:`~spikegrad.functional.recurrent_alif_step` records a
 dozen small autograd nodes per step and keeps their intermediates for BPTT. Here the forward pass
-runs the time loop once without autograd, with in-place operations on preallocated ``[B, F]``
-buffers, in the same order and dtype as the step functions (so spikes and states are the
-reference's, bit for bit, when the recurrent product is the reference's ``torch.mm``). Per step
-``t`` (``c`` the input current, ``z`` the previous step's spikes, ``W = w_rec [N, N]``)::
+runs the time loop once without autograd, in the same order and dtype as the step functions. Per
+step ``t`` (``c`` the input current, ``z`` the previous step's spikes, ``W = w_rec [N, N]``)::
 
     c_t  = x_t + z_{t-1} @ W.T          (no recurrent term at t = 0 without a state.z)
     i_t  = ds i_{t-1} + c_t
@@ -16,20 +14,34 @@ reference's, bit for bit, when the recurrent product is the reference's ``torch.
     v_t  = reset(u_t, s_t, th_t)
     a_t  = da a_{t-1} + (1 - da) s_t    (ALIF)
 
-The recurrent product ``z_{t-1} @ W.T`` is a sum of the rows of ``W.T`` of the neurons that
-spiked: on CPU, for large enough layers at low firing rates, it is computed as such
-(``torch.nonzero`` of the spikes, then ``embedding_bag`` over the active presynaptic rows; see
-:data:`GATHER_MAX_RATE`, :data:`GATHER_MIN_MACS`); its sum then runs in another order than the
-GEMM's, so states may differ from the reference in the last bit, and a spike where a membrane lands
-within that rounding of the threshold; in a recurrent layer such a difference then propagates
-(measured at (784, 64, 256), ALIF, 5 % spikes, float32: 180 of 12.8 M spikes differ, from step 609
-on). With ``product="dense"`` (or :data:`GATHER_MIN_MACS` set to ``inf``) the forward pass is
-the reference's, bit for bit.
+Two engines run it (:func:`engine` says which, :func:`~spikegrad.kernels.explain_backend` too):
+
+* **C** (``recurrent.c``, in the library of :mod:`~spikegrad.kernels.native`), for float32/float64
+  CPU tensors with a surrogate whose derivative the C kernels compute (:data:`NATIVE`). Forward is
+  one call per block of steps, each thread running its batch rows through every step with no
+  barrier: the recurrent product is the sum of the rows of ``W.T`` of the neurons that spiked (kept
+  as a list of indices; at the usual firing rates a small fraction of a GEMM's work), then the
+  neuron update. Backward runs per step one BLAS product ``gI_{t+1} @ W`` (the only dense product
+  left) and one C call for everything else (surrogate, adjoint, and the weight gradient as the rows
+  of ``gI_t`` added per spike when at most :data:`GATHER_MAX_RATE` of the neuron-steps spiked, else
+  one GEMM over all steps at the end).
+* **PyTorch operations** elsewhere (any device and float dtype, any registered surrogate), or with
+  ``product="dense"``: in-place operations on preallocated ``[B, F]`` buffers. Its recurrent product
+  is the reference's ``torch.mm`` (spikes and states are the reference's, bit for bit) or, on CPU
+  for large enough layers at low firing rates, the sum of the active rows (``torch.nonzero`` of the
+  spikes, then ``embedding_bag``; see :data:`GATHER_MAX_RATE`, :data:`GATHER_MIN_MACS`).
+
+A sum of rows runs in another order than the GEMM's, so states may differ from the reference in
+the last bit, and a spike where a membrane lands within that rounding of the threshold; in a
+recurrent layer such a difference then propagates (measured at (784, 64, 256), ALIF, 5 % spikes,
+float32: 180 of 12.8 M spikes differ, from step 609 on). With ``product="dense"`` (or
+:data:`GATHER_MIN_MACS` set to ``inf`` and :data:`NATIVE` False) the forward pass is the
+reference's, bit for bit.
 
 Kept for backward: the pre-reset membrane ``u`` (state dtype, 4 bytes per neuron-step in float32),
 the spikes (the output itself), for ALIF the adaptation ``a`` per step (4 more), the synaptic
-current ``i`` per step only when ``decay_syn`` requires a gradient, and the indices of the spikes
-where the forward pass summed rows (about 16 bytes per spike). The sequences are kept in blocks of
+current ``i`` per step only when ``decay_syn`` requires a gradient, and, in the PyTorch engine, the
+indices of the spikes where the forward pass summed rows (about 16 bytes per spike). The sequences are kept in blocks of
 about :data:`BLOCK_ELEMENTS` neuron-steps: allocations of tens of megabytes are mapped afresh by
 malloc at every call and cost a page fault per 4 KiB at first touch. The backward pass is the
 reverse-time adjoint written by hand. With ``sg_t`` the surrogate derivative at ``u_t - th_t``, ``gv_t`` / ``ga_t`` the
@@ -41,9 +53,10 @@ and, without ``detach_reset``, reset and adaptation)::
     gI_t  = gu_t + ds gI_{t+1}  (= dL/dx_t)
     gth_t = -sg_t gS_t + dv/dth gv_t,       ga_{t-1} = da ga_t + beta gth_t
 
-Everything that depends only on the saved forward values (``sg``, the reset's derivatives, the
-gradients arriving from the outputs) is computed for a block of steps at once; the loop then
-does one ``[B, N] x [N, N]`` GEMM and three to seven elementwise operations per step. The gradient
+In the PyTorch engine everything that depends only on the saved forward values (``sg``, the reset's
+derivatives, the gradients arriving from the outputs) is computed for a block of steps at once; the
+loop then does one ``[B, N] x [N, N]`` GEMM and three to seven elementwise operations per step (the
+C engine: the GEMM and one call, which finds the step's rows from a descriptor of the buffers). The gradient
 of ``w_rec``, ``sum_t gI_t^T z_{t-1}``, adds, for every spike ``(b, j)`` of step ``t - 1``, the row
 ``gI_t[b]`` to row ``j`` of ``gW^T`` (``index_add_``, while ``gI_t`` is in cache) where the forward
 pass kept the spikes' indices and they are few enough (:data:`ROWS_MAX_BYTES`), else it is one GEMM
@@ -60,13 +73,16 @@ import torch
 from torch import Tensor
 
 from ..functional import ALIFParams, ALIFState, LIFParams, LIFState
-from ._common import FusedConfig, flat_param, reset_into
+from . import native
+from ._common import RESET_CODES, FusedConfig, flat_param, reset_into
 
-__all__ = ["recurrent_fused", "BLOCK_ELEMENTS", "GATHER_MAX_RATE", "GATHER_MIN_MACS", "PRODUCTS", "ROWS_MAX_BYTES"]
+__all__ = ["recurrent_fused", "engine", "BLOCK_ELEMENTS", "GATHER_MAX_RATE", "GATHER_MIN_MACS", "NATIVE", "PRODUCTS",
+           "ROWS_MAX_BYTES"]
 
 PRODUCTS = ("auto", "dense", "gather")
-"""How the forward pass computes ``z_{t-1} @ W.T``: "dense" (``torch.mm``, bit-identical to the
-reference), "gather" (sum of the active rows, any density), "auto" (gather on CPU where it pays)."""
+"""How the forward pass computes ``z_{t-1} @ W.T``: "dense" (``torch.mm`` in the PyTorch engine,
+bit-identical to the reference), "gather" (sum of the active rows, any density), "auto" (the C
+engine where it applies, else gather on CPU where it pays)."""
 GATHER_MAX_RATE = 0.15
 """``"auto"`` sums the active rows when at most this fraction of the previous step's spikes is 1
 (measured on a 2-core AVX-512 CPU: the gather wins below about 15-20 %)."""
@@ -78,6 +94,8 @@ ROWS_MAX_BYTES = 1 << 21
 forward pass summed rows at every step and no step gathers more than this many bytes of rows (the
 rows then stay in cache; measured on a 2-core AVX-512 CPU, 1 thread: 190 ms against 206 ms at
 (784, 64, 256) with 840 KB per step, 351 ms against 300 ms at (100, 256, 512) with 13 MB)."""
+NATIVE = True
+"""Run the C engine (``recurrent.c``) where it applies (:func:`engine`); False: the PyTorch loop always."""
 BLOCK_ELEMENTS = 1 << 18
 """Neuron-steps per block of the sequences kept for backward and of backward's coefficients."""
 
@@ -206,12 +224,130 @@ def _forward_loop(x, w, v, i, a, z0, dm, ds, da, beta, th, vr, cfg: FusedConfig,
     return v, i, a
 
 
+def _c_vector(c: Tensor | None, N: int) -> Tensor | None:
+    """A constant ``[1, 1|N]`` as the C engine reads it: ``[N]``, contiguous."""
+    return None if c is None else c.reshape(-1).expand(N).contiguous()
+
+
+def _steps(g: Tensor | None, like: Tensor) -> Tensor | None:
+    """A gradient ``[T, B, N]`` whose steps ``g[t]`` are contiguous: ``g`` itself where they are, one
+    contiguous step expanded over time where ``g`` is constant over time (as ``spikes.sum()`` gives),
+    else a contiguous copy."""
+    if g is None:
+        return None
+    if g.stride(0) == 0:
+        return g[0].contiguous().expand(g.shape)
+    if g[0].is_contiguous():
+        return g
+    return g.contiguous()
+
+
+def _forward_c(x, w, v, i, a, z0, consts, cfg: FusedConfig, spikes, u_blocks, i_blocks, v_seq, a_blocks,
+               blk: int) -> int:
+    """:func:`_forward_loop`'s work on the C engine, one call per block of ``blk`` steps (states ``v, i, a
+    [B, N]`` contiguous, updated in place). Returns the number of spikes."""
+    T, B, N = x.shape
+    lib = native.load()
+    fn = getattr(lib, f"rec_forward_{native.DTYPE_SUFFIX[x.dtype]}")
+    held = x.stride(0) == 0 and x[0].is_contiguous()
+    if not held:
+        x = x.contiguous()
+    x_step = 0 if held else B * N
+    esize = x.element_size()
+    wt = None if w is None else w.t().contiguous()           # [N_pre, N_post]
+    r0 = None if z0 is None or w is None else torch.mm(z0, w.t())   # z0 may hold any values: the GEMM
+    dm, ds, da, beta, th, vr = (_c_vector(c, N) for c in consts)
+    ptr = native.ptr
+    threads = native.threads_for(B, 1)
+    total = 0
+    for b, t0 in enumerate(range(0, T, blk)):
+        t1 = min(T, t0 + blk)
+        zprev = spikes[t0 - 1] if t0 > 0 and w is not None else None
+        n = fn(t1 - t0, B, N, threads, x.data_ptr() + t0 * x_step * esize, x_step, ptr(wt),
+               ptr(r0) if t0 == 0 else None, ptr(zprev), v.data_ptr(), i.data_ptr(), ptr(a), ptr(dm), ptr(ds),
+               ptr(da), ptr(beta), ptr(th), ptr(vr), RESET_CODES[cfg.reset], spikes[t0].data_ptr(),
+               None if u_blocks is None else u_blocks[b].data_ptr(),
+               None if i_blocks is None else i_blocks[b].data_ptr(),
+               None if v_seq is None else v_seq[t0].data_ptr(),
+               None if a_blocks is None else a_blocks[b].data_ptr())
+        if n < 0:
+            raise MemoryError("recurrent_fused: the C engine could not allocate its scratch rows")
+        total += n
+    return total
+
+
+_DESCRIPTOR = ("B", "N", "T", "threads", "sur", "reset", "detach", "rec", "blk", "u", "s", "a", "a0", "gs", "gs_step",
+               "gv", "gv_step", "gi", "gi_step", "ga", "ga_step", "R", "gu", "gu_rows", "gx", "gab", "ga_rows", "dm", "ds", "da", "beta", "th", "vr",
+               "gwt")
+"""The slots of ``rec_backward_at``'s descriptor, in order (``recurrent.c``'s ``RB_*``)."""
+
+
+def _backward_c(cfg: FusedConfig, shape, need, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes,
+                u_blocks, i_blocks, a_blocks, g_s, g_v, g_i, g_a, rows: bool):
+    """:func:`_backward` on the C engine: per step one GEMM ``gI_{t+1} @ W`` here and one call of
+    ``rec_backward_at`` for the rest (the weight gradient's rows too when ``rows``), which finds the
+    step's rows from a descriptor of the buffers made once."""
+    T, B, N = shape
+    dtype, device = spikes.dtype, spikes.device
+    adaptive = da is not None
+    rec = cfg.record
+    want_consts = any(need[6:12])
+    fn = getattr(native.load(), f"rec_backward_at_{native.DTYPE_SUFFIX[dtype]}")
+    cs = [_c_vector(c, N) for c in (dm, ds, da, beta, th, vr)]
+    if rec:
+        g_s, g_v, g_i, g_a = (_steps(g, spikes) for g in (g_s, g_v, g_i, g_a))
+    else:
+        g_s = _steps(g_s, spikes)
+        g_v, g_i = (None if g is None else g.contiguous() for g in (g_v, g_i))
+    gx = torch.empty((T, B, N), dtype=dtype, device=device)
+    gu_rows = T if want_consts else 2                     # gu_t in row t % gu_rows
+    ga_rows = T + 1 if want_consts else 2                 # dL/da_t in row (t + 1) % ga_rows, t = -1 .. T-1
+    gu_buf = torch.empty((gu_rows, B, N), dtype=dtype, device=device)
+    ga_buf = None
+    if adaptive:
+        ga_buf = torch.empty((ga_rows, B, N), dtype=dtype, device=device)
+        ga_last = (g_a[T - 1] if rec else g_a) if g_a is not None else None
+        ga_buf[T % ga_rows].copy_(ga_last) if ga_last is not None else ga_buf[T % ga_rows].zero_()
+    tmp = torch.empty((B, N), dtype=dtype, device=device) if w is not None else None
+    g_wt = torch.zeros((N, N), dtype=dtype, device=device) if need[1] and rows else None
+    a_first = None
+    if adaptive:
+        a_first = a0.to(dtype).contiguous() if a0 is not None else spikes.new_zeros(B, N)
+    blk = _block_steps(B, N, T)
+
+    def addresses(blocks):                                # the blocks' pointers as an int64 array
+        return None if blocks is None else torch.tensor([t.data_ptr() for t in blocks], dtype=torch.int64)
+
+    def step(g):                                          # elements from one step of g to the next
+        return 0 if g is None or g.dim() < 3 else g.stride(0)
+
+    u_ptrs, a_ptrs = addresses(u_blocks), addresses(a_blocks)
+    ptr = native.ptr
+    slots = dict(B=B, N=N, T=T, threads=native.threads_for(B, max(1, 4096 // N)),
+                 sur=native.surrogate_code(cfg.grad_fn, dtype, float(slope)), reset=RESET_CODES[cfg.reset],
+                 detach=int(bool(cfg.detach_reset)), rec=int(rec), blk=blk, u=ptr(u_ptrs), s=ptr(spikes),
+                 a=ptr(a_ptrs), a0=ptr(a_first), gs=ptr(g_s), gs_step=step(g_s), gv=ptr(g_v), gv_step=step(g_v),
+                 gi=ptr(g_i), gi_step=step(g_i), ga=ptr(g_a) if rec else None, ga_step=step(g_a), R=ptr(tmp), gu=ptr(gu_buf), gu_rows=gu_rows,
+                 gx=ptr(gx), gab=ptr(ga_buf), ga_rows=ga_rows, dm=ptr(cs[0]), ds=ptr(cs[1]), da=ptr(cs[2]),
+                 beta=ptr(cs[3]), th=ptr(cs[4]), vr=ptr(cs[5]), gwt=ptr(g_wt))
+    desc = torch.tensor([slots[k] or 0 for k in _DESCRIPTOR], dtype=torch.int64)
+    d, slope_f = desc.data_ptr(), float(slope)
+    for t in range(T - 1, -1, -1):
+        if t < T - 1 and w is not None:
+            torch.mm(gx[t + 1], w, out=tmp)
+        if fn(d, t, slope_f):
+            raise MemoryError("recurrent_fused: the C engine could not allocate its scratch rows")
+    g_w = None if g_wt is None else g_wt.t().contiguous()
+    return _gradients_after(cfg, need, T, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, spikes, u_blocks, i_blocks,
+                            a_blocks, gx, gu_buf, ga_buf, g_v, g_w, gu_buf[0], ga_buf[0] if adaptive else None)
+
+
 class _RecurrentFn(torch.autograd.Function):
     """The fused layer on ``x [T, B, F]``, states ``[B, F]`` (``z0 [B, N]``), constants ``[1|B, 1|F]``."""
 
     @staticmethod
     def forward(ctx, x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, cfg: FusedConfig, product: str,
-                keep: bool, save_i: bool):
+                keep: bool, save_i: bool, use_c: bool):
         T, B, N = x.shape
         adaptive = da is not None
         rec = cfg.record
@@ -220,11 +356,11 @@ class _RecurrentFn(torch.autograd.Function):
         def new_blocks():                                 # a sequence kept for backward, in blocks
             return [x.new_empty(min(blk, T - t0), B, N) for t0 in range(0, T, blk)]
 
-        v = v0.clone() if v0 is not None else x.new_zeros(B, N)
-        i = i0.clone() if i0 is not None else x.new_zeros(B, N)
-        a = None
-        if adaptive:
-            a = a0.clone() if a0 is not None else x.new_zeros(B, N)
+        def state(s0):                                    # a state buffer [B, N], contiguous
+            return x.new_zeros(B, N) if s0 is None else s0.clone(memory_format=torch.contiguous_format)
+
+        v, i = state(v0), state(i0)
+        a = state(a0) if adaptive else None
         spikes = x.new_empty(T, B, N)
         seqs = {k: x.new_empty(T, B, N) for k in ("v", "i", "a") if rec and (k != "a" or adaptive)}  # outputs
         u_blocks = new_blocks() if keep else None
@@ -232,13 +368,22 @@ class _RecurrentFn(torch.autograd.Function):
         a_blocks = None
         if adaptive and (rec or keep):
             a_blocks = list(seqs["a"].split(blk)) if rec else new_blocks()
-        active = [] if keep and w is not None else None
-        with torch.no_grad():
-            vT, iT, aT = _forward_loop(x, w, v, i, a, z0, dm, ds, da, beta, th, vr, cfg, product, spikes,
-                                       None if u_blocks is None else _step_views(u_blocks, T),
-                                       None if i_blocks is None else _step_views(i_blocks, T),
-                                       seqs["v"].unbind(0) if rec else None,
-                                       None if a_blocks is None else _step_views(a_blocks, T), active)
+        active = [] if keep and w is not None and not use_c else None
+        ctx.rows = False
+        if use_c:
+            with torch.no_grad():
+                n = _forward_c(x, w, v, i, a, z0, (dm, ds, da, beta, th, vr), cfg, spikes, u_blocks, i_blocks,
+                               seqs.get("v"), a_blocks, blk)
+            vT, iT, aT = v, i, a
+            ctx.rows = n <= GATHER_MAX_RATE * T * B * N    # the weight gradient as rows of gI per spike
+        else:
+            with torch.no_grad():
+                vT, iT, aT = _forward_loop(x, w, v, i, a, z0, dm, ds, da, beta, th, vr, cfg, product, spikes,
+                                           None if u_blocks is None else _step_views(u_blocks, T),
+                                           None if i_blocks is None else _step_views(i_blocks, T),
+                                           seqs["v"].unbind(0) if rec else None,
+                                           None if a_blocks is None else _step_views(a_blocks, T), active)
+        ctx.use_c = use_c
         if rec:
             outs = [spikes, seqs["v"], seqs["i"], seqs.get("a")]
         else:   # a final state that is a step of a saved block is cloned
@@ -268,9 +413,13 @@ class _RecurrentFn(torch.autograd.Function):
             i_blocks = None if i_blocks is None else list(i_blocks[0].split(ctx.blk))
             a_blocks = None if a_blocks is None else list(a_blocks[0].split(ctx.blk))
         with torch.no_grad():
-            grads = _backward(ctx.cfg, ctx.shape, ctx.needs_input_grad, w, v0, i0, a0, z0, dm, ds, da, beta, th,
-                              vr, slope, spikes, u_blocks, i_blocks, a_blocks, g_s, g_v, g_i, g_a, ctx.active)
-        return (*grads, None, None, None, None, None)
+            if ctx.use_c:
+                grads = _backward_c(ctx.cfg, ctx.shape, ctx.needs_input_grad, w, v0, i0, a0, z0, dm, ds, da, beta,
+                                    th, vr, slope, spikes, u_blocks, i_blocks, a_blocks, g_s, g_v, g_i, g_a, ctx.rows)
+            else:
+                grads = _backward(ctx.cfg, ctx.shape, ctx.needs_input_grad, w, v0, i0, a0, z0, dm, ds, da, beta,
+                                  th, vr, slope, spikes, u_blocks, i_blocks, a_blocks, g_s, g_v, g_i, g_a, ctx.active)
+        return (*grads, None, None, None, None, None, None)
 
 
 def _backward(cfg: FusedConfig, shape, need, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes,
@@ -365,24 +514,33 @@ def _backward(cfg: FusedConfig, shape, need, w, v0, i0, a0, z0, dm, ds, da, beta
             if g_wt is not None and t > 0:
                 rows, cols = active[t - 1]
                 g_wt.index_add_(0, cols, gxs[t].index_select(0, rows))
+    g_w = None if g_wt is None else g_wt.t().contiguous()
+    return _gradients_after(cfg, need, T, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, spikes, u_blocks, i_blocks,
+                            a_blocks, gx, gu_buf, ga_buf, g_v, g_w, gu_at(0), ga_at(-1) if adaptive else None)
+
+
+def _gradients_after(cfg: FusedConfig, need, T, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, spikes, u_blocks,
+                     i_blocks, a_blocks, gx, gu_buf, ga_buf, g_v, g_w, gu0, ga_first):
+    """The gradients of ``(x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr)`` once the reverse loop has filled
+    ``gx`` (``dL/dx [T, B, N]``), ``gu_buf`` / ``ga_buf`` (per step when the constants need gradients);
+    ``gu0`` is ``gu_0``, ``ga_first`` ``dL/da_{-1}``; ``g_w``: the weight gradient summed by rows during the
+    loop (None: one GEMM over all steps here)."""
+    N = spikes.shape[2]
+    dtype = spikes.dtype
     g_x = gx if need[0] else None
-    g_w = None
-    if g_wt is not None:
-        g_w = g_wt.t().contiguous()
-    elif need[1]:
+    if g_w is None and need[1]:
         g_w = torch.mm(gx[1:].reshape(-1, N).t(), spikes[:-1].reshape(-1, N)) if T > 1 else torch.zeros_like(w)
-    if need[1]:
-        if z0 is not None:
-            g_w.addmm_(gx[0].t(), z0.to(dtype))
-    g_v0 = (gu_at(0) * dm) if need[2] else None
+    if need[1] and z0 is not None:
+        g_w.addmm_(gx[0].t(), z0.to(dtype))
+    g_v0 = (gu0 * dm) if need[2] else None
     g_i0 = (gx[0] * ds) if need[3] else None
-    g_a0 = ga_at(-1).clone() if adaptive and need[4] else None
+    g_a0 = ga_first.clone() if da is not None and need[4] else None
     g_z0 = torch.mm(gx[0], w) if need[5] else None
     consts = [None] * 6
-    if want_consts:
+    if any(need[6:12]):
         consts = _constant_grads(cfg, need, T, dm, ds, da, beta, th, vr, spikes, u_blocks, i_blocks, a_blocks,
                                  v0, i0, a0, gx, gu_buf, ga_buf, g_v)
-    return (g_x, g_w, g_v0, g_i0, g_a0, g_z0, *consts)
+    return (g_x, None if not need[1] else g_w, g_v0, g_i0, g_a0, g_z0, *consts)
 
 
 def _coefficients(cfg: FusedConfig, b: int, t0: int, t1: int, T: int, dm, beta, th, vr, slope, spikes, u_blocks,
@@ -485,6 +643,35 @@ def _constant_grads(cfg: FusedConfig, need, T, dm, ds, da, beta, th, vr, spikes,
     return [_reduce_to(acc[k], params[k]) if k in acc else None for k in ("dm", "ds", "da", "beta", "th", "vr")]
 
 
+def _c_reason(x: Tensor, consts: list, spike_fn: Any, product: str) -> str | None:
+    """Why the C engine cannot run a layer on ``x [T, B, F]`` with the flat constants ``consts``
+    (:func:`~spikegrad.kernels._common.flat_param`), or None if it can."""
+    if not NATIVE:
+        return "recurrent.NATIVE is False"
+    if product == "dense":
+        return "product='dense' (the reference's GEMM, bit for bit)"
+    if not native.supports(x):
+        return f"the C engine takes float32 / float64 CPU tensors, got {x.dtype} on {x.device.type}"
+    if not native.available():
+        return f"the C kernels are not built ({native.build_error()})"
+    if not native.surrogate_code(type(spike_fn).grad, x.dtype, float(spike_fn.slope)):
+        return f"no C formula for the surrogate {type(spike_fn).__name__} at this slope and dtype"
+    if any(c is not None and c.shape[0] != 1 for c in consts):
+        return "neuron constants that differ across the batch"
+    return None
+
+
+def engine(x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any, product: str = "auto") -> tuple[str, str]:
+    """What :func:`recurrent_fused` runs for these arguments, and why: ``("native", reason)`` (the C
+    engine, ``recurrent.c``) or ``("torch", reason)`` (the loop of PyTorch operations)."""
+    fields = ("decay_mem", "decay_syn", "decay_ada", "beta", "v_th", "v_reset")
+    consts = [flat_param(getattr(p, f), x_seq) for f in fields if hasattr(p, f)]
+    why = _c_reason(x_seq, consts, spike_fn, product)
+    if why is None:
+        return "native", "the C engine (recurrent.c): the recurrent sum and the neuron update in C"
+    return "torch", f"the loop of PyTorch operations: {why}"
+
+
 def recurrent_fused(x_seq: Tensor, state: LIFState | ALIFState | None, p: LIFParams | ALIFParams,
                     w_rec: Tensor | None, spike_fn: Any, record: bool = False,
                     product: str = "auto") -> tuple[Tensor, LIFState | ALIFState]:
@@ -541,8 +728,9 @@ def recurrent_fused(x_seq: Tensor, state: LIFState | ALIFState | None, p: LIFPar
     grad_on = torch.is_grad_enabled()
     keep = grad_on and any(t is not None and t.requires_grad for t in tensors)
     save_i = grad_on and consts[1].requires_grad
+    use_c = _c_reason(x, [*consts, da, beta, th, vr], spike_fn, product) is None
     spikes, v, i, a = _RecurrentFn.apply(x, w, v0, i0, a0, z0, consts[0], consts[1], da, beta, th, vr, slope,
-                                         cfg, product, keep, save_i)
+                                         cfg, product, keep, save_i, use_c)
     spikes = spikes.reshape(x_seq.shape)
     step_shape = x_seq.shape if record else x_seq.shape[1:]
     v, i = v.reshape(step_shape), i.reshape(step_shape)

@@ -1,0 +1,55 @@
+/* Definitions shared by lif.c and recurrent.c: reset modes, surrogate numbers and formulas, and the
+ * per-vector-width copies of the entry points. */
+#ifndef SPIKEGRAD_KERNELS_H
+#define SPIKEGRAD_KERNELS_H
+
+#define RESET_SUBTRACT 0
+#define RESET_ZERO 1
+#define RESET_NONE 2
+/* Surrogate numbers: those of spikegrad.kernels._common.SURROGATE_CODES (one numbering of the
+ * built-in surrogates for every kernel), of which these kernels compute the four below. */
+#define SUR_GIVEN 0 /* surrogate derivatives computed by the caller */
+#define SUR_FAST_SIGMOID 1
+#define SUR_ATAN 3
+#define SUR_TRIANGLE 4
+#define SUR_BOXCAR 7
+#define ABS(x) ((x) < 0 ? -(x) : (x))
+#define INLINE static inline __attribute__((always_inline))
+
+/* One copy of each entry point per vector width, picked when the library loads (GCC and Clang
+ * on x86-64 Linux); elsewhere the compiler's baseline. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(SPIKEGRAD_NO_CLONES)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CLONES
+#endif
+
+/* surrogate_SFX(sur, z, slope, given): the surrogate derivative number sur at z (grad(x, slope) of
+ * spikegrad.surrogates' rational surrogates); given: the caller's value for SUR_GIVEN. */
+#define DEFINE_SURROGATE(T_, SFX)                                                                    \
+INLINE T_ surrogate_##SFX(int sur, T_ zz, T_ slope, T_ given)                                        \
+{                                                                                                    \
+    switch (sur) {                                                                                   \
+    case SUR_FAST_SIGMOID: { /* (1 + slope |x|)^-2 */                                                \
+        const T_ d = 1 + slope * ABS(zz);                                                            \
+        return 1 / (d * d);                                                                          \
+    }                                                                                                \
+    case SUR_ATAN: { /* (slope / 2) / (1 + (pi / 2 slope x)^2) */                                    \
+        const T_ q = ((T_)1.5707963267948966 * slope) * zz;                                          \
+        return (slope / 2) / (1 + q * q);                                                            \
+    }                                                                                                \
+    case SUR_TRIANGLE: { /* slope max(1 - slope |x|, 0) */                                           \
+        const T_ q = 1 - slope * ABS(zz);                                                            \
+        return slope * (q > 0 ? q : 0);                                                              \
+    }                                                                                                \
+    case SUR_BOXCAR: /* slope where |x| < 0.5 / slope */                                             \
+        return ABS(zz) < (T_)0.5 / slope ? slope : 0;                                                \
+    default:                                                                                         \
+        return given;                                                                                \
+    }                                                                                                \
+}
+
+DEFINE_SURROGATE(float, f32)
+DEFINE_SURROGATE(double, f64)
+
+#endif
