@@ -15,6 +15,10 @@ Zero reset is the one reset all four libraries offer. Matching notes:
   weights). Its reset passes gradient; spikegrad is also run that way (``detach_reset=False``).
 * Loops go over ``x.unbind(0)``; snnTorch's tutorial idiom ``x[t]`` is timed as a separate row.
 
+The ``recurrent lif`` / ``recurrent alif`` workloads of ``bench/run.py`` use the peers' recurrent
+layers (:data:`RECURRENT_PEERS`), with spikegrad's recurrent weights copied in; what differs from
+spikegrad's recurrent LIF / ALIF (reset by subtraction, detached) is in each class's docstring.
+
 A *row* is ``(workload, library, variant)``; :func:`build` returns a callable doing one
 measured iteration plus metadata. Rows of libraries that are not installed raise ImportError.
 """
@@ -183,6 +187,113 @@ READOUTS = {
     "snntorch": lambda tm, ts: SnnTorchLIF(tm, ts, readout=True),
     "spikingjelly": lambda tm, ts: SpikingJellyCUBA(tm, ts, readout=True),
     "norse": lambda tm, ts: NorseLIF(tm, ts, readout=True),
+}
+
+
+# ----------------------------------------------------------------------------- recurrent layers
+# each: module mapping x [T, B, N] (``input_scale`` applied once, outside the timing) -> spikes
+# [T, B, N], with all-to-all recurrent weights ``weight`` [N, N] (row = target neuron) copied from
+# spikegrad's ``w_rec``; taus in steps
+
+class SnnTorchRecurrentLIF(nn.Module):
+    """snnTorch ``RSynaptic`` (all-to-all ``Linear(N, N)``, its bias removed), stepped over ``x.unbind(0)``.
+
+    ``alpha = ds``, ``beta = dm``, threshold 1, reset by subtraction, fast-sigmoid surrogate of slope 25:
+    spikegrad's recurrent LIF except that the reset comes one step late, after the decay, so it
+    subtracts 1 where spikegrad subtracts ``dm``. (``reset_delay=False`` does not help: in RSynaptic
+    1.0 it fails on the empty initial state and otherwise changes only a local copy of the membrane.)
+    """
+
+    input_scale = 1.0
+
+    def __init__(self, w_rec: torch.Tensor, tau_mem: float, tau_syn: float):
+        super().__init__()
+        import snntorch as snn
+        from snntorch import surrogate
+
+        dm, ds = decays(tau_mem, tau_syn)
+        self.cell = snn.RSynaptic(alpha=ds, beta=dm, all_to_all=True, linear_features=w_rec.shape[0],
+                                  threshold=THRESHOLD, spike_grad=surrogate.fast_sigmoid(slope=25),
+                                  reset_mechanism="subtract")
+        self.cell.recurrent.bias = None
+        with torch.no_grad():
+            self.cell.recurrent.weight.copy_(w_rec)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.cell.recurrent.weight
+
+    def forward(self, x):
+        spk, syn, mem = self.cell.reset_mem()
+        outs = []
+        for x_t in x.unbind(0):
+            spk, syn, mem = self.cell(x_t, spk, syn, mem)
+            outs.append(spk)
+        return torch.stack(outs)
+
+
+class NorseRecurrent(nn.Module):
+    """norse ``LIFRecurrentCell``, or ``LSNNRecurrentCell`` (``adaptive``), stepped over ``x.unbind(0)``, ``dt = 1``.
+
+    norse integrates forward Euler, ``v += tau_mem_inv (v_leak - v + i)``: with ``tau_mem_inv = 1 - dm``,
+    ``tau_syn_inv = 1 - ds`` and the input and recurrent weights divided by ``1 - dm`` (the input
+    through ``input_scale``) its LIF is spikegrad's recurrence (see the module docstring), except
+    the reset: to ``v_reset = 0``, where spikegrad subtracts the threshold. The LSNN, with
+    ``tau_adapt_inv = 1 - exp(-1/tau_ada)`` and ``beta (1 - exp(-1/tau_ada))`` per spike (spikegrad's
+    threshold raise per spike), also resets to zero, adds the input and the recurrent spikes to
+    ``i`` after updating ``v`` (they reach ``v`` one step later than in spikegrad, the recurrence
+    two steps after the spike) and decays the raise once before it first acts. The cells always
+    multiply the input by input weights: here the identity, frozen (one more ``[B, N] x [N, N]``
+    product per step, and one for the input gradient). ``autapses=True`` keeps ``w_rec``'s diagonal
+    (norse zeroes it by default). Surrogate: ``method="super"``, ``alpha=25``, but norse 1.1's
+    SuperSpike ignores ``alpha`` (``1 / (1 + |x|)^2``, slope 1); the forward pass does not depend on it.
+    """
+
+    def __init__(self, w_rec: torch.Tensor, tau_mem: float, tau_syn: float, adaptive: bool = False,
+                 tau_ada: float = 200.0, beta: float = 1.8):
+        super().__init__()
+        import norse.torch as nt
+
+        dm, ds = decays(tau_mem, tau_syn)
+        a = 1.0 - dm
+        self.input_scale = 1.0 / a
+        n = w_rec.shape[0]
+        common = dict(tau_syn_inv=torch.tensor(1.0 - ds), tau_mem_inv=torch.tensor(a), v_leak=torch.tensor(0.0),
+                      v_th=torch.tensor(THRESHOLD), v_reset=torch.tensor(0.0), method="super",
+                      alpha=torch.tensor(25.0))
+        if adaptive:
+            ada = 1.0 - math.exp(-1.0 / tau_ada)
+            p = nt.LSNNParameters(tau_adapt_inv=torch.tensor(ada), beta=torch.tensor(beta * ada), **common)
+            cell = nt.LSNNRecurrentCell
+        else:
+            p = nt.LIFParameters(**common)
+            cell = nt.LIFRecurrentCell
+        eye = nn.Parameter(torch.eye(n, dtype=w_rec.dtype, device=w_rec.device), requires_grad=False)
+        self.cell = cell(n, n, p=p, dt=1.0, autapses=True, input_weights=eye,
+                         recurrent_weights=nn.Parameter(w_rec.detach() / a))
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.cell.recurrent_weights
+
+    def forward(self, x):
+        state = None
+        outs = []
+        for x_t in x.unbind(0):
+            z, state = self.cell(x_t, state)
+            outs.append(z)
+        return torch.stack(outs)
+
+
+RECURRENT_PEERS = {
+    # variant -> (library, workload, factory(w_rec, tau_mem, tau_syn) -> module, note)
+    "snntorch/RSynaptic": ("snntorch", "recurrent lif", lambda w, tm, ts: SnnTorchRecurrentLIF(w, tm, ts),
+                           "x.unbind(0); reset 1 step late (subtracts 1, not dm)"),
+    "norse/LIFRecurrentCell": ("norse", "recurrent lif", lambda w, tm, ts: NorseRecurrent(w, tm, ts),
+                               "x.unbind(0); zero reset; + identity input weights"),
+    "norse/LSNNRecurrentCell": ("norse", "recurrent alif",
+                                lambda w, tm, ts: NorseRecurrent(w, tm, ts, adaptive=True),
+                                "x.unbind(0); zero reset; input 1, recurrence 2 steps late; + identity input weights"),
 }
 
 

@@ -21,10 +21,20 @@ Workloads (settings matched across libraries, see ``bench/libs.py``):
   reference scan (``backend="torch"``), a plain PyTorch loop over ``x.unbind(0)`` with the step
   written inline (a fast-sigmoid ``autograd.Function``), and that loop with its step function under
   ``torch.compile``. The recurrent weights are the layers' initial ones times 0.1 and the input
-  N(0, 0.15^2): about 5 % of the neurons spike per step. These rows also report the peak resident
-  memory of the first forward + backward in the row's fresh process, above the memory held before
-  it (``/proc/self/status`` VmHWM after resetting it through ``/proc/self/clear_refs``); compiled
-  rows compile there, so none is given.
+  N(0, 0.15^2): about 5 % of the neurons spike per step. The peers' recurrent layers run the same
+  input and a copy of the same recurrent weights, stepped over ``x.unbind(0)`` (``libs.RECURRENT_PEERS``,
+  what differs is in their docstrings): ``snntorch/RSynaptic`` (recurrent lif; all-to-all
+  ``Linear(N, N)`` without bias, ``alpha = ds``, ``beta = dm``, reset by subtraction, which snnTorch
+  applies one step late, after the decay), ``norse/LIFRecurrentCell`` (recurrent lif) and
+  ``norse/LSNNRecurrentCell`` (recurrent alif; threshold raise ``1.8 (1 - exp(-1/200))`` per spike,
+  decaying with ``tau_adapt_inv = 1 - exp(-1/200)``), with ``dt = 1``, ``tau_*_inv = 1 - decay`` and
+  input and weights divided by ``1 - dm`` (norse's forward Euler then gives spikegrad's recurrence);
+  norse resets to zero instead of subtracting, its LSNN adds input and recurrent spikes one step
+  later, and its cells also multiply the input by input weights (the identity, frozen). Zero reset
+  makes norse spike 10 to 15 % less. snnTorch has no recurrent adaptive neuron. These rows also
+  report the peak resident memory of the first forward + backward in the row's fresh process, above
+  the memory held before it (``/proc/self/status`` VmHWM after resetting it through
+  ``/proc/self/clear_refs``); compiled rows compile there, so none is given.
 
 Each row runs in its own process (SpikingJelly picks its GPU kernels from an environment variable
 at import; peak-memory counters start clean), with ``torch.set_num_threads(--threads)``, warm-up
@@ -115,6 +125,10 @@ def make_rows(device: str, only: str | None) -> list[dict]:
             for v in RECURRENT_VARIANTS:
                 rows.append(dict(workload=workload, shape=shape, variant=v, base_variant=v, sj_impl=None,
                                  device=device, compiled=v.endswith("compiled step")))
+            for v, (_, peer_workload, _, _) in libs.RECURRENT_PEERS.items():
+                if peer_workload == workload:
+                    rows.append(dict(workload=workload, shape=shape, variant=v, base_variant=v, sj_impl=None,
+                                     device=device))
     if only:
         rows = [r for r in rows if r["workload"].startswith(only)]
     return rows
@@ -141,6 +155,25 @@ def _spike_fn():
     return Spike.apply
 
 
+def recurrent_peer(variant: str, x, w_rec, tau_mem: float, tau_syn: float):
+    """``(forward() -> spikes [T, B, N], zero_grad())`` of a peer's recurrent layer (``libs.RECURRENT_PEERS``).
+
+    The peer gets a copy of ``w_rec [N, N]`` (row = target neuron) and of the input ``x [T, B, N]``
+    (times the peer's ``input_scale``, once); the gradient goes to both copies. Raises ImportError
+    when the peer is not installed.
+    """
+    import libs
+
+    peer = libs.RECURRENT_PEERS[variant][2](w_rec.detach(), tau_mem, tau_syn).to(x.device)
+    xp = (x.detach() * peer.input_scale).requires_grad_()
+
+    def zero_grad():
+        xp.grad = None
+        peer.weight.grad = None
+
+    return (lambda: peer(xp)), zero_grad
+
+
 def recurrent_setup(row: dict):
     """``(forward() -> spikes [T, B, N], zero_grad())`` for a ``recurrent lif`` / ``recurrent alif`` row."""
     import math
@@ -161,6 +194,8 @@ def recurrent_setup(row: dict):
     with torch.no_grad():
         w.mul_(RECURRENT_GAIN)
     variant = row["base_variant"]
+    if variant not in RECURRENT_VARIANTS:
+        return recurrent_peer(variant, x, w, tm, ts)
 
     def zero_grad():
         x.grad = None
@@ -330,7 +365,8 @@ def measure(row: dict, threads: int, quick: bool) -> dict:
 
         neuron_steps = T * B * N
     elif row["workload"].startswith("recurrent"):
-        res["note"] = RECURRENT_VARIANTS[row["base_variant"]]
+        v = row["base_variant"]
+        res["note"] = RECURRENT_VARIANTS[v] if v in RECURRENT_VARIANTS else libs.RECURRENT_PEERS[v][3]
         forward, zero_grad = recurrent_setup(row)
 
         def step():
@@ -441,8 +477,8 @@ def print_table(results: list[dict]) -> None:
         best_peer = min(peers, key=lambda r: r["median_ms"]) if peers else None
         print(f"\n== {wl}  (T, B, N) = {shape}  on {device}")
         if wl.startswith("recurrent"):
-            print("   x plain: against the reference scan (spikegrad/torch); x best peer: against the faster of "
-                  "the eager and compiled loops; peak MiB: RSS of the first fwd+bwd")
+            print("   x plain: against the reference scan (spikegrad/torch); x best peer: against the fastest of "
+                  "the plain loops and the peer libraries; peak MiB: RSS of the first fwd+bwd")
         print(f"{'variant':34s} {'median ms':>10s} {'x plain':>8s} {'x best peer':>11s} {'spike rate':>10s} "
               f"{'saved B/n-step':>14s} {'peak MiB':>9s} {'samples/s':>10s}  note")
         for r in rows:
