@@ -14,9 +14,11 @@ class Counter:
 
     def __init__(self):
         self.graphs = 0
+        self.code = ""
 
     def __call__(self, gm, example_inputs):
         self.graphs += 1
+        self.code += gm.code
         return gm.forward
 
 
@@ -84,3 +86,60 @@ def test_custom_operators_pass_opcheck():
     spikes = (torch.rand(12, 9) < 0.1).double()
     w = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(ops.sparse_linear_op, (spikes, w, None, 0.5))
+
+
+@pytest.mark.parametrize("record", [False, True])
+@pytest.mark.parametrize("kind", ["lif", "alif", "alif_ff"])
+def test_compiled_recurrent_layer_runs_the_c_engine_and_equals_eager(kind, record):
+    """A recurrent LIF / ALIF (or feed-forward ALIF) layer under torch.compile(fullgraph=True): the
+    custom operators (no graph break, one graph for every T), same spikes, states and gradients as
+    eager; the eager reference is the reference scan (an independent path)."""
+    torch.manual_seed(3)
+    N = 6
+    rec = None if kind == "alif_ff" else N
+    layer = (sg.LIF(tau_mem=6.0, recurrent=rec) if kind == "lif"
+             else sg.ALIF(tau_mem=6.0, tau_ada=9.0, beta=1.3, recurrent=rec)).double()
+    if layer.w_rec is not None:
+        with torch.no_grad():  # multiples of 1/64: the sums of rows are exact in any order
+            layer.w_rec.copy_(torch.round(torch.randn(N, N) * 0.3 * 64) / 64)
+
+    def run(x):
+        s, st = layer(x, record=record)
+        return s, st.v, st.i
+
+    counter = Counter()
+    compiled = torch.compile(run, backend=counter, fullgraph=True, dynamic=True)
+    for T in (11, 17):
+        x = (torch.rand(T, 3, N, dtype=torch.float64) * 0.8).requires_grad_()
+        got = compiled(x)
+        layer.backend = "torch"
+        want = run(x)
+        layer.backend = "auto"
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+        assert 0 < want[0].sum() < want[0].numel()
+        params = [p for p in layer.parameters() if p.requires_grad]
+        g1 = torch.autograd.grad(got[0].sum() + got[1].square().sum(), [x, *params])
+        g2 = torch.autograd.grad(want[0].sum() + want[1].square().sum(), [x, *params])
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    assert counter.graphs == 1 and "spikegrad.recurrent" in counter.code
+
+
+def test_recurrent_operators_pass_opcheck():
+    from spikegrad.kernels import recurrent
+
+    T, B, N = 5, 3, 4
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(T, B, N, generator=g, dtype=torch.float64) * 0.9
+    w = torch.round(torch.randn(N, N, generator=g, dtype=torch.float64) * 32) / 64
+    st = [torch.rand(B, N, generator=g, dtype=torch.float64) * 0.5 for _ in range(3)]
+    z0 = (torch.rand(B, N, generator=g) < 0.5).double()
+    c = [torch.full((N,), v, dtype=torch.float64) for v in (0.9, 0.6, 0.95, 1.2, 1.0, 0.0)]
+    slope = torch.tensor(5.0, dtype=torch.float64)
+    for adaptive in (False, True):
+        for record in (False, True):
+            args = (x.clone().requires_grad_(), w.clone().requires_grad_(), st[0].clone().requires_grad_(), st[1],
+                    st[2] if adaptive else None, z0, c[0], c[1], c[2] if adaptive else None,
+                    c[3] if adaptive else None, c[4], c[5], slope, "subtract", True, "atan", record, True)
+            torch.library.opcheck(recurrent.recurrent_op, args)

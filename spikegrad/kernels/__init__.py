@@ -228,7 +228,10 @@ def explain_backend(backend: str, x_seq: Tensor, p: LIFParams | ALIFParams, spik
         if getattr(p, "refractory", 0) > 0:
             return "torch", "refractory period (the fused recurrent path has none)"
         if torch.compiler.is_compiling():
-            return "torch", "torch.compile is tracing (it compiles the reference scan)"
+            why = recurrent.compile_reason(x_seq, p, spike_fn)
+            if why is not None:
+                return "torch", f"torch.compile is tracing and the custom operators do not apply: {why}"
+            return "fused", "torch.compile is tracing: the fused recurrent path's C engine as custom operators"
         what = "recurrent weights: the fused recurrent path" if w_rec is not None else \
             "adaptive threshold: the fused ALIF path"
         return "fused", f"{what} (kernels.recurrent), {recurrent.engine(x_seq, p, spike_fn)[1]}"

@@ -333,21 +333,35 @@ CLONES static int rec_backward_step_##SFX(int64_t B, int64_t N, int nthreads, in
         if (gwt != NULL) {                                                                           \
             _Pragma("omp barrier")                                                                   \
             const int64_t j0 = N * k / nt, j1 = N * (k + 1) / nt;                                    \
+            /* the spikes of the columns [j0, j1) as bits (row b, word w: columns j0 + 64 w ...), so  \
+             * that each column's rows are read from a few cache lines, not from B of them */         \
+            const int64_t W = (j1 - j0 + 63) / 64;                                                   \
             int64_t *bl = failed ? NULL : malloc(sizeof(int64_t) * (size_t)B);                      \
-            if (bl != NULL)                                                                          \
+            uint64_t *bits = failed ? NULL : malloc(sizeof(uint64_t) * (size_t)(B * W + 1));        \
+            if (bl != NULL && bits != NULL) {                                                        \
+                for (int64_t b = 0; b < B; ++b)                                                      \
+                    for (int64_t w = 0; w < W; ++w) {                                                \
+                        const T_ *sr = sprev + b * N + j0 + 64 * w;                                  \
+                        const int64_t len = j1 - j0 - 64 * w < 64 ? j1 - j0 - 64 * w : 64;           \
+                        uint64_t m = 0;                                                              \
+                        for (int64_t q = 0; q < len; ++q) m |= (uint64_t)(sr[q] != 0) << q;          \
+                        bits[b * W + w] = m;                                                         \
+                    }                                                                                \
                 for (int64_t j = j0; j < j1; ++j) {   /* row j of gW^T += the rows gI_t[b], s_{t-1}[b, j] = 1 */ \
+                    const int64_t w = (j - j0) / 64, q = (j - j0) % 64;                              \
                     int64_t m = 0;                                                                   \
                     for (int64_t b = 0; b < B; ++b) {                                                \
                         bl[m] = b;                                                                   \
-                        m += sprev[b * N + j] != 0;                                                  \
+                        m += (int64_t)((bits[b * W + w] >> q) & 1);                                  \
                     }                                                                                \
                     if (m > 0) rec_add_rows_##SFX(N, gx_out, bl, m, gwt + j * N);                    \
                 }                                                                                    \
-            else if (!failed) {                                                                      \
+            } else if (!failed) {                                                                    \
                 _Pragma("omp atomic write")                                                          \
                 failed = 1;                                                                          \
             }                                                                                        \
             free(bl);                                                                                \
+            free(bits);                                                                              \
         }                                                                                            \
     }                                                                                                \
     return failed;                                                                                   \

@@ -73,10 +73,11 @@ import torch
 from torch import Tensor
 
 from ..functional import ALIFParams, ALIFState, LIFParams, LIFState
+from ..surrogates import SURROGATES, registered_name
 from . import native
 from ._common import RESET_CODES, FusedConfig, flat_param, reset_into
 
-__all__ = ["recurrent_fused", "engine", "BLOCK_ELEMENTS", "GATHER_MAX_RATE", "GATHER_MIN_MACS", "NATIVE", "PRODUCTS",
+__all__ = ["recurrent_fused", "recurrent_op", "recurrent_backward_op", "engine", "compile_reason", "BLOCK_ELEMENTS", "GATHER_MAX_RATE", "GATHER_MIN_MACS", "NATIVE", "PRODUCTS",
            "ROWS_MAX_BYTES"]
 
 PRODUCTS = ("auto", "dense", "gather")
@@ -643,6 +644,143 @@ def _constant_grads(cfg: FusedConfig, need, T, dm, ds, da, beta, th, vr, spikes,
     return [_reduce_to(acc[k], params[k]) if k in acc else None for k in ("dm", "ds", "da", "beta", "th", "vr")]
 
 
+# ------------------------------------------------------------------------------ torch.compile
+# The C engine as two custom operators: a compiled graph cannot call ctypes, so without them
+# torch.compile would unroll the reference scan (and recompile it for every new T).
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+@torch.library.custom_op("spikegrad::recurrent", mutates_args=())
+def recurrent_op(x: Tensor, w: Tensor | None, v0: Tensor, i0: Tensor, a0: Tensor | None, z0: Tensor | None,
+                 dm: Tensor, ds: Tensor, da: Tensor | None, beta: Tensor | None, th: Tensor, vr: Tensor,
+                 slope: Tensor, reset: str, detach_reset: bool, surrogate: str, record: bool,
+                 keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The C engine's forward pass over ``x [T, B, N]`` from the states ``v0, i0, a0 [B, N]`` (``a0``
+    None: LIF; ``z0``: the spikes before step 0, or None), constants ``[N]`` (``slope``,
+    ``detach_reset`` and ``surrogate`` are for the backward pass).
+
+    Returns ``(spikes, v, i, a, u_seq, a_seq)``: ``v, i, a`` final ``[B, N]`` or, with ``record``,
+    ``[T, B, N]`` (``a`` empty for LIF); with ``keep`` the pre-reset membranes ``u_seq [T, B, N]`` and,
+    for ALIF without ``record``, the adaptation ``a_seq [T, B, N]`` for backward (else empty).
+    """
+    T, B, N = x.shape
+    adaptive = da is not None
+    blk = _block_steps(B, N, T)
+    v, i = v0.clone(memory_format=torch.contiguous_format), i0.clone(memory_format=torch.contiguous_format)
+    a = a0.clone(memory_format=torch.contiguous_format) if adaptive else None
+    spikes = x.new_empty(T, B, N)
+    seqs = {k: x.new_empty(T, B, N) for k in ("v", "i", "a") if record and (k != "a" or adaptive)}
+    u_seq = x.new_empty(T, B, N) if keep else _empty(x)
+    a_seq = x.new_empty(T, B, N) if keep and adaptive and not record else _empty(x)
+    a_out = seqs.get("a", a_seq if a_seq.numel() else None)
+
+    def blocks(t):
+        return None if t is None else list(t.split(blk))
+
+    cfg = FusedConfig(reset, detach_reset, 0, record, x.dtype, None)
+    _forward_c(x, w, v, i, a, z0, (dm, ds, da, beta, th, vr), cfg, spikes, blocks(u_seq if keep else None),
+               blocks(seqs.get("i")), seqs.get("v"), blocks(a_out), blk)
+    if record:
+        return spikes, seqs["v"], seqs["i"], seqs.get("a", _empty(x)), u_seq, a_seq
+    return spikes, v, i, _empty(x) if a is None else a, u_seq, a_seq
+
+
+@recurrent_op.register_fake
+def _(x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, reset, detach_reset, surrogate, record, keep):
+    T, B, N = x.shape
+    adaptive = da is not None
+    state = (lambda: x.new_empty(T, B, N)) if record else (lambda: x.new_empty(B, N))
+    return (x.new_empty(T, B, N), state(), state(), state() if adaptive else _empty(x),
+            x.new_empty(T, B, N) if keep else _empty(x),
+            x.new_empty(T, B, N) if keep and adaptive and not record else _empty(x))
+
+
+@torch.library.custom_op("spikegrad::recurrent_backward", mutates_args=())
+def recurrent_backward_op(w: Tensor | None, v0: Tensor, i0: Tensor, a0: Tensor | None, z0: Tensor | None,
+                          dm: Tensor, ds: Tensor, da: Tensor | None, beta: Tensor | None, th: Tensor, vr: Tensor,
+                          slope: Tensor, spikes: Tensor, u_seq: Tensor, a_seq: Tensor, g_s: Tensor | None,
+                          g_v: Tensor | None, g_i: Tensor | None, g_a: Tensor | None, reset: str, detach_reset: bool,
+                          surrogate: str, record: bool,
+                          need: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients ``(x, w, v0, i0, a0, z0)`` of :func:`recurrent_op` (bit ``k`` of ``need``: the ``k``-th
+    is needed; the others are empty), from its saved ``spikes``, ``u_seq`` and (ALIF) the adaptation
+    ``a_seq [T, B, N]`` and the gradients arriving at its outputs."""
+    T, B, N = spikes.shape
+    blk = _block_steps(B, N, T)
+    wanted = [bool(need >> k & 1) for k in range(6)] + [False] * 6
+    cfg = FusedConfig(reset, detach_reset, 0, record, spikes.dtype, SURROGATES[surrogate].grad)
+    rows = int(spikes.count_nonzero()) <= GATHER_MAX_RATE * spikes.numel()
+    a_blocks = list(a_seq.split(blk)) if da is not None else None
+    grads = _backward_c(cfg, (T, B, N), wanted, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes,
+                        list(u_seq.split(blk)), None, a_blocks, g_s, g_v, g_i, g_a, rows)
+    return tuple(_empty(spikes) if g is None or not n else g for g, n in zip(grads[:6], wanted))
+
+
+@recurrent_backward_op.register_fake
+def _(w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes, u_seq, a_seq, g_s, g_v, g_i, g_a, reset,
+      detach_reset, surrogate, record, need):
+    T, B, N = spikes.shape
+    shapes = [(T, B, N), None if w is None else (N, N), (B, N), (B, N), None if a0 is None else (B, N),
+              None if z0 is None else (B, N)]
+    return tuple(spikes.new_empty(sh) if sh is not None and need >> k & 1 else _empty(spikes)
+                 for k, sh in enumerate(shapes))
+
+
+def _op_setup(ctx, inputs, output):
+    x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, reset, detach_reset, surrogate, record, keep = inputs
+    a_saved = output[3] if record and da is not None else output[5]
+    ctx.save_for_backward(w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, output[0], output[4], a_saved)
+    ctx.conf = (reset, detach_reset, surrogate, record)
+
+
+def _op_grad(ctx, g_s, g_v, g_i, g_a, _g_u, _g_a_seq):
+    w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes, u_seq, a_seq = ctx.saved_tensors
+    reset, detach_reset, surrogate, record = ctx.conf
+    if da is None:
+        g_a = None
+    need = sum(1 << k for k in range(6) if ctx.needs_input_grad[k])
+    grads = recurrent_backward_op(w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes, u_seq, a_seq, g_s,
+                                  g_v, g_i, g_a, reset, detach_reset, surrogate, record, need)
+    return (*(g if ctx.needs_input_grad[k] else None for k, g in enumerate(grads)), *[None] * 12)
+
+
+recurrent_op.register_autograd(_op_grad, setup_context=_op_setup)
+
+
+def compile_reason(x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any) -> str | None:
+    """Why the custom operators cannot run this layer while ``torch.compile`` traces (None: they can):
+    they take float32/float64 CPU tensors, a built-in surrogate the C kernels compute, and constants
+    that do not require grad, one per neuron or one for the layer."""
+    if not NATIVE:
+        return "recurrent.NATIVE is False"
+    if not (native.supports(x_seq) and native.available()):
+        return "the C engine takes float32 / float64 CPU tensors (and a C compiler)"
+    if registered_name(type(spike_fn).grad) not in native.SURROGATE_CODES:
+        return "a surrogate the C kernels do not compute"
+    fields = [getattr(p, f) for f in ("decay_mem", "decay_syn", "decay_ada", "beta", "v_th", "v_reset") if hasattr(p, f)]
+    if any(isinstance(c, Tensor) and c.requires_grad for c in fields):
+        return "constants that require grad"
+    if any(flat_param(c, x_seq).shape[0] != 1 for c in fields):
+        return "neuron constants that differ across the batch"
+    return None
+
+
+def _recurrent_compiled(x: Tensor, v0, i0, a0, z0, consts: list, w: Tensor | None, cfg: FusedConfig, slope: Tensor,
+                        spike_fn: Any):
+    """:func:`recurrent_op` on the flat input ``x [T, B, N]``: ``(spikes, v, i, a)`` as :class:`_RecurrentFn`."""
+    T, B, N = x.shape
+    dm, ds, da, beta, th, vr = (_c_vector(c, N) for c in consts)
+    v0, i0 = (x.new_zeros(B, N) if t is None else t for t in (v0, i0))
+    if da is not None and a0 is None:
+        a0 = x.new_zeros(B, N)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, v0, i0, a0, z0))
+    spikes, v, i, a, _, _ = recurrent_op(x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, cfg.reset,
+                                         cfg.detach_reset, registered_name(type(spike_fn).grad), cfg.record, keep)
+    return spikes, v, i, a
+
+
 def _c_reason(x: Tensor, consts: list, spike_fn: Any, product: str) -> str | None:
     """Why the C engine cannot run a layer on ``x [T, B, F]`` with the flat constants ``consts``
     (:func:`~spikegrad.kernels._common.flat_param`), or None if it can."""
@@ -728,9 +866,12 @@ def recurrent_fused(x_seq: Tensor, state: LIFState | ALIFState | None, p: LIFPar
     grad_on = torch.is_grad_enabled()
     keep = grad_on and any(t is not None and t.requires_grad for t in tensors)
     save_i = grad_on and consts[1].requires_grad
-    use_c = _c_reason(x, [*consts, da, beta, th, vr], spike_fn, product) is None
-    spikes, v, i, a = _RecurrentFn.apply(x, w, v0, i0, a0, z0, consts[0], consts[1], da, beta, th, vr, slope,
-                                         cfg, product, keep, save_i, use_c)
+    if torch.compiler.is_compiling():                                  # the custom operators
+        spikes, v, i, a = _recurrent_compiled(x, v0, i0, a0, z0, [*consts, da, beta, th, vr], w, cfg, slope, spike_fn)
+    else:
+        use_c = _c_reason(x, [*consts, da, beta, th, vr], spike_fn, product) is None
+        spikes, v, i, a = _RecurrentFn.apply(x, w, v0, i0, a0, z0, consts[0], consts[1], da, beta, th, vr, slope,
+                                             cfg, product, keep, save_i, use_c)
     spikes = spikes.reshape(x_seq.shape)
     step_shape = x_seq.shape if record else x_seq.shape[1:]
     v, i = v.reshape(step_shape), i.reshape(step_shape)
