@@ -10,7 +10,7 @@ Part 1, **layers**: for every neuron layer type (LIF, recurrent LIF, ALIF, recur
 backend, the bytes autograd keeps for backward per neuron-step, ``sum(bytes) / (T * B * N)``: the
 distinct storages packed by ``torch.autograd.graph.saved_tensors_hooks`` during the forward pass
 (each counted once, whole), plus tensors a custom autograd Function holds on its ``ctx`` outside
-``save_for_backward`` (the fused recurrent path keeps the indices of the spikes there), found by
+``save_for_backward`` (the PyTorch engine of the fused recurrent path keeps the indices of the spikes there), found by
 walking the graph. Columns: with recomputation off, the part of that which is the layer's input
 current or its spikes (the spikes are kept by the next layer anyway), and with recomputation on
 (``set_recompute(layer, K)``: the chunks' inputs and the states every K steps; backward then holds
@@ -20,8 +20,9 @@ the layers' initial ones times 0.1 (about 5 % spikes per step, as in ``bench/run
 Part 2, **smnist step**: one training step of the ``smnist`` experiment (``conf/experiment/smnist.yaml``,
 composed with Hydra: 80 inputs -> 256 recurrent ALIF -> 10 LI, last-step cross-entropy, the rate
 regularizer, Adam, gradient clipping at 1.0) through ``spikegrad.training.train_epoch``, on random
-level-crossing-like input spikes ``[B, T, 80]`` (5 % ones), recomputation off and on for each
-``--chunk``. Each configuration runs in a fresh process (glibc malloc as ``train.py`` sets it,
+level-crossing-like input spikes ``[B, T, 80]`` (5 % ones), recomputation off and, for each
+``--chunk`` K, ``train_epoch(..., recompute=K)`` (what ``trainer.recompute=K`` runs: for this model,
+which carries its state, the whole model in chunks, ``spikegrad.models.run_in_chunks``). Each configuration runs in a fresh process (glibc malloc as ``train.py`` sets it,
 ``--malloc default`` to keep the C library's settings) and reports:
 
 * **peak RSS over the step**: the peak resident memory of the first training step above the
@@ -34,10 +35,11 @@ level-crossing-like input spikes ``[B, T, 80]`` (5 % ones), recomputation off an
   that step (counted as in part 1, over the whole model, loss and regularizer);
 * **time per step**: the median of ``--steps`` steps after one warm-up, and its ratio to "off".
 
-One more row (``--model-chunk K``, 0 to leave it out) runs the whole model in chunks instead of each
-neuron layer: ``recompute_chunks`` around ``model(x, state)`` (the recipe in its docstring), so that
-the hidden layer's input current is recomputed too and only the input, the outputs (readout and
-spikes, which the regularizer reads) and the boundary states stay whole.
+One more row (``--model-chunk K``, 0 to leave it out) runs ``recompute_chunks`` around
+``model(x, state)`` by hand (the recipe in its docstring) with ``train_epoch``'s recomputation off:
+only the input, the outputs (readout and spikes, which the regularizer reads) and the boundary
+states stay whole. (Chunking each neuron layer instead, ``set_recompute``, keeps every layer's
+input current whole: part 1 measures it per layer.)
 """
 
 from __future__ import annotations
@@ -332,8 +334,8 @@ def print_smnist(rows, args) -> None:
           "RSS | time per step | time ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        name = ("off" if r["chunk"] is None else f"whole model, K = {r['chunk']}" if r["whole"]
-                else f"neuron layers, K = {r['chunk']}")
+        name = ("off" if r["chunk"] is None else f"recompute_chunks around the model, K = {r['chunk']}" if r["whole"]
+                else f"train_epoch(recompute={r['chunk']})")
         print(f"| {name} | {r['saved_mib']:,.0f} MiB | {r['peak_tensors_mib']:,.0f} MiB | "
               f"{r['peak_step_mib']:,.0f} MiB | {r['process_peak_mib']:,.0f} MiB | {r['step_s']:.2f} s | "
               f"{r['step_s'] / off['step_s']:.2f} |")
