@@ -184,10 +184,11 @@ def latency_encode(
     Returns:
         spikes [T, B, ...], dtype of ``x``, values in {0, 1}, at most one spike per pixel.
     """
-    times = latency_times(x, T, method, threshold, tau, normalize, clip, binning)
-    spikes = torch.zeros((int(T), *times.shape), device=x.device, dtype=x.dtype)  # [T, B, ...]
-    where = (times < T).nonzero(as_tuple=True)                  # the pixels that fire (inf: never)
-    spikes[(times[where].long(), *where)] = 1                  # one write per spike, not per step and pixel
+    times = latency_times(x, T, method, threshold, tau, normalize, clip, binning).reshape(-1)
+    spikes = torch.zeros((int(T), *x.shape), device=x.device, dtype=x.dtype)  # [T, B, ...]
+    fire = (times < T).nonzero().squeeze(1)                    # the pixels that fire (inf: never)
+    # one write per spike, not per step and pixel: flat index t * pixels + pixel
+    spikes.view(-1).index_fill_(0, times[fire].long().mul_(times.numel()).add_(fire), 1)
     return spikes
 
 
