@@ -77,74 +77,46 @@ int spikegrad_num_threads(void);
 typedef T_ rvec_##SFX __attribute__((vector_size(64), aligned(sizeof(T_)), may_alias));              \
                                                                                                      \
                                                                                                      \
-/* c[n] = (sum over k of wt[idx[k]][n]) + x[n], the rows added in order (nact >= 1): four vectors   \
- * of c at a time stay in registers while every active row is added to them */                      \
-INLINE void rec_input_##SFX(int64_t N, const T_ *restrict wt, const int64_t *restrict idx,           \
-                            int64_t nact, const T_ *restrict x, T_ *restrict c)                      \
-{                                                                                                    \
-    typedef rvec_##SFX V_;                                                                           \
-    const int64_t L = (int64_t)(sizeof(V_) / sizeof(T_));                                            \
-    const T_ *w0 = wt + idx[0] * N;                                                                  \
-    int64_t n = 0;                                                                                   \
-    for (; n + 4 * L <= N; n += 4 * L) {                                                             \
-        V_ a0 = VLOAD(V_, w0 + n), a1 = VLOAD(V_, w0 + n + L), a2 = VLOAD(V_, w0 + n + 2 * L),       \
-           a3 = VLOAD(V_, w0 + n + 3 * L);                                                           \
-        for (int64_t k = 1; k < nact; ++k) {                                                         \
-            const T_ *wk = wt + idx[k] * N + n;                                                      \
-            a0 += VLOAD(V_, wk);                                                                     \
-            a1 += VLOAD(V_, wk + L);                                                                 \
-            a2 += VLOAD(V_, wk + 2 * L);                                                             \
-            a3 += VLOAD(V_, wk + 3 * L);                                                             \
-        }                                                                                            \
-        VSTORE(V_, c + n, a0 + VLOAD(V_, x + n));                                                    \
-        VSTORE(V_, c + n + L, a1 + VLOAD(V_, x + n + L));                                            \
-        VSTORE(V_, c + n + 2 * L, a2 + VLOAD(V_, x + n + 2 * L));                                    \
-        VSTORE(V_, c + n + 3 * L, a3 + VLOAD(V_, x + n + 3 * L));                                    \
-    }                                                                                                \
-    for (; n + L <= N; n += L) {                                                                     \
-        V_ a0 = VLOAD(V_, w0 + n);                                                                   \
-        for (int64_t k = 1; k < nact; ++k) a0 += VLOAD(V_, wt + idx[k] * N + n);                     \
-        VSTORE(V_, c + n, a0 + VLOAD(V_, x + n));                                                    \
-    }                                                                                                \
-    for (; n < N; ++n) {                                                                             \
-        T_ a0 = w0[n];                                                                               \
-        for (int64_t k = 1; k < nact; ++k) a0 += wt[idx[k] * N + n];                                 \
-        c[n] = a0 + x[n];                                                                            \
-    }                                                                                                \
-}                                                                                                    \
-                                                                                                     \
-/* row[n] += sum over k of g[idx[k]][n] (m >= 1 rows of g [.., N]), four vectors of row at a time  \
- * held in registers while the rows are added */                                                     \
-INLINE void rec_add_rows_##SFX(int64_t N, const T_ *restrict g, const int64_t *restrict idx,         \
-                               int64_t m, T_ *restrict row)                                          \
+/* out[n] = ((init[n] + rows[idx[0]][n]) + rows[idx[1]][n] + ...) (+ tail[n] when TAIL, a literal at \
+ * each call), the m rows of rows [.., N] added in order; out may be init. Four vectors of out at a  \
+ * time stay in registers while every row is added to them. */                                       \
+INLINE void rec_sum_rows_##SFX(int64_t N, const T_ *init, const T_ *rows, const int64_t *idx,        \
+                               int64_t m, const int TAIL, const T_ *tail, T_ *out)                   \
 {                                                                                                    \
     typedef rvec_##SFX V_;                                                                           \
     const int64_t L = (int64_t)(sizeof(V_) / sizeof(T_));                                            \
     int64_t n = 0;                                                                                   \
     for (; n + 4 * L <= N; n += 4 * L) {                                                             \
-        V_ a0 = VLOAD(V_, row + n), a1 = VLOAD(V_, row + n + L), a2 = VLOAD(V_, row + n + 2 * L),    \
-           a3 = VLOAD(V_, row + n + 3 * L);                                                          \
+        V_ a0 = VLOAD(V_, init + n), a1 = VLOAD(V_, init + n + L), a2 = VLOAD(V_, init + n + 2 * L), \
+           a3 = VLOAD(V_, init + n + 3 * L);                                                         \
         for (int64_t k = 0; k < m; ++k) {                                                            \
-            const T_ *gk = g + idx[k] * N + n;                                                       \
-            a0 += VLOAD(V_, gk);                                                                     \
-            a1 += VLOAD(V_, gk + L);                                                                 \
-            a2 += VLOAD(V_, gk + 2 * L);                                                             \
-            a3 += VLOAD(V_, gk + 3 * L);                                                             \
+            const T_ *rk = rows + idx[k] * N + n;                                                    \
+            a0 += VLOAD(V_, rk);                                                                     \
+            a1 += VLOAD(V_, rk + L);                                                                 \
+            a2 += VLOAD(V_, rk + 2 * L);                                                             \
+            a3 += VLOAD(V_, rk + 3 * L);                                                             \
         }                                                                                            \
-        VSTORE(V_, row + n, a0);                                                                     \
-        VSTORE(V_, row + n + L, a1);                                                                 \
-        VSTORE(V_, row + n + 2 * L, a2);                                                             \
-        VSTORE(V_, row + n + 3 * L, a3);                                                             \
+        if (TAIL) {                                                                                  \
+            a0 += VLOAD(V_, tail + n);                                                               \
+            a1 += VLOAD(V_, tail + n + L);                                                           \
+            a2 += VLOAD(V_, tail + n + 2 * L);                                                       \
+            a3 += VLOAD(V_, tail + n + 3 * L);                                                       \
+        }                                                                                            \
+        VSTORE(V_, out + n, a0);                                                                     \
+        VSTORE(V_, out + n + L, a1);                                                                 \
+        VSTORE(V_, out + n + 2 * L, a2);                                                             \
+        VSTORE(V_, out + n + 3 * L, a3);                                                             \
     }                                                                                                \
     for (; n + L <= N; n += L) {                                                                     \
-        V_ a0 = VLOAD(V_, row + n);                                                                  \
-        for (int64_t k = 0; k < m; ++k) a0 += VLOAD(V_, g + idx[k] * N + n);                         \
-        VSTORE(V_, row + n, a0);                                                                     \
+        V_ a0 = VLOAD(V_, init + n);                                                                 \
+        for (int64_t k = 0; k < m; ++k) a0 += VLOAD(V_, rows + idx[k] * N + n);                      \
+        if (TAIL) a0 += VLOAD(V_, tail + n);                                                         \
+        VSTORE(V_, out + n, a0);                                                                     \
     }                                                                                                \
     for (; n < N; ++n) {                                                                             \
-        T_ a0 = row[n];                                                                              \
-        for (int64_t k = 0; k < m; ++k) a0 += g[idx[k] * N + n];                                     \
-        row[n] = a0;                                                                                 \
+        T_ a0 = init[n];                                                                             \
+        for (int64_t k = 0; k < m; ++k) a0 += rows[idx[k] * N + n];                                  \
+        out[n] = TAIL ? a0 + tail[n] : a0;                                                           \
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
@@ -231,7 +203,7 @@ CLONES int64_t rec_forward_##SFX(int64_t T, int64_t B, int64_t N, int nthreads, 
                         for (int64_t n = 0; n < N; ++n) c[n] = r0[rb + n] + xr[n];                   \
                         cr = c;                                                                      \
                     } else if (nact > 0) {                                                           \
-                        rec_input_##SFX(N, wt, idx, nact, xr, c);                                    \
+                        rec_sum_rows_##SFX(N, wt + idx[0] * N, wt, idx + 1, nact - 1, 1, xr, c);     \
                         cr = c;                                                                      \
                     }                                                                                \
                     const int64_t o = t * BN + rb;                                                   \
@@ -354,7 +326,7 @@ CLONES static int rec_backward_step_##SFX(int64_t B, int64_t N, int nthreads, in
                         bl[m] = b;                                                                   \
                         m += (int64_t)((bits[b * W + w] >> q) & 1);                                  \
                     }                                                                                \
-                    if (m > 0) rec_add_rows_##SFX(N, gx_out, bl, m, gwt + j * N);                    \
+                    if (m > 0) rec_sum_rows_##SFX(N, gwt + j * N, gx_out, bl, m, 0, NULL, gwt + j * N); \
                 }                                                                                    \
             } else if (!failed) {                                                                    \
                 _Pragma("omp atomic write")                                                          \
