@@ -20,7 +20,6 @@ import csv
 import fcntl
 import json
 import logging
-import math
 import os
 import statistics
 from pathlib import Path

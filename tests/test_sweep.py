@@ -29,7 +29,7 @@ def grid():
         for slope in (1, 10, 100):
             for seed in (0, 1, 2):
                 acc = 0.5 + 0.1 * (slope > 1) + 0.01 * seed + (0.05 if shape == "atan" else 0.0)
-                jobs.append(([f"experiment=randman", f"surrogate={shape}", f"surrogate.slope={slope}", f"seed={seed}"],
+                jobs.append((["experiment=randman", f"surrogate={shape}", f"surrogate.slope={slope}", f"seed={seed}"],
                              None if k == 4 else acc))
                 k += 1
     return jobs
