@@ -1,7 +1,14 @@
 """Train a spiking network: ``python train.py experiment=mnist16`` (configs in ``conf/``); data-parallel on N
 processes: ``torchrun --nproc_per_node=N train.py experiment=mnist16`` (see spikegrad.training.distributed)."""
 
-from spikegrad.malloc import retain_freed_memory
+import os
+
+# before torch allocates (importing spikegrad imports it): PyTorch's CPU allocator puts blocks of
+# 2 MiB and more on transparent huge pages, so the [T, B, N] sequences too large for the heap fault
+# in 2 MiB at a time instead of 4 KiB (where the kernel's THP mode is madvise or always)
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+from spikegrad.malloc import retain_freed_memory  # noqa: E402
 
 retain_freed_memory()  # before torch allocates: reuse freed tensor memory instead of faulting it in again
 

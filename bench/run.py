@@ -48,7 +48,10 @@ A library that is not installed is reported as such.
 and ``MALLOC_TRIM_THRESHOLD_`` raised (what :func:`spikegrad.malloc.retain_freed_memory` sets, and
 what ``train.py`` uses), the same for every library: freed tensors are reused instead of
 returned to the system and faulted in again, which otherwise adds page faults that vary from run
-to run by several times. ``--malloc default`` keeps the C library's defaults.
+to run by several times. ``--malloc default`` keeps the C library's defaults. ``--huge-pages``
+also sets ``THP_MEM_ALLOC_ENABLE=1`` for every row (as ``train.py`` does): PyTorch's blocks of
+2 MiB and more on transparent huge pages, one page fault per 2 MiB for the tensors too large for
+the heap.
 """
 
 from __future__ import annotations
@@ -429,8 +432,11 @@ def measure(row: dict, threads: int, quick: bool) -> dict:
 MALLOC_RETAIN = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
-def run_row(row: dict, threads: int, quick: bool, timeout: float, malloc: str = "retain") -> dict:
+def run_row(row: dict, threads: int, quick: bool, timeout: float, malloc: str = "retain",
+            huge_pages: bool = False) -> dict:
     env = dict(os.environ)
+    if huge_pages:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
     for key in MALLOC_RETAIN:
         env.pop(key, None)
     if malloc == "retain":
@@ -513,6 +519,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="JSON file (default bench/results.json)")
     ap.add_argument("--malloc", choices=["retain", "default"], default="retain",
                     help="glibc malloc settings of every row's process (see the module docstring)")
+    ap.add_argument("--huge-pages", action="store_true",
+                    help="THP_MEM_ALLOC_ENABLE=1 in every row's process (see the module docstring)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -535,13 +543,14 @@ def main(argv=None) -> None:
     results = []
     for k, row in enumerate(rows):
         print(f"[{k + 1}/{len(rows)}] {row['workload']} {row['device']} {row['variant']} ...", end=" ", flush=True)
-        res = run_row(row, args.threads, args.quick, args.timeout, args.malloc)
+        res = run_row(row, args.threads, args.quick, args.timeout, args.malloc, args.huge_pages)
         results.append(res)
         print(f"{res['median_ms']:.1f} ms" if res.get("status") == "ok" else res.get("status"), flush=True)
     print_table(results)
     print(f"\nload average (1, 5, 15 min) at start {load0}, at end {os.getloadavg()} on {os.cpu_count()} CPUs")
     meta = dict(load_avg_end=os.getloadavg(), load_avg_start=load0, python=platform.python_version(), torch=torch.__version__, machine=platform.machine(),
                 processor=platform.processor(), cpu_count=os.cpu_count(), threads=args.threads, malloc=args.malloc,
+                huge_pages=args.huge_pages,
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 argv=sys.argv[1:], wall_s=round(time.time() - t0, 1), versions=_versions())
     out = Path(args.out) if args.out else HERE / "results.json"
