@@ -88,17 +88,24 @@ def test_custom_operators_pass_opcheck():
     torch.library.opcheck(ops.sparse_linear_op, (spikes, w, None, 0.5))
 
 
+@pytest.mark.parametrize("learn", [False, True])
 @pytest.mark.parametrize("record", [False, True])
 @pytest.mark.parametrize("kind", ["lif", "alif", "alif_ff"])
-def test_compiled_recurrent_layer_runs_the_c_engine_and_equals_eager(kind, record):
+def test_compiled_recurrent_layer_runs_the_c_engine_and_equals_eager(kind, record, learn):
     """A recurrent LIF / ALIF (or feed-forward ALIF) layer under torch.compile(fullgraph=True): the
     custom operators (no graph break, one graph for every T), same spikes, states and gradients as
-    eager; the eager reference is the reference scan (an independent path)."""
+    eager, per-neuron learnable time constants and thresholds included; the eager reference is the
+    reference scan (an independent path)."""
+    torch.compiler.reset()    # every parameter set compiles the same code object anew
     torch.manual_seed(3)
     N = 6
     rec = None if kind == "alif_ff" else N
-    layer = (sg.LIF(tau_mem=6.0, recurrent=rec) if kind == "lif"
-             else sg.ALIF(tau_mem=6.0, tau_ada=9.0, beta=1.3, recurrent=rec)).double()
+    kw = dict(learn_tau=True, learn_threshold=True, shape=(N,)) if learn else {}
+    layer = (sg.LIF(tau_mem=6.0, recurrent=rec, **kw) if kind == "lif"
+             else sg.ALIF(tau_mem=6.0, tau_ada=9.0, beta=1.3, recurrent=rec, **kw)).double()
+    if learn:
+        with torch.no_grad():
+            layer.log_tau_mem.copy_(torch.linspace(4.0, 9.0, N).log())
     if layer.w_rec is not None:
         with torch.no_grad():  # multiples of 1/64: the sums of rows are exact in any order
             layer.w_rec.copy_(torch.round(torch.randn(N, N) * 0.3 * 64) / 64)
@@ -135,11 +142,16 @@ def test_recurrent_operators_pass_opcheck():
     w = torch.round(torch.randn(N, N, generator=g, dtype=torch.float64) * 32) / 64
     st = [torch.rand(B, N, generator=g, dtype=torch.float64) * 0.5 for _ in range(3)]
     z0 = (torch.rand(B, N, generator=g) < 0.5).double()
-    c = [torch.full((N,), v, dtype=torch.float64) for v in (0.9, 0.6, 0.95, 1.2, 1.0, 0.0)]
+    c = [torch.full((1, N), v, dtype=torch.float64) for v in (0.9, 0.6, 0.95, 1.2, 1.0, 0.0)]
     slope = torch.tensor(5.0, dtype=torch.float64)
     for adaptive in (False, True):
         for record in (False, True):
             args = (x.clone().requires_grad_(), w.clone().requires_grad_(), st[0].clone().requires_grad_(), st[1],
                     st[2] if adaptive else None, z0, c[0], c[1], c[2] if adaptive else None,
-                    c[3] if adaptive else None, c[4], c[5], slope, "subtract", True, "atan", record, True)
+                    c[3] if adaptive else None, c[4], c[5], slope, "subtract", True, "atan", record, True, False)
             torch.library.opcheck(recurrent.recurrent_op, args)
+    # learnable constants ([1, N], requiring grad): their gradients come from the backward operator
+    learn = [t.reshape(1, N).clone().requires_grad_() for t in c]
+    args = (x.clone().requires_grad_(), w.clone(), st[0], st[1], st[2], None, learn[0], learn[1], learn[2], learn[3],
+            learn[4], learn[5], slope, "zero", False, "fast_sigmoid", False, True, True)
+    torch.library.opcheck(recurrent.recurrent_op, args)

@@ -655,15 +655,16 @@ def _empty(like: Tensor) -> Tensor:
 @torch.library.custom_op("spikegrad::recurrent", mutates_args=())
 def recurrent_op(x: Tensor, w: Tensor | None, v0: Tensor, i0: Tensor, a0: Tensor | None, z0: Tensor | None,
                  dm: Tensor, ds: Tensor, da: Tensor | None, beta: Tensor | None, th: Tensor, vr: Tensor,
-                 slope: Tensor, reset: str, detach_reset: bool, surrogate: str, record: bool,
-                 keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 slope: Tensor, reset: str, detach_reset: bool, surrogate: str, record: bool, keep: bool,
+                 save_i: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The C engine's forward pass over ``x [T, B, N]`` from the states ``v0, i0, a0 [B, N]`` (``a0``
-    None: LIF; ``z0``: the spikes before step 0, or None), constants ``[N]`` (``slope``,
+    None: LIF; ``z0``: the spikes before step 0, or None), constants ``[1, N]`` (``slope``,
     ``detach_reset`` and ``surrogate`` are for the backward pass).
 
-    Returns ``(spikes, v, i, a, u_seq, a_seq)``: ``v, i, a`` final ``[B, N]`` or, with ``record``,
+    Returns ``(spikes, v, i, a, u_seq, a_seq, i_seq)``: ``v, i, a`` final ``[B, N]`` or, with ``record``,
     ``[T, B, N]`` (``a`` empty for LIF); with ``keep`` the pre-reset membranes ``u_seq [T, B, N]`` and,
-    for ALIF without ``record``, the adaptation ``a_seq [T, B, N]`` for backward (else empty).
+    for ALIF without ``record``, the adaptation ``a_seq [T, B, N]`` for backward, and with ``save_i``
+    (the gradient of ``ds`` needs it) and without ``record`` the synaptic current ``i_seq`` (else empty).
     """
     T, B, N = x.shape
     adaptive = da is not None
@@ -674,76 +675,81 @@ def recurrent_op(x: Tensor, w: Tensor | None, v0: Tensor, i0: Tensor, a0: Tensor
     seqs = {k: x.new_empty(T, B, N) for k in ("v", "i", "a") if record and (k != "a" or adaptive)}
     u_seq = x.new_empty(T, B, N) if keep else _empty(x)
     a_seq = x.new_empty(T, B, N) if keep and adaptive and not record else _empty(x)
+    i_seq = x.new_empty(T, B, N) if keep and save_i and not record else _empty(x)
     a_out = seqs.get("a", a_seq if a_seq.numel() else None)
+    i_out = seqs.get("i", i_seq if i_seq.numel() else None)
 
     def blocks(t):
         return None if t is None else list(t.split(blk))
 
     cfg = FusedConfig(reset, detach_reset, 0, record, x.dtype, None)
     _forward_c(x, w, v, i, a, z0, (dm, ds, da, beta, th, vr), cfg, spikes, blocks(u_seq if keep else None),
-               blocks(seqs.get("i")), seqs.get("v"), blocks(a_out), blk)
+               blocks(i_out), seqs.get("v"), blocks(a_out), blk)
     if record:
-        return spikes, seqs["v"], seqs["i"], seqs.get("a", _empty(x)), u_seq, a_seq
-    return spikes, v, i, _empty(x) if a is None else a, u_seq, a_seq
+        return spikes, seqs["v"], seqs["i"], seqs.get("a", _empty(x)), u_seq, a_seq, i_seq
+    return spikes, v, i, _empty(x) if a is None else a, u_seq, a_seq, i_seq
 
 
 @recurrent_op.register_fake
-def _(x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, reset, detach_reset, surrogate, record, keep):
+def _(x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, reset, detach_reset, surrogate, record, keep, save_i):
     T, B, N = x.shape
     adaptive = da is not None
     state = (lambda: x.new_empty(T, B, N)) if record else (lambda: x.new_empty(B, N))
     return (x.new_empty(T, B, N), state(), state(), state() if adaptive else _empty(x),
             x.new_empty(T, B, N) if keep else _empty(x),
-            x.new_empty(T, B, N) if keep and adaptive and not record else _empty(x))
+            x.new_empty(T, B, N) if keep and adaptive and not record else _empty(x),
+            x.new_empty(T, B, N) if keep and save_i and not record else _empty(x))
 
 
 @torch.library.custom_op("spikegrad::recurrent_backward", mutates_args=())
 def recurrent_backward_op(w: Tensor | None, v0: Tensor, i0: Tensor, a0: Tensor | None, z0: Tensor | None,
                           dm: Tensor, ds: Tensor, da: Tensor | None, beta: Tensor | None, th: Tensor, vr: Tensor,
-                          slope: Tensor, spikes: Tensor, u_seq: Tensor, a_seq: Tensor, g_s: Tensor | None,
-                          g_v: Tensor | None, g_i: Tensor | None, g_a: Tensor | None, reset: str, detach_reset: bool,
-                          surrogate: str, record: bool,
-                          need: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients ``(x, w, v0, i0, a0, z0)`` of :func:`recurrent_op` (bit ``k`` of ``need``: the ``k``-th
-    is needed; the others are empty), from its saved ``spikes``, ``u_seq`` and (ALIF) the adaptation
-    ``a_seq [T, B, N]`` and the gradients arriving at its outputs."""
+                          slope: Tensor, spikes: Tensor, u_seq: Tensor, a_seq: Tensor, i_seq: Tensor,
+                          g_s: Tensor | None, g_v: Tensor | None, g_i: Tensor | None, g_a: Tensor | None, reset: str,
+                          detach_reset: bool, surrogate: str, record: bool, need: int) -> list[Tensor]:
+    """Gradients ``(x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr)`` of :func:`recurrent_op` (bit ``k`` of
+    ``need``: the ``k``-th is needed; the others are empty), from its saved ``spikes``, ``u_seq``, (ALIF)
+    the adaptation ``a_seq`` and (for ``ds``) the synaptic current ``i_seq`` ``[T, B, N]``, and the
+    gradients arriving at its outputs."""
     T, B, N = spikes.shape
     blk = _block_steps(B, N, T)
-    wanted = [bool(need >> k & 1) for k in range(6)] + [False] * 6
+    wanted = [bool(need >> k & 1) for k in range(12)]
     cfg = FusedConfig(reset, detach_reset, 0, record, spikes.dtype, SURROGATES[surrogate].grad)
     rows = int(spikes.count_nonzero()) <= GATHER_MAX_RATE * spikes.numel()
     a_blocks = list(a_seq.split(blk)) if da is not None else None
+    i_blocks = list(i_seq.split(blk)) if i_seq.numel() else None
     grads = _backward_c(cfg, (T, B, N), wanted, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes,
-                        list(u_seq.split(blk)), None, a_blocks, g_s, g_v, g_i, g_a, rows)
-    return tuple(_empty(spikes) if g is None or not n else g for g, n in zip(grads[:6], wanted))
+                        list(u_seq.split(blk)), i_blocks, a_blocks, g_s, g_v, g_i, g_a, rows)
+    return [_empty(spikes) if g is None or not n else g for g, n in zip(grads, wanted)]
 
 
 @recurrent_backward_op.register_fake
-def _(w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes, u_seq, a_seq, g_s, g_v, g_i, g_a, reset,
+def _(w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes, u_seq, a_seq, i_seq, g_s, g_v, g_i, g_a, reset,
       detach_reset, surrogate, record, need):
     T, B, N = spikes.shape
     shapes = [(T, B, N), None if w is None else (N, N), (B, N), (B, N), None if a0 is None else (B, N),
-              None if z0 is None else (B, N)]
-    return tuple(spikes.new_empty(sh) if sh is not None and need >> k & 1 else _empty(spikes)
-                 for k, sh in enumerate(shapes))
+              None if z0 is None else (B, N)] + [None if c is None else c.shape for c in (dm, ds, da, beta, th, vr)]
+    return [spikes.new_empty(sh) if sh is not None and need >> k & 1 else _empty(spikes)
+            for k, sh in enumerate(shapes)]
 
 
 def _op_setup(ctx, inputs, output):
-    x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, reset, detach_reset, surrogate, record, keep = inputs
+    x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, reset, detach_reset, surrogate, record, keep, save_i = inputs
     a_saved = output[3] if record and da is not None else output[5]
-    ctx.save_for_backward(w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, output[0], output[4], a_saved)
+    i_saved = output[2] if record else output[6]
+    ctx.save_for_backward(w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, output[0], output[4], a_saved, i_saved)
     ctx.conf = (reset, detach_reset, surrogate, record)
 
 
-def _op_grad(ctx, g_s, g_v, g_i, g_a, _g_u, _g_a_seq):
-    w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes, u_seq, a_seq = ctx.saved_tensors
+def _op_grad(ctx, g_s, g_v, g_i, g_a, _g_u, _g_a_seq, _g_i_seq):
+    w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes, u_seq, a_seq, i_seq = ctx.saved_tensors
     reset, detach_reset, surrogate, record = ctx.conf
     if da is None:
         g_a = None
-    need = sum(1 << k for k in range(6) if ctx.needs_input_grad[k])
-    grads = recurrent_backward_op(w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes, u_seq, a_seq, g_s,
-                                  g_v, g_i, g_a, reset, detach_reset, surrogate, record, need)
-    return (*(g if ctx.needs_input_grad[k] else None for k, g in enumerate(grads)), *[None] * 12)
+    need = sum(1 << k for k in range(12) if ctx.needs_input_grad[k])
+    grads = recurrent_backward_op(w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, spikes, u_seq, a_seq, i_seq,
+                                  g_s, g_v, g_i, g_a, reset, detach_reset, surrogate, record, need)
+    return (*(g if ctx.needs_input_grad[k] else None for k, g in enumerate(grads)), *[None] * 7)
 
 
 recurrent_op.register_autograd(_op_grad, setup_context=_op_setup)
@@ -752,7 +758,7 @@ recurrent_op.register_autograd(_op_grad, setup_context=_op_setup)
 def compile_reason(x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any) -> str | None:
     """Why the custom operators cannot run this layer while ``torch.compile`` traces (None: they can):
     they take float32/float64 CPU tensors, a built-in surrogate the C kernels compute, and constants
-    that do not require grad, one per neuron or one for the layer."""
+    (learnable or not) one per neuron or one for the layer."""
     if not NATIVE:
         return "recurrent.NATIVE is False"
     if not (native.supports(x_seq) and native.available()):
@@ -760,8 +766,6 @@ def compile_reason(x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any) -> s
     if registered_name(type(spike_fn).grad) not in native.SURROGATE_CODES:
         return "a surrogate the C kernels do not compute"
     fields = [getattr(p, f) for f in ("decay_mem", "decay_syn", "decay_ada", "beta", "v_th", "v_reset") if hasattr(p, f)]
-    if any(isinstance(c, Tensor) and c.requires_grad for c in fields):
-        return "constants that require grad"
     if any(flat_param(c, x_seq).shape[0] != 1 for c in fields):
         return "neuron constants that differ across the batch"
     return None
@@ -771,13 +775,16 @@ def _recurrent_compiled(x: Tensor, v0, i0, a0, z0, consts: list, w: Tensor | Non
                         spike_fn: Any):
     """:func:`recurrent_op` on the flat input ``x [T, B, N]``: ``(spikes, v, i, a)`` as :class:`_RecurrentFn`."""
     T, B, N = x.shape
-    dm, ds, da, beta, th, vr = (_c_vector(c, N) for c in consts)
+    dm, ds, da, beta, th, vr = (None if c is None else c.reshape(1, -1).expand(1, N).contiguous() for c in consts)
     v0, i0 = (x.new_zeros(B, N) if t is None else t for t in (v0, i0))
     if da is not None and a0 is None:
         a0 = x.new_zeros(B, N)
-    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, v0, i0, a0, z0))
-    spikes, v, i, a, _, _ = recurrent_op(x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, cfg.reset,
-                                         cfg.detach_reset, registered_name(type(spike_fn).grad), cfg.record, keep)
+    grad_on = torch.is_grad_enabled()
+    keep = grad_on and any(t is not None and t.requires_grad for t in (x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr))
+    save_i = grad_on and ds.requires_grad
+    spikes, v, i, a, _, _, _ = recurrent_op(x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, cfg.reset,
+                                            cfg.detach_reset, registered_name(type(spike_fn).grad), cfg.record,
+                                            keep, save_i)
     return spikes, v, i, a
 
 
