@@ -117,10 +117,8 @@ def ptr(t: Tensor | None) -> int | None:
 
 def threads_for(rows: int, min_rows: int) -> int:
     """Threads for a kernel call that splits ``rows`` rows among OpenMP threads, at least ``min_rows``
-    each (1 without OpenMP: the call then runs on the calling thread)."""
-    if not load().spikegrad_openmp():
-        return 1
-    return max(1, min(torch.get_num_threads(), rows // max(1, min_rows)))
+    each as :func:`_parts` splits them (1 without OpenMP: the call then runs on the calling thread)."""
+    return len(_parts(rows, max(1, min_rows))) if load().spikegrad_openmp() else 1
 
 
 def _consts(params: tuple[Tensor | None, ...], M: int) -> tuple[list[Tensor | None], int]:

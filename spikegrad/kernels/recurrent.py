@@ -324,7 +324,7 @@ def _backward_c(cfg: FusedConfig, shape, need, w, v0, i0, a0, z0, dm, ds, da, be
 
     u_ptrs, a_ptrs = addresses(u_blocks), addresses(a_blocks)
     ptr = native.ptr
-    slots = dict(B=B, N=N, T=T, threads=native.threads_for(B, max(1, 4096 // N)),
+    slots = dict(B=B, N=N, T=T, threads=native.threads_for(B, native.MIN_PART // N),
                  sur=native.surrogate_code(cfg.grad_fn, dtype, float(slope)), reset=RESET_CODES[cfg.reset],
                  detach=int(bool(cfg.detach_reset)), rec=int(rec), blk=blk, u=ptr(u_ptrs), s=ptr(spikes),
                  a=ptr(a_ptrs), a0=ptr(a_first), gs=ptr(g_s), gs_step=step(g_s), gv=ptr(g_v), gv_step=step(g_v),
@@ -757,25 +757,16 @@ recurrent_op.register_autograd(_op_grad, setup_context=_op_setup)
 
 def compile_reason(x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any) -> str | None:
     """Why the custom operators cannot run this layer while ``torch.compile`` traces (None: they can):
-    they take float32/float64 CPU tensors, a built-in surrogate the C kernels compute, and constants
-    (learnable or not) one per neuron or one for the layer."""
-    if not NATIVE:
-        return "recurrent.NATIVE is False"
-    if not (native.supports(x_seq) and native.available()):
-        return "the C engine takes float32 / float64 CPU tensors (and a C compiler)"
-    if registered_name(type(spike_fn).grad) not in native.SURROGATE_CODES:
-        return "a surrogate the C kernels do not compute"
-    fields = [getattr(p, f) for f in ("decay_mem", "decay_syn", "decay_ada", "beta", "v_th", "v_reset") if hasattr(p, f)]
-    if any(flat_param(c, x_seq).shape[0] != 1 for c in fields):
-        return "neuron constants that differ across the batch"
-    return None
+    they take what the C engine takes (:func:`engine`; the surrogate recognised by its registered
+    name, without running it), constants learnable or not."""
+    return _c_reason(x_seq, _flat_consts(x_seq, p), spike_fn, "auto", compiling=True)
 
 
 def _recurrent_compiled(x: Tensor, v0, i0, a0, z0, consts: list, w: Tensor | None, cfg: FusedConfig, slope: Tensor,
                         spike_fn: Any):
     """:func:`recurrent_op` on the flat input ``x [T, B, N]``: ``(spikes, v, i, a)`` as :class:`_RecurrentFn`."""
     T, B, N = x.shape
-    dm, ds, da, beta, th, vr = (None if c is None else c.reshape(1, -1).expand(1, N).contiguous() for c in consts)
+    dm, ds, da, beta, th, vr = (None if c is None else _c_vector(c, N)[None] for c in consts)   # [1, N]
     v0, i0 = (x.new_zeros(B, N) if t is None else t for t in (v0, i0))
     if da is not None and a0 is None:
         a0 = x.new_zeros(B, N)
@@ -788,9 +779,18 @@ def _recurrent_compiled(x: Tensor, v0, i0, a0, z0, consts: list, w: Tensor | Non
     return spikes, v, i, a
 
 
-def _c_reason(x: Tensor, consts: list, spike_fn: Any, product: str) -> str | None:
+def _flat_consts(x_seq: Tensor, p: LIFParams | ALIFParams) -> list[Tensor]:
+    """The layer's constants (``decay_mem, decay_syn[, decay_ada, beta], v_th, v_reset``) laid out by
+    :func:`~spikegrad.kernels._common.flat_param`."""
+    fields = ("decay_mem", "decay_syn", "decay_ada", "beta", "v_th", "v_reset")
+    return [flat_param(getattr(p, f), x_seq) for f in fields if hasattr(p, f)]
+
+
+def _c_reason(x: Tensor, consts: list, spike_fn: Any, product: str, compiling: bool = False) -> str | None:
     """Why the C engine cannot run a layer on ``x [T, B, F]`` with the flat constants ``consts``
-    (:func:`~spikegrad.kernels._common.flat_param`), or None if it can."""
+    (:func:`~spikegrad.kernels._common.flat_param`), or None if it can. While ``torch.compile`` traces
+    (``compiling``) the surrogate is recognised by its registered name alone: its formula is checked
+    against the C one when the operator runs."""
     if not NATIVE:
         return "recurrent.NATIVE is False"
     if product == "dense":
@@ -798,8 +798,11 @@ def _c_reason(x: Tensor, consts: list, spike_fn: Any, product: str) -> str | Non
     if not native.supports(x):
         return f"the C engine takes float32 / float64 CPU tensors, got {x.dtype} on {x.device.type}"
     if not native.available():
-        return f"the C kernels are not built ({native.build_error()})"
-    if not native.surrogate_code(type(spike_fn).grad, x.dtype, float(spike_fn.slope)):
+        return "the C kernels are not built" + ("" if compiling else f" ({native.build_error()})")
+    if compiling:
+        if registered_name(type(spike_fn).grad) not in native.SURROGATE_CODES:
+            return "a surrogate the C kernels do not compute"
+    elif not native.surrogate_code(type(spike_fn).grad, x.dtype, float(spike_fn.slope)):
         return f"no C formula for the surrogate {type(spike_fn).__name__} at this slope and dtype"
     if any(c is not None and c.shape[0] != 1 for c in consts):
         return "neuron constants that differ across the batch"
@@ -809,9 +812,7 @@ def _c_reason(x: Tensor, consts: list, spike_fn: Any, product: str) -> str | Non
 def engine(x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any, product: str = "auto") -> tuple[str, str]:
     """What :func:`recurrent_fused` runs for these arguments, and why: ``("native", reason)`` (the C
     engine, ``recurrent.c``) or ``("torch", reason)`` (the loop of PyTorch operations)."""
-    fields = ("decay_mem", "decay_syn", "decay_ada", "beta", "v_th", "v_reset")
-    consts = [flat_param(getattr(p, f), x_seq) for f in fields if hasattr(p, f)]
-    why = _c_reason(x_seq, consts, spike_fn, product)
+    why = _c_reason(x_seq, _flat_consts(x_seq, p), spike_fn, product)
     if why is None:
         return "native", "the C engine (recurrent.c): the recurrent sum and the neuron update in C"
     return "torch", f"the loop of PyTorch operations: {why}"
@@ -873,10 +874,11 @@ def recurrent_fused(x_seq: Tensor, state: LIFState | ALIFState | None, p: LIFPar
     grad_on = torch.is_grad_enabled()
     keep = grad_on and any(t is not None and t.requires_grad for t in tensors)
     save_i = grad_on and consts[1].requires_grad
-    if torch.compiler.is_compiling():                                  # the custom operators
+    compiling = torch.compiler.is_compiling()
+    use_c = _c_reason(x, [*consts, da, beta, th, vr], spike_fn, product, compiling) is None
+    if compiling and use_c:                                            # the C engine as custom operators
         spikes, v, i, a = _recurrent_compiled(x, v0, i0, a0, z0, [*consts, da, beta, th, vr], w, cfg, slope, spike_fn)
     else:
-        use_c = _c_reason(x, [*consts, da, beta, th, vr], spike_fn, product) is None
         spikes, v, i, a = _RecurrentFn.apply(x, w, v0, i0, a0, z0, consts[0], consts[1], da, beta, th, vr, slope,
                                              cfg, product, keep, save_i, use_c)
     spikes = spikes.reshape(x_seq.shape)
