@@ -70,6 +70,7 @@ int spikegrad_num_threads(void)
 /* Backward's loops fetch the rows they will need this many steps ahead into cache: their rows lie
  * a whole [M] row apart, which the hardware prefetchers do not follow (measured: 20% faster). */
 #define AHEAD 8
+#define PG_FLUSH 16 /* steps summed in the input's dtype before a constant's gradient is added in double */
 
 /* The first neuron of thread k's share of [a, b) among n threads: whole blocks each. */
 static int64_t share(int64_t a, int64_t b, int64_t k, int64_t n)
@@ -145,9 +146,23 @@ int spikegrad_openmp(void)
     lif_row_bwd_##SFX(n, zr, SG, S, slope, gsr, gvs, gis, dm, ds, th, vr, reset, detach, last, gvb, \
                       gib, gx + o)
 
+#define PG_BLOCK(SFX, N)                                                                             \
+    pg_block_##SFX(M, N, T, spiking, x + j0, x_step, v0 ? v0 + j0 : NULL, i0 ? i0 + j0 : NULL, buf, sur, \
+                   slope, g_s ? g_s + j0 : NULL, s_step, g_vseq ? g_vseq + j0 : NULL, v_step,          \
+                   g_iseq ? g_iseq + j0 : NULL, i_step, dm + pj, ds + pj, th ? th + pj : NULL,         \
+                   vr ? vr + pj : NULL, reset, detach, gv + j0, gi + j0, gx + j0, pg + j0)
 /* pg_block's reverse step for surrogate S, reset R, detach flag D and spiking SP (literals at each call) */
-#define PGB_ROW(SFX, S, R, D, SP) pg_row_bwd_##SFX(n, S, R, D, SP, slope, zb + t * NB, vp, ip, gsr, gvs, gis, \
-                                                  dm, ds, th, vr, t == T - 1, gv, gi, gb, am, as, at)
+#define PGB_ROW(SFX, S, R, D, SP) pg_row_bwd_##SFX(n, S, R, D, SP, slope, ur, ir, gsr, gvs, gis, dm, f, th, vr, \
+                                                  gv, gi, gum, gb, pm, ps, pt)
+/* pg_block's forward steps for reset R (a literal; -1: the leaky integrator), each in its own loop */
+#define PGF_STEPS(T_, SFX, R)                                                                         \
+    do { for (int64_t t = 0; t < T; ++t) {                                                          \
+        const T_ *xr = x + t * x_step;                                                              \
+        if (x_step && t + AHEAD < T)     /* rows far apart in memory: fetch the block's next rows */ \
+            for (int q = 0; q < NB; q += 64 / (int)sizeof(T_)) __builtin_prefetch(xr + AHEAD * x_step + q, 0, 0); \
+        if (R < 0) li_row_##SFX(n, xr, vb, ib, dm, ds, urec + t * NB, irec + t * NB, 1);             \
+        else pg_row_fwd_##SFX(n, R, xr, vb, ib, dm, ds, th, vr, urec + t * NB, irec + t * NB);      \
+    } } while (0)
 #define PGB_RESETS(SFX, S)                                                                          \
     do {                                                                                            \
         if (reset == RESET_SUBTRACT && detach) PGB_ROW(SFX, S, RESET_SUBTRACT, 1, 1);               \
@@ -427,31 +442,56 @@ void surrogate_grad_##SFX(int64_t n, const T_ *z, T_ *out, int sur, T_ slope)   
     for (int64_t j = 0; j < n; ++j) out[j] = surrogate_##SFX(sur, z[j], slope, 0);                   \
 }                                                                                                    \
                                                                                                      \
-/* lif_row_bwd's step (no refractory period) that also sums, per neuron and in double, the gradients \
- * of the constants (learnable decays and threshold):                                               \
+/* pg_block's forward step: lif_row's update that records the pre-reset membrane u and the current i \
+ * (uo, io) instead of z and the spikes; v, i: the state, updated in place. */                       \
+INLINE void pg_row_fwd_##SFX(int64_t n, const int R, const T_ *restrict x, T_ *restrict v,           \
+                             T_ *restrict i, const T_ *restrict dm, const T_ *restrict ds,           \
+                             const T_ *restrict th, const T_ *restrict vr, T_ *restrict uo,          \
+                             T_ *restrict io)                                                        \
+{                                                                                                    \
+    for (int64_t j = 0; j < n; ++j) {                                                                \
+        const T_ ii = leak_##SFX(ds[j], i[j], x[j]);  /* i = ds * i + x */                           \
+        const T_ u = leak_##SFX(dm[j], v[j], ii);     /* u = dm * v + i */                           \
+        const T_ zz = u - th[j], vrj = vr[j];                                                        \
+        const T_ after = R == RESET_SUBTRACT ? zz : (R == RESET_ZERO ? vrj : u);                     \
+        i[j] = ii;                                                                                   \
+        v[j] = zz > 0 ? after : u;                                                                   \
+        uo[j] = u;                                                                                   \
+        io[j] = ii;                                                                                  \
+    }                                                                                                \
+}                                                                                                    \
+                                                                                                     \
+/* lif_row_bwd's step t (no refractory period) that also sums, per neuron, the gradients of the     \
+ * constants (learnable decays and threshold) into am, as, at (partial sums in T_, flushed into     \
+ * double by pg_block every PG_FLUSH steps):                                                        \
  *                                                                                                  \
- *     d dm += gu_t v_{t-1}        d ds += gI_t i_{t-1}                                             \
+ *     d dm += gu_{t+1} v_t        d ds += gI_{t+1} i_t        (the terms of step t + 1)            \
  *     d th += -(g_s_t + [not detached] gv_t dv/ds) sg_t + gv_t dv/dth                              \
  *                                                                                                  \
  * dv/ds = -th, dv/dth = -s ("subtract"); dv/ds = v_reset - u, dv/dth = 0 ("zero"); none for "none". \
- * vp, ip: v_{t-1} (after its reset) and i_{t-1}. SP == 0: the leaky integrator (li_row_bwd, no th). */ \
+ * u, ir: the step's pre-reset membrane and current (z = u - th and v_t, after its reset, are       \
+ * recomputed from u as the forward computed them; ir zeros at the last step: no step T). gum, gi:  \
+ * gu_{t+1} and gI_{t+1} on entry (0 and the final i's gradient at the last step), gu_t and gI_t on \
+ * return; f: ds (1 at the last step, where the final i's gradient enters undecayed); pg_block     \
+ * adds the terms of step 0. SP == 0: the leaky integrator (li_row_bwd, no th; u = v). */          \
 INLINE void pg_row_bwd_##SFX(int64_t n, const int S, const int R, const int D, const int SP, T_ slope, \
-                             const T_ *restrict z, const T_ *restrict vp, const T_ *restrict ip,    \
+                             const T_ *restrict u, const T_ *restrict ir,                           \
                              const T_ *restrict gs, const T_ *restrict gvs, const T_ *restrict gis, \
-                             const T_ *restrict dm, const T_ *restrict ds, const T_ *restrict th,   \
-                             const T_ *restrict vr, int last, T_ *restrict gv, T_ *restrict gi,     \
-                             T_ *restrict gx, double *restrict am, double *restrict as,             \
-                             double *restrict at)                                                   \
+                             const T_ *restrict dm, const T_ *restrict f, const T_ *restrict th,    \
+                             const T_ *restrict vr, T_ *restrict gv, T_ *restrict gi,               \
+                             T_ *restrict gum, T_ *restrict gx, T_ *restrict am, T_ *restrict as,   \
+                             T_ *restrict at)                                                       \
 {                                                                                                   \
-    const T_ k_last = last ? 1 : 0;                                                                 \
     for (int64_t j = 0; j < n; ++j) {                                                               \
-        const T_ gvt = gv[j] + gvs[j];                                                              \
-        T_ gu = gvt;                                                                                \
+        const T_ gvt = gv[j] + gvs[j], uj = u[j];                                                   \
+        T_ gu = gvt, vt = uj;                                                                       \
         if (SP) {                                                                                   \
-            const T_ zz = z[j], thj = th[j];                                                        \
+            const T_ thj = th[j], vrj = vr[j], zz = uj - thj;                                       \
             const T_ sg = surrogate_##SFX(S, zz, slope, 0);                                         \
             const T_ spike = zz > 0 ? (T_)1 : (T_)0;                                                \
-            const T_ u_gap = vr[j] - (zz + thj);              /* v_reset - u */                     \
+            const T_ after = R == RESET_SUBTRACT ? zz : (R == RESET_ZERO ? vrj : uj);               \
+            vt = zz > 0 ? after : uj;                                                               \
+            const T_ u_gap = vrj - uj;                        /* v_reset - u */                     \
             T_ A = 1;                                      /* dv/du, plus dv/ds * sg when not detached */ \
             if (R == RESET_SUBTRACT && !D) A = 1 - thj * sg;                                        \
             if (R == RESET_ZERO) A = A - spike;                                                     \
@@ -461,13 +501,14 @@ INLINE void pg_row_bwd_##SFX(int64_t n, const int S, const int R, const int D, c
             T_ g = gs[j];                                  /* the spike's gradient */               \
             if (R == RESET_SUBTRACT && !D) g = g - gvt * thj;                                       \
             if (R == RESET_ZERO && !D) g = g + gvt * u_gap;                                         \
-            const T_ direct = R == RESET_SUBTRACT ? -spike : (T_)0;                                 \
-            at[j] += -(double)g * (double)sg + (double)gvt * (double)direct;                        \
+            if (R == RESET_SUBTRACT) at[j] -= gvt * spike;    /* dv/dth = -s */                     \
+            at[j] -= g * sg;                                                                        \
         }                                                                                           \
+        am[j] += gum[j] * vt;                                                                       \
+        as[j] += gi[j] * ir[j];                                                                     \
         T_ gI = gu + gis[j];                                                                        \
-        gI = gI + (k_last + (1 - k_last) * ds[j]) * gi[j];                                          \
-        am[j] += (double)gu * (double)vp[j];                                                        \
-        as[j] += (double)gI * (double)ip[j];                                                        \
+        gI = gI + f[j] * gi[j];                                                                     \
+        gum[j] = gu;                                                                                \
         gi[j] = gI;                                                                                 \
         gx[j] = gI;                                                                                 \
         gv[j] = dm[j] * gu;                                                                         \
@@ -475,7 +516,7 @@ INLINE void pg_row_bwd_##SFX(int64_t n, const int S, const int R, const int D, c
 }                                                                                                   \
                                                                                                     \
 /* lif_backward for one block of n neurons whose constants want gradients: the forward rerun from x \
- * into buf (z, v and i of every step: 3 x T x NB values), then the reverse loop of pg_row_bwd. gv, \
+ * into buf (u and i of every step: 2 x T x NB values), then the reverse loop of pg_row_bwd. gv,    \
  * gi, gx: the block's columns as in lif_backward; out: its columns of the [3, M] sums (d dm, d ds, \
  * d th). No refractory period; a surrogate the kernels compute. */                                 \
 INLINE void pg_block_##SFX(int64_t M, int64_t n, int64_t T, int spiking, const T_ *x, int64_t x_step, \
@@ -484,28 +525,25 @@ INLINE void pg_block_##SFX(int64_t M, int64_t n, int64_t T, int spiking, const T
                            int64_t i_step, const T_ *dm, const T_ *ds, const T_ *th, const T_ *vr,  \
                            int reset, int detach, T_ *gv, T_ *gi, T_ *gx, T_ *out)                  \
 {                                                                                                   \
-    T_ vb[NB], ib[NB], v_init[NB], i_init[NB], zeros[NB], gb[NB] __attribute__((aligned(64)));      \
+    T_ vb[NB], ib[NB], zeros[NB], ones[NB], gb[NB], gum[NB] __attribute__((aligned(64)));           \
+    T_ pm[NB], ps[NB], pt[NB];          /* partial sums of the last steps (at most PG_FLUSH) */     \
     double am[NB], as[NB], at[NB];                                                                  \
     const int nt = (size_t)T * (size_t)M * sizeof(T_) >= STREAM_MIN && n == NB;                     \
-    for (int64_t j = 0; j < NB; ++j) zeros[j] = 0;                                                  \
+    for (int64_t j = 0; j < NB; ++j) { zeros[j] = 0; ones[j] = 1; }                                 \
     for (int64_t j = 0; j < n; ++j) {                                                               \
-        vb[j] = v_init[j] = v0 ? v0[j] : 0;                                                         \
-        ib[j] = i_init[j] = i0 ? i0[j] : 0;                                                         \
+        vb[j] = v0 ? v0[j] : 0;                                                                     \
+        ib[j] = i0 ? i0[j] : 0;                                                                     \
         am[j] = as[j] = at[j] = 0;                                                                  \
+        pm[j] = ps[j] = pt[j] = gum[j] = 0;                                                         \
     }                                                                                               \
-    T_ *zb = buf, *vrec = buf + T * NB, *irec = buf + 2 * T * NB;                                   \
-    for (int64_t t = 0; t < T; ++t) {    /* the forward, as fwd_block's, into buf */                \
-        const T_ *xr = x + t * x_step;                                                              \
-        if (x_step && t + AHEAD < T)     /* rows far apart in memory: fetch the block's next rows */ \
-            for (int q = 0; q < NB; q += 64 / (int)sizeof(T_)) __builtin_prefetch(xr + AHEAD * x_step + q, 0, 0); \
-        if (spiking)                                                                                \
-            lif_row_##SFX(n, xr, vb, ib, dm, ds, th, vr, reset, NULL, zb + t * NB, vrec + t * NB, irec + t * NB, \
-                          0, 1, 1);                                                                 \
-        else                                                                                        \
-            li_row_##SFX(n, xr, vb, ib, dm, ds, vrec + t * NB, irec + t * NB, 1);                   \
-    }                                                                                               \
+    T_ *urec = buf, *irec = buf + T * NB;                                                           \
+    if (!spiking) PGF_STEPS(T_, SFX, -1);    /* the forward, as fwd_block's, into buf */                \
+    else if (reset == RESET_SUBTRACT) PGF_STEPS(T_, SFX, RESET_SUBTRACT);                               \
+    else if (reset == RESET_ZERO) PGF_STEPS(T_, SFX, RESET_ZERO);                                       \
+    else PGF_STEPS(T_, SFX, RESET_NONE);                                                                \
     for (int64_t t = T - 1; t >= 0; --t) {                                                          \
-        const T_ *vp = t ? vrec + (t - 1) * NB : v_init, *ip = t ? irec + (t - 1) * NB : i_init;    \
+        const int last = t == T - 1;     /* the final i's gradient enters undecayed, no step T */   \
+        const T_ *ur = urec + t * NB, *ir = last ? zeros : irec + t * NB, *f = last ? ones : ds;    \
         const T_ *gsr = g_s ? g_s + t * s_step : zeros, *gvs = g_vseq ? g_vseq + t * v_step : zeros; \
         const T_ *gis = g_iseq ? g_iseq + t * i_step : zeros;                                       \
         if (g_s && s_step && t >= AHEAD)                                                            \
@@ -518,10 +556,15 @@ INLINE void pg_block_##SFX(int64_t M, int64_t n, int64_t T, int spiking, const T
         default: PGB_RESETS(SFX, SUR_BOXCAR);                                                       \
         }                                                                                           \
         stream_out(gx + t * M, gb, sizeof(T_) * (size_t)n, nt);                                     \
+        if (t % PG_FLUSH == 0)                                                                      \
+            for (int64_t j = 0; j < n; ++j) {                                                       \
+                am[j] += pm[j]; as[j] += ps[j]; at[j] += pt[j];                                     \
+                pm[j] = ps[j] = pt[j] = 0;                                                          \
+            }                                                                                       \
     }                                                                                               \
-    for (int64_t j = 0; j < n; ++j) {                                                               \
-        out[j] = (T_)am[j];                                                                         \
-        out[M + j] = (T_)as[j];                                                                     \
+    for (int64_t j = 0; j < n; ++j) {    /* the terms of step 0: gu_0 v_init, gI_0 i_init */        \
+        out[j] = (T_)(am[j] + (double)gum[j] * (double)(v0 ? v0[j] : 0));                           \
+        out[M + j] = (T_)(as[j] + (double)gi[j] * (double)(i0 ? i0[j] : 0));                        \
         out[2 * M + j] = (T_)at[j];                                                                 \
     }                                                                                               \
 }                                                                                                   \
@@ -581,18 +624,15 @@ CLONES int lif_backward_##SFX(int64_t M, int64_t a, int64_t b, int nthreads, int
     {                                                                                                \
         const int64_t k = spikegrad_thread_num(), nt = spikegrad_num_threads();                      \
         const int64_t lo = share(a, b, k, nt), hi = share(a, b, k + 1, nt);                          \
-        T_ *buf = (recompute || pg) && hi > lo ? (T_ *)malloc(sizeof(T_) * (size_t)((pg ? 3 : 1) * T * NB)) : NULL; \
+        T_ *buf = (recompute || pg) && hi > lo ? (T_ *)malloc(sizeof(T_) * (size_t)((pg ? 2 : 1) * T * NB)) : NULL; \
         if ((recompute || pg) && hi > lo && buf == NULL) failed = 1;                                         \
         T_ zeros[NB];                                                                                \
         for (int64_t j = 0; j < NB; ++j) zeros[j] = 0;                                               \
         for (int64_t j0 = lo; j0 < hi && !failed; j0 += NB) {                                        \
             const int64_t n = j0 + NB < hi ? NB : hi - j0, pj = pstep ? j0 : 0;                      \
-            if (pg) {                                                                               \
-                pg_block_##SFX(M, n, T, spiking, x + j0, x_step, v0 ? v0 + j0 : NULL, i0 ? i0 + j0 : NULL,\
-                               buf, sur, slope, g_s ? g_s + j0 : NULL, s_step, g_vseq ? g_vseq + j0 : NULL,\
-                               v_step, g_iseq ? g_iseq + j0 : NULL, i_step, dm + pj, ds + pj,       \
-                               th ? th + pj : NULL, vr ? vr + pj : NULL, reset, detach, gv + j0, gi + j0,\
-                               gx + j0, pg + j0);                                                   \
+            if (pg) {    /* whole blocks with a literal length: the loops unroll */                 \
+                if (n == NB) PG_BLOCK(SFX, NB);                                                     \
+                else PG_BLOCK(SFX, n);                                                              \
                 continue;                                                                           \
             }                                                                                       \
             const T_ *zb = z ? z + j0 : NULL;                                                        \
