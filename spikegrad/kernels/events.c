@@ -54,15 +54,17 @@ int spikegrad_num_threads(void);
 static inline int CTZ64(uint64_t m) { int k = 0; while (!(m & 1)) { m >>= 1; ++k; } return k; }
 #endif
 
-/* The synapse kernels hold up to NA = 4 vectors of outputs in registers (a0..a3), of the CPU's own
- * width VB (64 bytes with AVX-512, 32 with AVX2, 16 else: a vector wider than the registers would
- * live in memory), so a block of up to 4 UNIT bytes of outputs takes 4 UNIT / (NA VB) passes. */
-#define NACC 4
-#define EACH_ACC(M) M(0) M(1) M(2) M(3)
-#define ACC_LOAD_(k) if ((k) > 0 && nv > (k)) a##k = VLOAD(V_, bias + o + (k) * L);
-#define ACC_ADD_(k) if ((k) == 0 || nv > (k)) a##k += VLOAD(V_, q_ + (k) * L);
-#define ACC_MULADD_(k) if ((k) == 0 || nv > (k)) a##k += x_ * VLOAD(V_, q_ + (k) * L);
-#define ACC_STORE_(k) memcpy(tmp_ + (k) * L, &a##k, sizeof(V_));
+/* The synapse kernels hold NA vectors of outputs in registers (a0..a7), of the CPU's own width VB
+ * (64 bytes with AVX-512, 32 with AVX2, 16 else: a vector wider than the registers would live in
+ * memory): NA_FOR(VB) = 4 of the 32 registers of AVX-512, 8 of the 16 of AVX2 or SSE, so that a
+ * pass covers 4 UNIT = 256 bytes of outputs with AVX-512 and AVX2; a block of up to 4 UNIT bytes
+ * takes 4 UNIT / (NA VB) passes over its events. */
+#define NA_FOR(VB) ((VB) >= 64 ? 4 : 8)
+#define EACH_ACC(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+#define ACC_LOAD_(k) if ((k) > 0 && (k) < NA && nv > (k)) a##k = VLOAD(V_, bias + o + (k) * L);
+#define ACC_ADD_(k) if ((k) < NA && ((k) == 0 || nv_ > (k))) a##k += VLOAD(V_, q_ + (k) * L);
+#define ACC_MULADD_(k) if ((k) < NA && ((k) == 0 || nv_ > (k))) a##k += x_ * VLOAD(V_, q_ + (k) * L);
+#define ACC_STORE_(k) if ((k) < NA) memcpy(tmp_ + (k) * L, &a##k, sizeof(V_));
 
 /* One block of up to MAXV (<= NA) vectors of outputs out[o : o + MAXV L] (of n), inside a kernel
  * with `out`, `o`, `n`, `bias`, `binary`, the element type E_, the vector type V_ and the enum
@@ -70,10 +72,12 @@ static inline int CTZ64(uint64_t m) { int k = 0; while (!(m & 1)) { m >>= 1; ++k
 #define BLOCK_BEGIN(MAXV)                                                                            \
     const int64_t rem_ = (n - o + L - 1) / L;                                                        \
     const int nv = rem_ >= (MAXV) ? (int)(MAXV) : (int)rem_;                                         \
-    V_ a0 = VLOAD(V_, bias + o), a1 = a0, a2 = a0, a3 = a0;                                          \
+    V_ a0 = VLOAD(V_, bias + o), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;      \
     EACH_ACC(ACC_LOAD_)
 
-/* a += x * w[q : q + nv L] (just w when binary: the product with 1 is exact) */
+/* a += x * w[q : q + nv_ L] (just w when binary: the product with 1 is exact); nv_: the block's nv, as
+ * an enum constant where the block is whole (EVENTS_NV), so that the checks of nv_ fold away and
+ * the accumulators stay in registers */
 #define ADD_EVENT(q, xv)                                                                             \
     do {                                                                                             \
         const E_ *q_ = (q);                                                                          \
@@ -83,6 +87,14 @@ static inline int CTZ64(uint64_t m) { int k = 0; while (!(m & 1)) { m >>= 1; ++k
             const V_ x_ = (V_){0} + (xv);                                                            \
             EACH_ACC(ACC_MULADD_)                                                                    \
         }                                                                                            \
+    } while (0)
+
+/* EVENTS (a macro of the caller's event loop) with nv_ the number of vectors in use: a constant NA
+ * when the block is whole (the common case), else nv */
+#define EVENTS_NV(EVENTS)                                                                            \
+    do {                                                                                             \
+        if (nv == NA) { enum { nv_ = NA }; EVENTS; }                                                 \
+        else { const int nv_ = nv; EVENTS; }                                                         \
     } while (0)
 
 #define BLOCK_END()                                                                                  \
@@ -134,6 +146,26 @@ static inline __attribute__((always_inline)) uint64_t nonzero_bits_##SFX(const T
     return m;                                                                                        \
 }                                                                                                    \
 
+/* event_linear_part's events of row q for the block at o */
+#define LINEAR_EVENTS for (int64_t j = first[q]; j < first[q + 1]; ++j) ADD_EVENT(wb + (o - o0) + off[j], val[j])
+/* event_conv2d_part's events for the output pixel (oy, ox) and the block at o */
+#define CONV_EVENTS                                                                                  \
+    for (int64_t ky = 0; ky < KH; ++ky) {                                                            \
+        const int64_t iy = oy * sh - ph + ky * dh;                                                   \
+        if (iy < 0 || iy >= H) continue;                                                             \
+        for (int64_t kx = 0; kx < KW; ++kx) {                                                        \
+            const int64_t ix = ox * sw - pw + kx * dw;                                               \
+            if (ix < 0 || ix >= W) continue;                                                         \
+            const int64_t p = iy * W + ix;                                                           \
+            const E_ *wk = w + (ky * KW + kx) * Np + o;                                              \
+            for (int64_t q = 0; q < NW; ++q)                                                         \
+                for (uint64_t m = bits[p * NW + q]; m; m &= m - 1) {                                 \
+                    const int64_t c = 64 * q + CTZ64(m);                                             \
+                    ADD_EVENT(wk + c * cstep, xr[p * C + c]);                                        \
+                }                                                                                    \
+        }                                                                                            \
+    }
+
 #define DEFINE_SYNAPSES(T_, SFX, V, VB, TGT)                                                         \
                                                                                                      \
 /* a vector of VB bytes of T_ that may sit at any T_ address and alias T_ arrays: a plain load or store */ \
@@ -149,7 +181,7 @@ TGT static void event_linear_part_##SFX##_##V(int64_t r0, int64_t r1, int64_t K,
 {                                                                                                    \
     typedef T_ E_;                                                                                   \
     typedef vec_##SFX##_##V V_;                                                                      \
-    enum { L = VB / sizeof(T_), NA = NACC };                                                     \
+    enum { L = VB / sizeof(T_), NA = NA_FOR(VB) };                                                     \
     const int64_t cap = group * (K > 0 ? K : 1);                                                     \
     int64_t *off = malloc((size_t)cap * sizeof(int64_t)), *first = malloc((size_t)(group + 1) * sizeof(int64_t)); \
     T_ *val = malloc((size_t)cap * sizeof(T_));                                                      \
@@ -176,7 +208,7 @@ TGT static void event_linear_part_##SFX##_##V(int64_t r0, int64_t r1, int64_t K,
                 for (int64_t o = o0; o < n && o < o0 + BW; o += NA * L) {                            \
                     const int64_t left = (o0 + BW - o) / L;                                          \
                     BLOCK_BEGIN(left < NA ? left : NA);                                              \
-                    for (int64_t j = first[q]; j < first[q + 1]; ++j) ADD_EVENT(wb + (o - o0) + off[j], val[j]); \
+                    EVENTS_NV(LINEAR_EVENTS);                                                        \
                     BLOCK_END();                                                                     \
                 }                                                                                    \
             }                                                                                        \
@@ -194,7 +226,7 @@ TGT static void event_conv2d_part_##SFX##_##V(int64_t r0, int64_t r1, int64_t H,
 {                                                                                                    \
     typedef T_ E_;                                                                                   \
     typedef vec_##SFX##_##V V_;                                                                      \
-    enum { L = VB / sizeof(T_), NA = NACC };                                                     \
+    enum { L = VB / sizeof(T_), NA = NA_FOR(VB) };                                                     \
     const int64_t P = H * W, NW = (C + 63) / 64, cstep = KH * KW * Np;                               \
     uint64_t *bits = malloc((size_t)(P * NW > 0 ? P * NW : 1) * sizeof(uint64_t));                   \
     if (!bits) return;                                                                               \
@@ -209,21 +241,7 @@ TGT static void event_conv2d_part_##SFX##_##V(int64_t r0, int64_t r1, int64_t H,
                 const int64_t n = N;                                                                 \
                 for (int64_t o = 0; o < n; o += NA * L) {                                            \
                     BLOCK_BEGIN(NA);                                                                 \
-                    for (int64_t ky = 0; ky < KH; ++ky) {                                            \
-                        const int64_t iy = oy * sh - ph + ky * dh;                                   \
-                        if (iy < 0 || iy >= H) continue;                                             \
-                        for (int64_t kx = 0; kx < KW; ++kx) {                                        \
-                            const int64_t ix = ox * sw - pw + kx * dw;                               \
-                            if (ix < 0 || ix >= W) continue;                                         \
-                            const int64_t p = iy * W + ix;                                           \
-                            const T_ *wk = w + (ky * KW + kx) * Np + o;                              \
-                            for (int64_t q = 0; q < NW; ++q)                                         \
-                                for (uint64_t m = bits[p * NW + q]; m; m &= m - 1) {                 \
-                                    const int64_t c = 64 * q + CTZ64(m);                             \
-                                    ADD_EVENT(wk + c * cstep, xr[p * C + c]);                        \
-                                }                                                                    \
-                        }                                                                            \
-                    }                                                                                \
+                    EVENTS_NV(CONV_EVENTS);                                                          \
                     BLOCK_END();                                                                     \
                 }                                                                                    \
             }                                                                                        \
