@@ -77,8 +77,8 @@ from ..surrogates import SURROGATES, registered_name
 from . import native
 from ._common import RESET_CODES, FusedConfig, flat_param, reset_into
 
-__all__ = ["recurrent_fused", "recurrent_op", "recurrent_backward_op", "engine", "compile_reason", "BLOCK_ELEMENTS", "GATHER_MAX_RATE", "GATHER_MIN_MACS", "NATIVE", "PRODUCTS",
-           "ROWS_MAX_BYTES"]
+__all__ = ["recurrent_fused", "recurrent_op", "recurrent_backward_op", "engine", "compile_reason", "BLOCK_ELEMENTS",
+           "GATHER_MAX_RATE", "GATHER_MIN_MACS", "NATIVE", "PRODUCTS", "ROWS_MAX_BYTES"]
 
 PRODUCTS = ("auto", "dense", "gather")
 """How the forward pass computes ``z_{t-1} @ W.T``: "dense" (``torch.mm`` in the PyTorch engine,
@@ -278,8 +278,8 @@ def _forward_c(x, w, v, i, a, z0, consts, cfg: FusedConfig, spikes, u_blocks, i_
 
 
 _DESCRIPTOR = ("B", "N", "T", "threads", "sur", "reset", "detach", "rec", "blk", "u", "s", "a", "a0", "gs", "gs_step",
-               "gv", "gv_step", "gi", "gi_step", "ga", "ga_step", "R", "gu", "gu_rows", "gx", "gab", "ga_rows", "dm", "ds", "da", "beta", "th", "vr",
-               "gwt")
+               "gv", "gv_step", "gi", "gi_step", "ga", "ga_step", "R", "gu", "gu_rows", "gx", "gab", "ga_rows",
+               "dm", "ds", "da", "beta", "th", "vr", "gwt")
 """The slots of ``rec_backward_at``'s descriptor, in order (``recurrent.c``'s ``RB_*``)."""
 
 
@@ -328,9 +328,9 @@ def _backward_c(cfg: FusedConfig, shape, need, w, v0, i0, a0, z0, dm, ds, da, be
                  sur=native.surrogate_code(cfg.grad_fn, dtype, float(slope)), reset=RESET_CODES[cfg.reset],
                  detach=int(bool(cfg.detach_reset)), rec=int(rec), blk=blk, u=ptr(u_ptrs), s=ptr(spikes),
                  a=ptr(a_ptrs), a0=ptr(a_first), gs=ptr(g_s), gs_step=step(g_s), gv=ptr(g_v), gv_step=step(g_v),
-                 gi=ptr(g_i), gi_step=step(g_i), ga=ptr(g_a) if rec else None, ga_step=step(g_a), R=ptr(tmp), gu=ptr(gu_buf), gu_rows=gu_rows,
-                 gx=ptr(gx), gab=ptr(ga_buf), ga_rows=ga_rows, dm=ptr(cs[0]), ds=ptr(cs[1]), da=ptr(cs[2]),
-                 beta=ptr(cs[3]), th=ptr(cs[4]), vr=ptr(cs[5]), gwt=ptr(g_wt))
+                 gi=ptr(g_i), gi_step=step(g_i), ga=ptr(g_a) if rec else None, ga_step=step(g_a), R=ptr(tmp),
+                 gu=ptr(gu_buf), gu_rows=gu_rows, gx=ptr(gx), gab=ptr(ga_buf), ga_rows=ga_rows, dm=ptr(cs[0]),
+                 ds=ptr(cs[1]), da=ptr(cs[2]), beta=ptr(cs[3]), th=ptr(cs[4]), vr=ptr(cs[5]), gwt=ptr(g_wt))
     desc = torch.tensor([slots[k] or 0 for k in _DESCRIPTOR], dtype=torch.int64)
     d, slope_f = desc.data_ptr(), float(slope)
     for t in range(T - 1, -1, -1):
@@ -763,16 +763,14 @@ def compile_reason(x_seq: Tensor, p: LIFParams | ALIFParams, spike_fn: Any) -> s
 
 
 def _recurrent_compiled(x: Tensor, v0, i0, a0, z0, consts: list, w: Tensor | None, cfg: FusedConfig, slope: Tensor,
-                        spike_fn: Any):
-    """:func:`recurrent_op` on the flat input ``x [T, B, N]``: ``(spikes, v, i, a)`` as :class:`_RecurrentFn`."""
+                        spike_fn: Any, keep: bool, save_i: bool):
+    """:func:`recurrent_op` on the flat input ``x [T, B, N]``: ``(spikes, v, i, a)`` as :class:`_RecurrentFn`
+    (``keep``, ``save_i`` as there)."""
     T, B, N = x.shape
     dm, ds, da, beta, th, vr = (None if c is None else _c_vector(c, N)[None] for c in consts)   # [1, N]
     v0, i0 = (x.new_zeros(B, N) if t is None else t for t in (v0, i0))
     if da is not None and a0 is None:
         a0 = x.new_zeros(B, N)
-    grad_on = torch.is_grad_enabled()
-    keep = grad_on and any(t is not None and t.requires_grad for t in (x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr))
-    save_i = grad_on and ds.requires_grad
     spikes, v, i, a, _, _, _ = recurrent_op(x, w, v0, i0, a0, z0, dm, ds, da, beta, th, vr, slope, cfg.reset,
                                             cfg.detach_reset, registered_name(type(spike_fn).grad), cfg.record,
                                             keep, save_i)
@@ -875,9 +873,10 @@ def recurrent_fused(x_seq: Tensor, state: LIFState | ALIFState | None, p: LIFPar
     keep = grad_on and any(t is not None and t.requires_grad for t in tensors)
     save_i = grad_on and consts[1].requires_grad
     compiling = torch.compiler.is_compiling()
-    use_c = _c_reason(x, [*consts, da, beta, th, vr], spike_fn, product, compiling) is None
+    flat = [*consts, da, beta, th, vr]
+    use_c = _c_reason(x, flat, spike_fn, product, compiling) is None
     if compiling and use_c:                                            # the C engine as custom operators
-        spikes, v, i, a = _recurrent_compiled(x, v0, i0, a0, z0, [*consts, da, beta, th, vr], w, cfg, slope, spike_fn)
+        spikes, v, i, a = _recurrent_compiled(x, v0, i0, a0, z0, flat, w, cfg, slope, spike_fn, keep, save_i)
     else:
         spikes, v, i, a = _RecurrentFn.apply(x, w, v0, i0, a0, z0, consts[0], consts[1], da, beta, th, vr, slope,
                                              cfg, product, keep, save_i, use_c)
