@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include "kernels.h"
 int spikegrad_thread_num(void);  /* lif.c: this thread's number and its team's size */
 int spikegrad_num_threads(void);
 
@@ -42,17 +43,8 @@ int spikegrad_num_threads(void);
         if (hi > lo) PART(lo, hi, __VA_ARGS__);                                                      \
     }
 
-#define RESET_SUBTRACT 0
-#define RESET_ZERO 1
 #define UNIT 64   /* bytes: weight rows are padded to a multiple of it; a Linear block is 1-4 of them */
 
-#define VLOAD(V, p) (*(const V *)(p))
-
-#if defined(__GNUC__)
-#define CTZ64(m) __builtin_ctzll(m)
-#else
-static inline int CTZ64(uint64_t m) { int k = 0; while (!(m & 1)) { m >>= 1; ++k; } return k; }
-#endif
 
 /* The synapse kernels hold NA vectors of outputs in registers (a0..a7), of the CPU's own width VB
  * (64 bytes with AVX-512, 32 with AVX2, 16 else: a vector wider than the registers would live in
@@ -105,8 +97,7 @@ static inline int CTZ64(uint64_t m) { int k = 0; while (!(m & 1)) { m >>= 1; ++k
     } while (0)
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(SPIKEGRAD_NO_CLONES)
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#define VARIANTS 1
+#define VARIANTS 1   /* CLONES (kernels.h) makes copies per vector width */
 /* The widest vectors of this CPU, bytes: the synapse kernels' variant to run. */
 static int vector_bytes(void)
 {
@@ -121,7 +112,6 @@ static int vector_bytes(void)
         else PART##_n(__VA_ARGS__);                                                                  \
     } while (0)
 #else
-#define CLONES
 #define VARIANTS 0
 #define PICK(PART, ...) PART##_n(__VA_ARGS__)
 #endif

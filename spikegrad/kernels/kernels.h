@@ -1,5 +1,5 @@
-/* Definitions shared by lif.c and recurrent.c: reset modes, surrogate numbers and formulas, and the
- * per-vector-width copies of the entry points. */
+/* Definitions shared by lif.c, events.c and recurrent.c: reset modes, surrogate numbers and
+ * formulas, the per-vector-width copies of the entry points, vector loads and the lowest set bit. */
 #ifndef SPIKEGRAD_KERNELS_H
 #define SPIKEGRAD_KERNELS_H
 
@@ -15,6 +15,14 @@
 #define SUR_BOXCAR 7
 #define ABS(x) ((x) < 0 ? -(x) : (x))
 #define INLINE static inline __attribute__((always_inline))
+/* an unaligned load of the vector type V from p */
+#define VLOAD(V, p) (*(const V *)(p))
+/* the index of the lowest set bit of m (m != 0) */
+#if defined(__GNUC__)
+#define CTZ64(m) __builtin_ctzll(m)
+#else
+static inline int CTZ64(uint64_t m) { int k = 0; while (!(m & 1)) { m >>= 1; ++k; } return k; }
+#endif
 
 /* One copy of each entry point per vector width, picked when the library loads (GCC and Clang
  * on x86-64 Linux); elsewhere the compiler's baseline. */

@@ -32,8 +32,7 @@
 #include <string.h>
 #include "kernels.h"
 
-/* Unaligned loads and stores of 64-byte vectors (one AVX-512 register, two AVX2 or four SSE ones) */
-#define VLOAD(V, p) (*(const V *)(p))
+/* Unaligned stores of 64-byte vectors (one AVX-512 register, two AVX2 or four SSE ones; VLOAD loads them) */
 #define VSTORE(V, p, v) (*(V *)(p) = (v))
 /* The loop after it has no dependence between iterations: its outputs overlap none of its inputs
  * (more arrays than the compiler checks for overlap at run time) */
@@ -41,11 +40,6 @@
 #define IVDEP _Pragma("GCC ivdep")
 #else
 #define IVDEP
-#endif
-#if defined(__GNUC__)
-#define CTZ64(m) __builtin_ctzll(m)
-#else
-static int CTZ64(uint64_t m) { int k = 0; while (!(m & 1)) { m >>= 1; ++k; } return k; }
 #endif
 
 /* The slots of rec_backward_at's descriptor (int64 each; pointers as integers, 0 for NULL): sizes,
