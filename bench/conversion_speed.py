@@ -25,7 +25,6 @@ retain_freed_memory()  # as train.py: reuse freed tensor memory (before torch al
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -34,6 +33,8 @@ import torch.nn.functional as F  # noqa: E402
 import spikegrad  # noqa: E402
 from spikegrad.conversion import LeNet, ann_to_snn, simulate  # noqa: E402
 from spikegrad.data import load_split  # noqa: E402
+
+from run import cpu_model  # noqa: E402  (bench/run.py, next to this script)
 
 
 def main() -> None:
@@ -71,7 +72,7 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     res = simulate(snn, batches, args.T)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    out = {"spikegrad": getattr(spikegrad, "__version__", "0.1.0"), "cpu": _cpu_model(), "cache_sizes": _cache_sizes(),
+    out = {"spikegrad": getattr(spikegrad, "__version__", "0.1.0"), "cpu": cpu_model(), "cache_sizes": _cache_sizes(),
            "threads": args.threads, "T": args.T, "n_test": res.n_inputs, "seconds": seconds, "cpu_seconds": cpu_seconds,
            "image_steps_per_second": res.n_inputs * args.T / seconds, "snn_accuracy": res.accuracy,
            "firing_rates": res.firing_rates}
@@ -79,15 +80,6 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (Linux), else what the platform module knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def _cache_sizes() -> dict | None:

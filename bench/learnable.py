@@ -22,7 +22,6 @@ retain_freed_memory()  # as train.py and bench/run.py's rows: before torch alloc
 
 import argparse  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -31,7 +30,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from libs import spikegrad_lif  # noqa: E402  (bench/libs.py, next to this script)
+from libs import spikegrad_lif  # noqa: E402  (bench/libs.py and bench/run.py, next to this script)
+from run import cpu_model  # noqa: E402
 
 VARIANTS = {"fixed constants": {}, "learn_tau": {"learn_tau": True},
             "learn_tau+v_th": {"learn_tau": True, "learn_threshold": True}}
@@ -59,7 +59,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     load = os.getloadavg()
     print(f"LIF layer (T, B, N) = {tuple(args.shape)}, {args.threads} thread(s), {args.calls} calls each, "
-          f"torch {torch.__version__}, {platform.processor() or platform.machine()}, load {load[0]:.2f}")
+          f"torch {torch.__version__}, {cpu_model()}, load {load[0]:.2f}")
     base = statistics.median(times["fixed constants"])
     print(f"{'variant':18s} {'median ms':>10s} {'q1 ms':>8s} {'x fixed':>8s}")
     for name, t in times.items():

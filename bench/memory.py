@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from run import reset_peak_rss, rss_kib  # noqa: E402  (bench/run.py, next to this script)
+from run import cpu_model, reset_peak_rss, rss_kib  # noqa: E402  (bench/run.py, next to this script)
 
 LAYERS = [  # (row name, neuron class, recurrent or not, backends)
     ("LIF", "LIF", {}, ("torch", "native", "fused", "fused_lowmem")),
@@ -369,9 +368,7 @@ def main() -> None:
         return
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    print(f"torch {torch.__version__}, CPU {cpu}, capability {torch.backends.cpu.get_cpu_capability()}, "
+    print(f"torch {torch.__version__}, CPU {cpu_model()}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     if args.only != "smnist":
         print_layers(layer_rows(tuple(args.layer_shape), args.layer_chunk, args.threads), args.layer_shape,
