@@ -44,11 +44,10 @@ saved tensors, counted once per storage, through ``torch.autograd.graph.saved_te
 on GPU, the peak of ``torch.cuda.max_memory_allocated`` above the memory held before the step.
 A library that is not installed is reported as such.
 
-``--malloc retain`` (the default) starts every row's process with glibc's ``MALLOC_MMAP_THRESHOLD_``
-and ``MALLOC_TRIM_THRESHOLD_`` raised (what :func:`spikegrad.malloc.retain_freed_memory` sets, and
-what ``train.py`` uses), the same for every library: freed tensors are reused instead of
-returned to the system and faulted in again, which otherwise adds page faults that vary from run
-to run by several times. ``--malloc default`` keeps the C library's defaults. ``--huge-pages``
+``--malloc retain`` (the default) calls :func:`spikegrad.malloc.retain_freed_memory` first thing in
+every row's process (glibc's mmap and trim thresholds raised, as ``train.py`` does), the same for
+every library: freed tensors are reused instead of returned to the system and faulted in again,
+which otherwise adds page faults that vary from run to run by several times. ``--malloc default`` keeps the C library's defaults. ``--huge-pages``
 also sets ``THP_MEM_ALLOC_ENABLE=1`` for every row (as ``train.py`` does): PyTorch's blocks of
 2 MiB and more on transparent huge pages, one page fault per 2 MiB for the tensors too large for
 the heap.
@@ -438,7 +437,7 @@ def measure(row: dict, threads: int, quick: bool) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
-MALLOC_RETAIN = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+MALLOC_KEYS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")   # not inherited by the rows
 
 
 def run_row(row: dict, threads: int, quick: bool, timeout: float, malloc: str = "retain",
@@ -446,14 +445,13 @@ def run_row(row: dict, threads: int, quick: bool, timeout: float, malloc: str = 
     env = dict(os.environ)
     if huge_pages:
         env["THP_MEM_ALLOC_ENABLE"] = "1"
-    for key in MALLOC_RETAIN:
+    for key in MALLOC_KEYS:
         env.pop(key, None)
-    if malloc == "retain":
-        env.update(MALLOC_RETAIN)
     if row["sj_impl"]:
         env["SJ_LIF_CUDA_IMPLEMENTATION"] = row["sj_impl"]
     env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(row), "--threads", str(threads)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(row), "--threads", str(threads),
+           "--malloc", malloc]
     if quick:
         cmd.append("--quick")
     try:
@@ -533,6 +531,10 @@ def main(argv=None) -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
+        if args.malloc == "retain":
+            from spikegrad.malloc import retain_freed_memory   # ctypes only: before torch allocates
+
+            retain_freed_memory()
         child(args.child, args.threads, args.quick)
         return
     import torch

@@ -25,7 +25,12 @@ a = torch.ones(20 << 18)                       # a 20 MiB [T, B, N]-sized tensor
 during = libc.mallinfo2()
 del a
 after = libc.mallinfo2()
-print(json.dumps({"mmapped_during": during.hblkhd, "heap_after_free": after.arena}))
+b = torch.ones(100 << 18)                      # 100 MiB: above the 32 MiB older glibc versions allow
+during_large = libc.mallinfo2()
+del b
+large_allowed = libc.mallopt(-3, 1 << 30) == 1  # this C library takes a 1 GiB threshold
+print(json.dumps({"mmapped_during": during.hblkhd, "heap_after_free": after.arena,
+                  "mmapped_during_large": during_large.hblkhd, "large_allowed": large_allowed}))
 """
 
 
@@ -48,9 +53,39 @@ def test_retain_freed_memory_keeps_large_blocks_in_the_heap():
     assert default["mmapped_during"] >= mib20, default
     assert retained["mmapped_during"] < mib20, retained
     assert retained["heap_after_free"] >= mib20, retained
+    # 100 MiB: fresh pages by default; from the heap with the setting where the C library takes a
+    # threshold that large (glibc 2.36 does), else fresh pages again (the 32 MiB fallback)
+    mib100 = 100 << 20
+    assert default["mmapped_during_large"] >= mib100, default
+    if retained["large_allowed"]:
+        assert retained["mmapped_during_large"] < mib100, retained
+    else:
+        assert retained["mmapped_during_large"] >= mib100, retained
 
 
-@pytest.mark.parametrize("bad", [0, 64 << 20, 1.5, True])
+@pytest.mark.parametrize("bad", [0, -1, 2**31, 1.5, True])
 def test_retain_freed_memory_rejects_bad_sizes(bad):
     with pytest.raises(ValueError, match="max_block"):
         retain_freed_memory(bad)
+
+
+def test_retain_freed_memory_falls_back_where_the_block_is_refused(monkeypatch):
+    import ctypes
+
+    from spikegrad import malloc
+
+    calls = []
+
+    class OldGlibc:                      # a C library whose mallopt refuses thresholds above 32 MiB
+        @staticmethod
+        def mallopt(param, value):
+            calls.append((param, value))
+            return int(not (param == malloc.M_MMAP_THRESHOLD and value > 32 << 20))
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: OldGlibc)
+    assert retain_freed_memory(1 << 30)
+    assert calls == [(malloc.M_MMAP_THRESHOLD, 1 << 30), (malloc.M_MMAP_THRESHOLD, 32 << 20),
+                     (malloc.M_TRIM_THRESHOLD, 2**31 - 1)]
+    calls.clear()
+    assert retain_freed_memory(16 << 20)  # accepted as asked: no second try
+    assert calls == [(malloc.M_MMAP_THRESHOLD, 16 << 20), (malloc.M_TRIM_THRESHOLD, 2**31 - 1)]

@@ -276,14 +276,16 @@ def test_threads(threads, product):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", ["lif", "alif"])
-def test_c_engine_threads_split_rows_and_weight_rows(kind, threads, monkeypatch):
-    """Enough rows (B N = 8192) that the C engine's backward splits the rows and the rows of the weight
-    gradient between two threads; a partial vector at the end of every row (N = 100)."""
+@pytest.mark.parametrize("N", [100, 200])
+def test_c_engine_threads_split_rows_and_weight_rows(kind, threads, N, monkeypatch):
+    """Enough rows (B N >= 8192) that the C engine's backward splits the rows and the columns of the
+    weight gradient (in words of 64: one or two words each, the last one partial) between two
+    threads; a partial vector at the end of every row."""
     if not recurrent.native.available():
         pytest.skip("the C kernels are not built")
     monkeypatch.setattr(recurrent, "GATHER_MAX_RATE", 1.0)
     with num_threads(threads):
-        compare(kind, T=5, B=82, N=100, record=False)
+        compare(kind, T=5, B=82, N=N, record=False)
 
 
 @pytest.mark.parametrize("record", [False, True])

@@ -23,8 +23,10 @@
  *     ga_{t-1} = da ga_t - beta gu_t + AR beta gv (+ arriving)  AR = dv/du + dv/dth: 1 - s, or 1
  *     gI_t = gu_t + ds gI_{t+1} (+ arriving at i_t)             (= dL/dx_t)
  *
- * and the weight gradient gW^T [N_pre, N_post] gets, for every spike (b, j) of step t - 1, the row
- * gI_t[b] added to its row j (rows of gW^T split among the threads: no two threads write one row).
+ * and the weight gradient gW^T [N_pre, N_post] gets, for every spike (b, j) of step t, the row
+ * gI_{t+1}[b] added to its row j (in the call of step t, which reads s_t anyway: the spikes as bits,
+ * then per column j the list of its rows b; the columns split among the threads in words of 64, so
+ * that no two threads write one row).
  */
 
 #include <stdint.h>
@@ -265,11 +267,62 @@ INLINE void rec_bwd_rows_##SFX(int64_t b0, int64_t b1, int64_t N, const int S, T
     }                                                                                                \
 }                                                                                                    \
                                                                                                      \
+/* The bits of the nonzero values of the rows [b0, b1) of s [B, N]: word w of row b (bit q: column   \
+ * 64 w + q) in bits[b * W + w], W = ceil(N / 64) */                                                 \
+INLINE void rec_row_bits_##SFX(int64_t b0, int64_t b1, int64_t N, const T_ *restrict s,              \
+                               uint64_t *restrict bits)                                              \
+{                                                                                                    \
+    const int64_t W = (N + 63) / 64;                                                                 \
+    for (int64_t b = b0; b < b1; ++b)                                                                \
+        for (int64_t w = 0; w < W; ++w) {                                                            \
+            const T_ *sr = s + b * N + 64 * w;                                                       \
+            const int64_t len = N - 64 * w < 64 ? N - 64 * w : 64;                                   \
+            uint64_t m = 0;                                                                          \
+            for (int64_t q = 0; q < len; ++q) m |= (uint64_t)(sr[q] != 0) << q;                      \
+            bits[b * W + w] = m;                                                                     \
+        }                                                                                            \
+}                                                                                                    \
+                                                                                                     \
+/* gwt [N, N] += for every spike (b, j) in bits (rec_row_bits' layout) the row g[b] [N] added to row \
+ * j, for the columns j of the words [w0, w1): per column the list of its rows b (increasing), then  \
+ * their sum (rec_sum_rows). Returns 0, or 1 if out of memory. */                                    \
+INLINE int rec_weight_rows_##SFX(int64_t B, int64_t N, int64_t w0, int64_t w1, const uint64_t *bits, \
+                                 const T_ *g, T_ *gwt)                                               \
+{                                                                                                    \
+    const int64_t W = (N + 63) / 64, c0 = 64 * w0, c1 = 64 * w1 < N ? 64 * w1 : N;                   \
+    if (c1 <= c0) return 0;                                                                          \
+    int64_t *off = calloc((size_t)(c1 - c0 + 1), sizeof(int64_t));                                   \
+    if (off == NULL) return 1;                                                                       \
+    for (int64_t b = 0; b < B; ++b)              /* spikes per column, in off[c - c0 + 1] */          \
+        for (int64_t w = w0; w < w1; ++w)                                                            \
+            for (uint64_t m = bits[b * W + w]; m != 0; m &= m - 1) ++off[64 * (w - w0) + CTZ64(m) + 1]; \
+    for (int64_t c = 0; c < c1 - c0; ++c) off[c + 1] += off[c];                                      \
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)(off[c1 - c0] + 1));                            \
+    int64_t *fill = malloc(sizeof(int64_t) * (size_t)(c1 - c0));                                     \
+    int failed = rows == NULL || fill == NULL;                                                       \
+    if (!failed) {                                                                                   \
+        memcpy(fill, off, sizeof(int64_t) * (size_t)(c1 - c0));                                      \
+        for (int64_t b = 0; b < B; ++b)                                                              \
+            for (int64_t w = w0; w < w1; ++w)                                                        \
+                for (uint64_t m = bits[b * W + w]; m != 0; m &= m - 1)                               \
+                    rows[fill[64 * (w - w0) + CTZ64(m)]++] = b;                                      \
+        for (int64_t j = c0; j < c1; ++j) {                                                          \
+            const int64_t m = off[j - c0 + 1] - off[j - c0];                                         \
+            if (m > 0) rec_sum_rows_##SFX(N, gwt + j * N, g, rows + off[j - c0], m, 0, NULL, gwt + j * N); \
+        }                                                                                            \
+    }                                                                                                \
+    free(off);                                                                                       \
+    free(rows);                                                                                      \
+    free(fill);                                                                                      \
+    return failed;                                                                                   \
+}                                                                                                    \
+                                                                                                     \
 /* The reverse step t of the layer (equations above) for the B * N elements. ap: a_{t-1} (ALIF;    \
  * NULL: LIF). Arriving gradients, NULL where none: gs (at s_t), gvin (at v_t), gaa (at a_{t-1}),   \
  * gi (at i_t). R = gI_{t+1} @ W, gun = gu_{t+1}, gxn = gI_{t+1}: NULL at the last step. ga: ga_t   \
  * (ALIF); writes ga_out = ga_{t-1}, gu_out = gu_t, gx_out = gI_t. gwt [N, N]: gW^T, to which the   \
- * rows gI_t[b] of the spikes (b, j) of sprev (step t - 1) are added; NULL: not accumulated.        \
+ * rows gI_{t+1}[b] (gxn) of the spikes (b, j) of s (step t) are added; NULL: not accumulated. (The \
+ * call of step t adds the term of step t + 1: the spikes s_t are in cache, read by the rows' step.) \
  * Returns 0, or 1 if out of memory. */                                                              \
 CLONES static int rec_backward_step_##SFX(int64_t B, int64_t N, int nthreads, int sur, T_ slope, int reset, \
                                     int detach, const T_ *u, const T_ *s, const T_ *ap,               \
@@ -277,9 +330,15 @@ CLONES static int rec_backward_step_##SFX(int64_t B, int64_t N, int nthreads, in
                                     const T_ *R, const T_ *gun, const T_ *gxn, const T_ *ga,          \
                                     T_ *ga_out, T_ *gu_out, T_ *gx_out, const T_ *dm, const T_ *ds,   \
                                     const T_ *da, const T_ *beta, const T_ *th, const T_ *vr,         \
-                                    T_ *gwt, const T_ *sprev)                                         \
+                                    T_ *gwt)                                                          \
 {                                                                                                    \
     const int adaptive = ap != NULL;                                                                 \
+    const int64_t W = (N + 63) / 64;                                                                 \
+    uint64_t *bits = NULL;                                                                           \
+    if (gwt != NULL && gxn != NULL) {                                                                \
+        bits = malloc(sizeof(uint64_t) * (size_t)(B * W));                                           \
+        if (bits == NULL) return 1;                                                                  \
+    }                                                                                                \
     int failed = 0;                                                                                  \
     _Pragma("omp parallel num_threads(nthreads) if(nthreads > 1)")                                   \
     {                                                                                                \
@@ -296,40 +355,17 @@ CLONES static int rec_backward_step_##SFX(int64_t B, int64_t N, int nthreads, in
         default: REC_BWD_KINDS(SFX, SUR_BOXCAR);                                                     \
         }                                                                                            \
         free(z0);                                                                                    \
-        if (gwt != NULL) {                                                                           \
+        if (bits != NULL) {                                                                          \
+            rec_row_bits_##SFX(b0, b1, N, s, bits);                                                  \
             _Pragma("omp barrier")                                                                   \
-            const int64_t j0 = N * k / nt, j1 = N * (k + 1) / nt;                                    \
-            /* the spikes of the columns [j0, j1) as bits (row b, word w: columns j0 + 64 w ...), so  \
-             * that each column's rows are read from a few cache lines, not from B of them */         \
-            const int64_t W = (j1 - j0 + 63) / 64;                                                   \
-            int64_t *bl = failed ? NULL : malloc(sizeof(int64_t) * (size_t)B);                      \
-            uint64_t *bits = failed ? NULL : malloc(sizeof(uint64_t) * (size_t)(B * W + 1));        \
-            if (bl != NULL && bits != NULL) {                                                        \
-                for (int64_t b = 0; b < B; ++b)                                                      \
-                    for (int64_t w = 0; w < W; ++w) {                                                \
-                        const T_ *sr = sprev + b * N + j0 + 64 * w;                                  \
-                        const int64_t len = j1 - j0 - 64 * w < 64 ? j1 - j0 - 64 * w : 64;           \
-                        uint64_t m = 0;                                                              \
-                        for (int64_t q = 0; q < len; ++q) m |= (uint64_t)(sr[q] != 0) << q;          \
-                        bits[b * W + w] = m;                                                         \
-                    }                                                                                \
-                for (int64_t j = j0; j < j1; ++j) {   /* row j of gW^T += the rows gI_t[b], s_{t-1}[b, j] = 1 */ \
-                    const int64_t w = (j - j0) / 64, q = (j - j0) % 64;                              \
-                    int64_t m = 0;                                                                   \
-                    for (int64_t b = 0; b < B; ++b) {                                                \
-                        bl[m] = b;                                                                   \
-                        m += (int64_t)((bits[b * W + w] >> q) & 1);                                  \
-                    }                                                                                \
-                    if (m > 0) rec_sum_rows_##SFX(N, gwt + j * N, gx_out, bl, m, 0, NULL, gwt + j * N); \
-                }                                                                                    \
-            } else if (!failed) {                                                                    \
+            /* the columns of whole words W k / nt .. W (k + 1) / nt: no two threads write one row */ \
+            if (!failed && rec_weight_rows_##SFX(B, N, W * k / nt, W * (k + 1) / nt, bits, gxn, gwt)) { \
                 _Pragma("omp atomic write")                                                          \
                 failed = 1;                                                                          \
             }                                                                                        \
-            free(bl);                                                                                \
-            free(bits);                                                                              \
         }                                                                                            \
     }                                                                                                \
+    free(bits);                                                                                      \
     return failed;                                                                                   \
 }                                                                                                    \
                                                                                                      \
@@ -355,7 +391,7 @@ CLONES int rec_backward_at_##SFX(const int64_t *d, int64_t t, T_ slope)         
                                    ap ? gab + t % ar * BN : NULL, gu + t % ur * BN, gx + t * BN,     \
                                    DPTR(T_, d[RB_DM]), DPTR(T_, d[RB_DS]), DPTR(T_, d[RB_DA]),       \
                                    DPTR(T_, d[RB_BETA]), DPTR(T_, d[RB_TH]), DPTR(T_, d[RB_VR]),     \
-                                   t > 0 ? DPTR(T_, d[RB_GWT]) : NULL, t > 0 ? s - BN : NULL);       \
+                                   DPTR(T_, d[RB_GWT]));                                             \
 }
 
 DEFINE_RECURRENT(float, f32)

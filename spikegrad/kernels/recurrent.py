@@ -333,9 +333,10 @@ def _backward_c(cfg: FusedConfig, shape, need, w, v0, i0, a0, z0, dm, ds, da, be
                  ds=ptr(cs[1]), da=ptr(cs[2]), beta=ptr(cs[3]), th=ptr(cs[4]), vr=ptr(cs[5]), gwt=ptr(g_wt))
     desc = torch.tensor([slots[k] or 0 for k in _DESCRIPTOR], dtype=torch.int64)
     d, slope_f = desc.data_ptr(), float(slope)
+    gx_steps = gx.unbind(0)
     for t in range(T - 1, -1, -1):
         if t < T - 1 and w is not None:
-            torch.mm(gx[t + 1], w, out=tmp)
+            torch.mm(gx_steps[t + 1], w, out=tmp)
         if fn(d, t, slope_f):
             raise MemoryError("recurrent_fused: the C engine could not allocate its scratch rows")
     g_w = None if g_wt is None else g_wt.t().contiguous()
