@@ -47,10 +47,10 @@ A library that is not installed is reported as such.
 ``--malloc retain`` (the default) calls :func:`spikegrad.malloc.retain_freed_memory` first thing in
 every row's process (glibc's mmap and trim thresholds raised, as ``train.py`` does), the same for
 every library: freed tensors are reused instead of returned to the system and faulted in again,
-which otherwise adds page faults that vary from run to run by several times. ``--malloc default`` keeps the C library's defaults. ``--huge-pages``
-also sets ``THP_MEM_ALLOC_ENABLE=1`` for every row (as ``train.py`` does): PyTorch's blocks of
-2 MiB and more on transparent huge pages, one page fault per 2 MiB for the tensors too large for
-the heap.
+which otherwise adds page faults that vary from run to run by several times. ``--malloc default``
+keeps the C library's defaults. ``--huge-pages`` also sets ``THP_MEM_ALLOC_ENABLE=1`` for every
+row (as ``train.py`` does): PyTorch's blocks of 2 MiB and more on transparent huge pages, one page
+fault per 2 MiB for the tensors too large for the heap.
 """
 
 from __future__ import annotations

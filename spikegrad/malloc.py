@@ -6,9 +6,8 @@ hundreds of MB (every ``[T, B, N]`` sequence and its gradient), so it then pays 
 every 4 KiB it touches, again in every step: on the mnist16 model up to 20,000 faults per step, a
 third of its time; on a recurrent ALIF layer of 512 neurons over (T, B) = (100, 256), with blocks
 up to 32 MiB kept, 12,900 faults per forward and backward pass (a 52 MB sequence), a fifth of its
-time. Which blocks fault
-varies from run to run with what the heap happens to hold. :func:`retain_freed_memory` keeps freed
-memory in the heap for reuse instead.
+time. Which blocks fault varies from run to run with what the heap happens to hold.
+:func:`retain_freed_memory` keeps freed memory in the heap for reuse instead.
 """
 
 from __future__ import annotations

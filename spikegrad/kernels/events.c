@@ -123,19 +123,6 @@ static int vector_bytes(void)
 #define NATIVE_VB 16
 #endif
 
-#define DEFINE_BITS(T_, SFX)                                                                         \
-                                                                                                     \
-/* The bits of the non-zeros among x[0:n] (n <= 64), bit k for x[k]: branch-free. */                 \
-static inline __attribute__((always_inline)) uint64_t nonzero_bits_##SFX(const T_ *restrict x, int64_t n) \
-{                                                                                                    \
-    int any = 0;                                    /* a vectorized test first: inputs are sparse */ \
-    for (int64_t k = 0; k < n; ++k) any |= x[k] != 0;                                                \
-    if (!any) return 0;                                                                              \
-    uint64_t m = 0;                                                                                  \
-    for (int64_t k = 0; k < n; ++k) m |= (uint64_t)(x[k] != 0) << k;                                 \
-    return m;                                                                                        \
-}                                                                                                    \
-
 /* event_linear_part's events of row q for the block at o */
 #define LINEAR_EVENTS for (int64_t j = first[q]; j < first[q + 1]; ++j) ADD_EVENT(wb + (o - o0) + off[j], val[j])
 /* event_conv2d_part's events for the output pixel (oy, ox) and the block at o */
@@ -443,8 +430,6 @@ void if_maxpool_##SFX(int64_t r0, int64_t r1, int nthreads, int64_t K, int64_t B
           sh, sw, OH, OW, band, pooled)                                                              \
 }                                                                                                    \
 
-DEFINE_BITS(float, f32)
-DEFINE_BITS(double, f64)
 #if VARIANTS
 DEFINE_SYNAPSES(float, f32, w, 64, __attribute__((target("avx512f"))))
 DEFINE_SYNAPSES(float, f32, m, 32, __attribute__((target("avx2"))))

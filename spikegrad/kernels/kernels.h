@@ -1,5 +1,6 @@
 /* Definitions shared by lif.c, events.c and recurrent.c: reset modes, surrogate numbers and
- * formulas, the per-vector-width copies of the entry points, vector loads and the lowest set bit. */
+ * formulas, the per-vector-width copies of the entry points, vector loads, the lowest set bit and the
+ * bit mask of the non-zeros of 64 values. */
 #ifndef SPIKEGRAD_KERNELS_H
 #define SPIKEGRAD_KERNELS_H
 
@@ -59,5 +60,21 @@ INLINE T_ surrogate_##SFX(int sur, T_ zz, T_ slope, T_ given)                   
 
 DEFINE_SURROGATE(float, f32)
 DEFINE_SURROGATE(double, f64)
+
+/* nonzero_bits_SFX(x, n): the bits of the non-zeros among x[0:n] (n <= 64), bit k for x[k];
+ * branch-free, after a vectorized test for none (inputs and spikes are sparse). */
+#define DEFINE_BITS(T_, SFX)                                                                         \
+INLINE uint64_t nonzero_bits_##SFX(const T_ *restrict x, int64_t n)                                  \
+{                                                                                                    \
+    int any = 0;                                                                                     \
+    for (int64_t k = 0; k < n; ++k) any |= x[k] != 0;                                                \
+    if (!any) return 0;                                                                              \
+    uint64_t m = 0;                                                                                  \
+    for (int64_t k = 0; k < n; ++k) m |= (uint64_t)(x[k] != 0) << k;                                 \
+    return m;                                                                                        \
+}
+
+DEFINE_BITS(float, f32)
+DEFINE_BITS(double, f64)
 
 #endif

@@ -122,9 +122,7 @@ INLINE int64_t rec_active_##SFX(int64_t N, const T_ *restrict s, int64_t *restri
 {                                                                                                    \
     int64_t m = 0;                                                                                   \
     for (int64_t n0 = 0; n0 < N; n0 += 64) {                                                         \
-        const int64_t len = N - n0 < 64 ? N - n0 : 64;                                               \
-        uint64_t bits = 0;                                                                           \
-        for (int64_t q = 0; q < len; ++q) bits |= (uint64_t)(s[n0 + q] != 0) << q;                   \
+        uint64_t bits = nonzero_bits_##SFX(s + n0, N - n0 < 64 ? N - n0 : 64);                       \
         for (; bits != 0; bits &= bits - 1) idx[m++] = n0 + CTZ64(bits);                            \
     }                                                                                                \
     return m;                                                                                        \
@@ -274,13 +272,8 @@ INLINE void rec_row_bits_##SFX(int64_t b0, int64_t b1, int64_t N, const T_ *rest
 {                                                                                                    \
     const int64_t W = (N + 63) / 64;                                                                 \
     for (int64_t b = b0; b < b1; ++b)                                                                \
-        for (int64_t w = 0; w < W; ++w) {                                                            \
-            const T_ *sr = s + b * N + 64 * w;                                                       \
-            const int64_t len = N - 64 * w < 64 ? N - 64 * w : 64;                                   \
-            uint64_t m = 0;                                                                          \
-            for (int64_t q = 0; q < len; ++q) m |= (uint64_t)(sr[q] != 0) << q;                      \
-            bits[b * W + w] = m;                                                                     \
-        }                                                                                            \
+        for (int64_t w = 0; w < W; ++w)                                                              \
+            bits[b * W + w] = nonzero_bits_##SFX(s + b * N + 64 * w, N - 64 * w < 64 ? N - 64 * w : 64); \
 }                                                                                                    \
                                                                                                      \
 /* gwt [N, N] += for every spike (b, j) in bits (rec_row_bits' layout) the row g[b] [N] added to row \
